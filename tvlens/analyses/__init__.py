@@ -1,0 +1,1 @@
+"""Analyses: task vectors, geometry, decodability, patching, steering."""

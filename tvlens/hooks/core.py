@@ -1,0 +1,264 @@
+"""Capture, patch and steer hooks over TransformerLens hook names.
+
+Everything here speaks TL's vocabulary: hook names such as ``blocks.3.hook_resid_post`` and
+the two verbs ``run_with_cache(names_filter=...)`` and ``run_with_hooks(fwd_hooks=[...])``.
+The hook factories return ordinary TL hook functions ``fn(activation, hook) -> activation``
+that a user can pass to ``run_with_hooks`` themselves.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Union
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+#: Positions: all (None), one index, a slice, or a 1-D tensor / list of indices.
+Positions = Union[None, int, slice, Sequence[int], Tensor]
+HookFn = Callable[[Tensor, Any], Tensor]
+
+RESID_POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
+
+
+def hook_name(layer: int, point: str = "resid_post") -> str:
+    """TL hook name for ``point`` at ``layer``: ``hook_name(3)`` → ``blocks.3.hook_resid_post``.
+
+    ``point`` may be a residual point (``resid_pre``, ``resid_mid``, ``resid_post``,
+    ``attn_out``, ``mlp_out``) or any sub-hook such as ``attn.hook_z``.
+    """
+    if point in RESID_POINTS:
+        return f"blocks.{layer}.hook_{point}"
+    return f"blocks.{layer}.{point}"
+
+
+def check_hook_names(model: Any, names: Iterable[str]) -> list[str]:
+    """Return ``names`` as a list, raising ``KeyError`` (with close matches) for unknown ones."""
+    names = list(names)
+    known = model.hook_dict
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=3)
+            hint = f" Did you mean {close}?" if close else ""
+            raise KeyError(
+                f"unknown hook name {name!r} for this model.{hint} "
+                f"Names follow TransformerLens: e.g. {hook_name(0)!r}, "
+                f"{hook_name(0, 'attn.hook_z')!r}; list them with sorted(model.hook_dict)."
+            )
+    return names
+
+
+def resolve_positions(positions: Positions, seq_len: int) -> Tensor:
+    """Positions as a 1-D long tensor of valid indices into ``[0, seq_len)``."""
+    if positions is None:
+        idx = torch.arange(seq_len)
+    elif isinstance(positions, int):
+        idx = torch.tensor([positions])
+    elif isinstance(positions, slice):
+        idx = torch.arange(seq_len)[positions]
+    else:
+        idx = torch.as_tensor(positions, dtype=torch.long).flatten()
+    idx = torch.where(idx < 0, idx + seq_len, idx)
+    if idx.numel() == 0 or idx.min() < 0 or idx.max() >= seq_len:
+        raise IndexError(
+            f"positions {positions!r} are empty or out of range for sequence length {seq_len}."
+        )
+    return idx
+
+
+def _batches(n: int, batch_size: int, progress: bool, desc: str) -> Iterable[int]:
+    return tqdm(range(0, n, batch_size), desc=desc, disable=None if progress else True, leave=False)
+
+
+@torch.no_grad()
+def capture(
+    model: Any,
+    inputs: Tensor,
+    names: Sequence[str],
+    positions: Positions = None,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> dict[str, Float[Tensor, "batch pos ..."]]:
+    """Activations at ``names`` for every sequence, kept only at ``positions``.
+
+    Runs ``run_with_cache`` in batches with a ``names_filter`` so that nothing else is
+    stored; returns CPU tensors of shape ``[N, P, ...]``.
+    """
+    names = check_hook_names(model, names)
+    idx = resolve_positions(positions, inputs.shape[1])
+    wanted = set(names)
+    out: dict[str, list[Tensor]] = {n: [] for n in names}
+    device = _device(model)
+    for i in _batches(inputs.shape[0], batch_size, progress, "capture"):
+        _, cache = model.run_with_cache(
+            inputs[i : i + batch_size].to(device), names_filter=lambda n: n in wanted
+        )
+        for n in names:
+            out[n].append(cache[n][:, idx.to(cache[n].device)].detach().float().cpu())
+    return {n: torch.cat(v) for n, v in out.items()}
+
+
+class StreamingMean:
+    """Per-group running means ``[n_groups, *shape]`` in float64: memory does not grow
+    with the number of sequences seen."""
+
+    def __init__(self, n_groups: int, shape: Sequence[int]) -> None:
+        self.sum = torch.zeros(n_groups, *shape, dtype=torch.float64)
+        self.count = torch.zeros(n_groups, dtype=torch.float64)
+
+    def update(self, x: Float[Tensor, "n ..."], groups: Int[Tensor, " n"]) -> None:
+        if x.shape[0] != groups.shape[0]:
+            raise ValueError(
+                f"{x.shape[0]} activations but {groups.shape[0]} group labels; pass one per row."
+            )
+        self.sum.index_add_(0, groups.cpu(), x.detach().double().cpu())
+        self.count.index_add_(0, groups.cpu(), torch.ones(groups.shape[0], dtype=torch.float64))
+
+    @property
+    def mean(self) -> Tensor:
+        if (self.count == 0).any():
+            empty = torch.nonzero(self.count == 0).flatten().tolist()
+            raise ValueError(f"groups {empty} received no samples; sample every group.")
+        shape = (-1,) + (1,) * (self.sum.dim() - 1)
+        return (self.sum / self.count.view(shape)).float()
+
+
+@torch.no_grad()
+def capture_means(
+    model: Any,
+    inputs: Tensor,
+    groups: Int[Tensor, " batch"],
+    names: Sequence[str],
+    n_groups: int,
+    positions: Positions = None,
+    batch_size: int = 256,
+    reduce_positions: bool = True,
+    progress: bool = False,
+) -> dict[str, Tensor]:
+    """Streaming per-group means of activations at ``names`` over ``positions``.
+
+    With ``reduce_positions`` the positions are averaged too (→ ``[n_groups, d]``);
+    otherwise the result keeps them (→ ``[n_groups, P, d]``).
+    """
+    names = check_hook_names(model, names)
+    idx = resolve_positions(positions, inputs.shape[1])
+    wanted = set(names)
+    device = _device(model)
+    means: dict[str, StreamingMean] = {}
+    for i in _batches(inputs.shape[0], batch_size, progress, "capture means"):
+        g = groups[i : i + batch_size]
+        _, cache = model.run_with_cache(
+            inputs[i : i + batch_size].to(device), names_filter=lambda n: n in wanted
+        )
+        for n in names:
+            act = cache[n][:, idx.to(cache[n].device)]  # [b, P, ...]
+            if reduce_positions:
+                rows = act.flatten(0, 1)
+                rg = g.repeat_interleave(idx.numel())
+            else:
+                rows, rg = act, g
+            if n not in means:
+                means[n] = StreamingMean(n_groups, rows.shape[1:])
+            means[n].update(rows, rg)
+    return {n: m.mean for n, m in means.items()}
+
+
+def _device(model: Any) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+def _check_width(act: Tensor, width: int, what: str) -> None:
+    if act.shape[-1] != width:
+        raise ValueError(
+            f"{what} has width {width} but the hooked activation has width "
+            f"{act.shape[-1]} (shape {tuple(act.shape)}); hook a residual-stream point."
+        )
+
+
+# --------------------------------------------------------------------------- hook factories
+def patch_hook(value: Tensor, positions: Positions = None) -> HookFn:
+    """Replace the activation at ``positions`` by ``value`` (broadcast over the batch)."""
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        idx = resolve_positions(positions, act.shape[1]).to(act.device)
+        act = act.clone()
+        act[:, idx] = value.to(act.device, act.dtype).expand_as(act[:, idx])
+        return act
+
+    return hook
+
+
+def add_hook(
+    vector: Float[Tensor, " d"], positions: Positions = None, scale: float = 1.0
+) -> HookFn:
+    """Add ``scale * vector`` to the residual at ``positions`` (steering by addition)."""
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        _check_width(act, vector.shape[-1], "steering vector")
+        idx = resolve_positions(positions, act.shape[1]).to(act.device)
+        act = act.clone()
+        act[:, idx] = act[:, idx] + scale * vector.to(act.device, act.dtype)
+        return act
+
+    return hook
+
+
+def orthonormal_basis(vectors: Float[Tensor, "k d"], tol: float = 1e-6) -> Float[Tensor, "r d"]:
+    """An orthonormal basis (rows) of the span of ``vectors``, dropping null directions."""
+    if vectors.numel() == 0:
+        return vectors.reshape(0, vectors.shape[-1])
+    u, s, vh = torch.linalg.svd(vectors.double(), full_matrices=False)
+    keep = s > tol * max(1.0, float(s.max()))
+    return vh[keep].to(vectors.dtype)
+
+
+def project_out_hook(basis: Float[Tensor, "r d"], positions: Positions = None) -> HookFn:
+    """Ablate a subspace: ``h' = h − P_S h`` at ``positions``; ``basis`` rows are orthonormal.
+
+    A basis with zero rows leaves the activation unchanged.
+    """
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        _check_width(act, basis.shape[-1], "subspace basis")
+        if basis.shape[0] == 0:
+            return act
+        idx = resolve_positions(positions, act.shape[1]).to(act.device)
+        b = basis.to(act.device, act.dtype)
+        act = act.clone()
+        h = act[:, idx]
+        act[:, idx] = h - (h @ b.T) @ b
+        return act
+
+    return hook
+
+
+def replace_subspace_hook(
+    basis: Float[Tensor, "r d"], target: Float[Tensor, "*batch d"], positions: Positions = None
+) -> HookFn:
+    """Steer: replace the component of ``h`` inside span(basis) by that of ``target``.
+
+    ``h' = h − P_S h + P_S target``: the part of ``h`` orthogonal to the task subspace is
+    kept, the task part is set to ``target``'s (e.g. θ_k, or Σ α_k θ_k plus the centre).
+    ``target`` is one vector ``[d]`` or one per sequence ``[batch, d]``.
+    """
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        _check_width(act, basis.shape[-1], "subspace basis")
+        idx = resolve_positions(positions, act.shape[1]).to(act.device)
+        b = basis.to(act.device, act.dtype)
+        t = target.to(act.device, act.dtype)
+        inside = (t @ b.T) @ b
+        if inside.dim() == 2:
+            inside = inside[:, None]
+        act = act.clone()
+        h = act[:, idx]
+        act[:, idx] = h - (h @ b.T) @ b + inside
+        return act
+
+    return hook

@@ -1,0 +1,1 @@
+"""Pretrained LLMs through TransformerBridge, and shipped natural-language ICL tasks."""

@@ -1,0 +1,27 @@
+"""Model configs, the TL-native task model, training and checkpoints."""
+
+from tvlens.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from tvlens.models.config import FAMILY_DEFAULTS, ModelConfig, RunConfig, TrainConfig
+from tvlens.models.evaluate import References, eval_batches, predict, reference_table
+from tvlens.models.model import TaskModel
+from tvlens.models.train import Run, checkpoint_schedule, list_checkpoints, load_run, train
+
+__all__ = [
+    "FAMILY_DEFAULTS",
+    "CheckpointError",
+    "ModelConfig",
+    "References",
+    "Run",
+    "RunConfig",
+    "TaskModel",
+    "TrainConfig",
+    "checkpoint_schedule",
+    "eval_batches",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_run",
+    "predict",
+    "reference_table",
+    "save_checkpoint",
+    "train",
+]

@@ -1,0 +1,160 @@
+"""Configs for models, training and whole runs, validated at construction."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from tvlens.tasks.base import ConfigError, FamilyConfig
+
+#: Family-specific defaults applied by :meth:`RunConfig.for_family` (SCIENCE.md, section A).
+FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "dice": {"vocab": 6, "seq_len": 64},
+    "markov": {"vocab": 8, "seq_len": 64},
+    "linreg": {"dim": 6, "seq_len": 40, "noise": 0.5},
+}
+
+
+@dataclass
+class ModelConfig:
+    """A small TL-native transformer: pre-norm, rotary positions by default."""
+
+    n_layers: int = 4
+    d_model: int = 64
+    n_heads: int = 4
+    d_mlp: int = 256
+    positional: str = "rotary"
+    normalization: str = "LN"
+    act_fn: str = "gelu"
+    n_ctx: int | None = None
+    seed: int = 0
+
+    def validate(self, seq_len: int | None = None, d_in: int | None = None) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "d_mlp"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1.")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"model.d_model={self.d_model} is not divisible by model.n_heads="
+                f"{self.n_heads}; pick d_model as a multiple of n_heads."
+            )
+        if self.positional not in ("rotary", "standard"):
+            raise ConfigError(
+                f"model.positional={self.positional!r}; choose 'rotary' or 'standard'."
+            )
+        if self.positional == "rotary" and (self.d_model // self.n_heads) % 2:
+            raise ConfigError(
+                f"model.d_model / model.n_heads = {self.d_model // self.n_heads} must be even "
+                "for rotary positions."
+            )
+        if self.normalization not in ("LN", "RMS", "LNPre", "RMSPre"):
+            raise ConfigError(
+                f"model.normalization={self.normalization!r}; choose LN, RMS, LNPre or RMSPre."
+            )
+        if seq_len is not None and self.n_ctx is not None and seq_len > self.n_ctx:
+            raise ConfigError(
+                f"family.seq_len={seq_len} is longer than model.n_ctx={self.n_ctx}; "
+                "raise model.n_ctx or shorten the sequences."
+            )
+        if d_in is not None and d_in == self.d_model:
+            raise ConfigError(
+                f"model.d_model={self.d_model} equals the regression token width {d_in}; "
+                "the read-in needs them to differ: change model.d_model."
+            )
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+
+@dataclass
+class TrainConfig:
+    """AdamW with a one-cycle schedule (linear warm-up, cosine decay) and clipping."""
+
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    warmup_frac: float = 0.1
+    grad_clip: float = 1.0
+    eval_every: int = 100
+    eval_size: int = 256
+    n_checkpoints: int = 16
+    seed: int = 0
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "eval_every", "eval_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1.")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr={self.lr} must be > 0.")
+        if not 0 <= self.warmup_frac < 1:
+            raise ConfigError(f"train.warmup_frac={self.warmup_frac} must lie in [0, 1).")
+        if self.n_checkpoints < 0:
+            raise ConfigError(f"train.n_checkpoints={self.n_checkpoints} must be >= 0.")
+
+
+@dataclass
+class RunConfig:
+    """A whole run: the task family, the model and the training schedule."""
+
+    family: FamilyConfig = field(default_factory=FamilyConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def for_family(cls, name: str, **sections: dict[str, Any]) -> RunConfig:
+        """A config with ``name``'s defaults, updated by ``family=``/``model=``/``train=`` dicts."""
+        fam = {"name": name, **FAMILY_DEFAULTS.get(name, {}), **sections.get("family", {})}
+        return cls.from_dict({**sections, "family": fam})
+
+    def validate(self) -> None:
+        from tvlens.tasks import FAMILIES
+
+        self.family.validate()
+        self.train.validate()
+        regression = FAMILIES[self.family.name].kind == "regression"
+        self.model.validate(
+            seq_len=self.family.seq_len, d_in=self.family.dim + 1 if regression else None
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        def build(kind: type, name: str) -> Any:
+            raw = dict(d.get(name, {}))
+            known = {f.name for f in fields(kind)}
+            unknown = sorted(set(raw) - known)
+            if unknown:
+                raise ConfigError(
+                    f"unknown field(s) {unknown} in section {name!r}; "
+                    f"valid fields are {sorted(known)}."
+                )
+            return kind(**raw)
+
+        unknown = sorted(set(d) - {"family", "model", "train"})
+        if unknown:
+            raise ConfigError(f"unknown config section(s) {unknown}; use family, model, train.")
+        return cls(
+            family=build(FamilyConfig, "family"),
+            model=build(ModelConfig, "model"),
+            train=build(TrainConfig, "train"),
+        )
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> RunConfig:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); fix or regenerate it.") from e

@@ -1,0 +1,32 @@
+"""Latent-task families, samplers and exact Bayesian references."""
+
+from tvlens.tasks.base import SPLITS, Batch, ConfigError, FamilyConfig, TaskFamily, derive_seed
+from tvlens.tasks.dice import Dice
+from tvlens.tasks.linreg import LinReg
+from tvlens.tasks.markov import Markov
+
+FAMILIES: dict[str, type[TaskFamily]] = {"dice": Dice, "markov": Markov, "linreg": LinReg}
+
+
+def make_family(config: FamilyConfig | None = None, **overrides) -> TaskFamily:
+    """Build a task family from a config (or keyword overrides of the default config)."""
+    from dataclasses import replace
+
+    config = replace(config or FamilyConfig(), **overrides)
+    config.validate()
+    return FAMILIES[config.name](config)
+
+
+__all__ = [
+    "FAMILIES",
+    "SPLITS",
+    "Batch",
+    "ConfigError",
+    "Dice",
+    "FamilyConfig",
+    "LinReg",
+    "Markov",
+    "TaskFamily",
+    "derive_seed",
+    "make_family",
+]

@@ -1,0 +1,343 @@
+"""The task-family interface: a latent-task pool, a sampler and exact Bayes references.
+
+Every family owns (in the spirit of Raventós et al.'s ``tasks.py``):
+
+* a **pool** of ``M`` major and ``N_minor = 2**k`` minor tasks drawn from the prior, with
+  mixture weights ``prior`` (majors share ``1 - p_minor``, minors share ``p_minor``);
+* a **sampler** that is a pure function of ``(seed, step, split)``, so every batch can be
+  regenerated exactly;
+* the **per-task predictive** ``predictive(batch, params)``: each candidate task's next-token
+  distribution (discrete) or mean (regression) at every position;
+* the exact **retrieval** reference (posterior over the pool, and its predictive) and the
+  **learning** reference (the prior-conjugate learner).
+
+Analyses ask the family for these objects and never re-derive them.
+
+Conventions. A batch holds ``T`` model positions. At position ``t`` the model has read
+``inputs[:, : t + 1]`` and is scored on ``targets[:, t]`` where ``target_mask[:, t]`` is true.
+The posterior at position ``t`` conditions on every scored target *before* ``t``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+Split = Literal["train", "major", "minor", "ood"]
+SPLITS: tuple[str, ...] = ("train", "major", "minor", "ood")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch of latent-task sequences.
+
+    ``inputs`` is what the model (raw module or bridge) consumes: token ids ``[B, T]`` for
+    discrete families, float features ``[B, T, d_in]`` for regression. ``task_ids`` index the
+    pool (``-1`` for OOD draws); ``params`` are the generating task parameters per sequence.
+    """
+
+    inputs: Tensor
+    targets: Tensor
+    target_mask: Bool[Tensor, "batch pos"]
+    task_ids: Int[Tensor, " batch"]
+    params: Tensor
+    split: str
+
+    @property
+    def size(self) -> int:
+        return int(self.task_ids.shape[0])
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            inputs=self.inputs.to(device),
+            targets=self.targets.to(device),
+            target_mask=self.target_mask.to(device),
+            task_ids=self.task_ids.to(device),
+            params=self.params.to(device),
+            split=self.split,
+        )
+
+
+@dataclass
+class FamilyConfig:
+    """Everything that defines a task family and its training mixture.
+
+    ``k = -1`` means no minor tasks; otherwise there are ``2**k`` minor tasks sharing
+    probability ``p_minor``. ``seq_len`` counts model positions (for regression, two per
+    in-context example).
+    """
+
+    name: str = "dice"
+    n_major: int = 3
+    k: int = -1
+    p_minor: float = 0.1
+    seq_len: int = 64
+    vocab: int = 6
+    dim: int = 8
+    noise: float = 0.5
+    n_concepts: int = 4
+    sparsity: int = 4
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> None:
+        from tvlens.tasks import FAMILIES  # local: the registry imports the families
+
+        if self.name not in FAMILIES:
+            raise ConfigError(
+                f"family.name={self.name!r} is not a known task family; "
+                f"choose one of {sorted(FAMILIES)}."
+            )
+        if self.n_major < 1:
+            raise ConfigError(f"family.n_major={self.n_major} must be >= 1.")
+        if self.k < -1:
+            raise ConfigError(
+                f"family.k={self.k} must be >= -1 (k = -1 means no minor tasks, "
+                "otherwise there are 2**k minor tasks)."
+            )
+        if self.k > 20:
+            raise ConfigError(
+                f"family.k={self.k} would create 2**{self.k} minor tasks; use k <= 20."
+            )
+        if not 0.0 <= self.p_minor < 1.0:
+            raise ConfigError(
+                f"family.p_minor={self.p_minor} must lie in [0, 1): it is the total "
+                "probability of the minor tasks."
+            )
+        if self.seq_len < 2:
+            raise ConfigError(f"family.seq_len={self.seq_len} must be >= 2.")
+        if self.vocab < 2:
+            raise ConfigError(f"family.vocab={self.vocab} must be >= 2.")
+        if self.dim < 1:
+            raise ConfigError(f"family.dim={self.dim} must be >= 1.")
+        if self.noise <= 0:
+            raise ConfigError(f"family.noise={self.noise} must be > 0.")
+
+    @property
+    def n_minor(self) -> int:
+        return 0 if self.k < 0 else 2**self.k
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts: sampling is a pure function of its key."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def generator(*parts: object) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(derive_seed(*parts))
+    return g
+
+
+def exclusive_cumsum(x: Float[Tensor, "batch pos k"]) -> Float[Tensor, "batch pos k"]:
+    """Sum over positions strictly before each position."""
+    return torch.cumsum(x, dim=1) - x
+
+
+def _expand_params(params: Tensor, batch_size: int, n_param_dims: int) -> Tensor:
+    """Accept params as ``[K, ...]`` (shared) or ``[B, K, ...]`` and return ``[B, K, ...]``."""
+    if params.dim() == n_param_dims + 1:
+        return params.unsqueeze(0).expand(batch_size, *params.shape)
+    if params.dim() == n_param_dims + 2 and params.shape[0] == batch_size:
+        return params
+    raise ValueError(
+        f"params must have shape [K, ...] or [batch={batch_size}, K, ...] with "
+        f"{n_param_dims} trailing task dims; got {tuple(params.shape)}."
+    )
+
+
+class TaskFamily(ABC):
+    """Base class: a latent-task family with its pool, sampler and references."""
+
+    name: str = ""
+    kind: Literal["discrete", "regression"] = "discrete"
+    #: number of trailing dims of one task's parameter tensor
+    param_dims: int = 1
+
+    def __init__(self, config: FamilyConfig) -> None:
+        config.validate()
+        self.config = config
+        g = generator("pool", self.name, config.seed)
+        n = config.n_major + config.n_minor
+        self.pool: Tensor = self.sample_prior(n, g)
+        self.prior: Float[Tensor, " k"] = self._mixture_weights()
+
+    # ----------------------------------------------------------------- interface
+    @abstractmethod
+    def sample_prior(self, n: int, g: torch.Generator) -> Tensor:
+        """``n`` fresh task parameters from the prior."""
+
+    @abstractmethod
+    def generate(self, params: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
+        """Sequences for per-sequence ``params [B, ...]``: ``(inputs, targets, target_mask)``."""
+
+    @abstractmethod
+    def predictive(self, batch: Batch, params: Tensor) -> Tensor:
+        """Each candidate task's prediction at every position.
+
+        ``params`` is ``[K, ...]`` or ``[B, K, ...]``. Returns ``[B, T, K, V]`` probabilities
+        (discrete) or ``[B, T, K]`` means (regression).
+        """
+
+    @abstractmethod
+    def target_loglik(self, batch: Batch, params: Tensor) -> Float[Tensor, "batch pos k"]:
+        """log p_k(target_t | context) at scored positions, 0 elsewhere."""
+
+    @abstractmethod
+    def learning_predictive(self, batch: Batch) -> Tensor:
+        """The prior-conjugate learner's prediction, ``[B, T, V]`` or ``[B, T]``."""
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
+    @property
+    def n_major(self) -> int:
+        return self.config.n_major
+
+    @property
+    def n_minor(self) -> int:
+        return self.config.n_minor
+
+    @property
+    def n_tasks(self) -> int:
+        return self.n_major + self.n_minor
+
+    @property
+    def d_vocab(self) -> int:
+        """Input vocabulary (discrete) — regression uses a linear read-in instead."""
+        return self.config.vocab + 1  # + BOS
+
+    @property
+    def d_out(self) -> int:
+        """Width of the model's read-out: V logits, or one scalar for regression."""
+        return self.config.vocab
+
+    @property
+    def d_in(self) -> int | None:
+        """Feature width of regression tokens; ``None`` for token families."""
+        return None
+
+    # -------------------------------------------------------------- sampling
+    def _mixture_weights(self) -> Tensor:
+        m, n = self.n_major, self.n_minor
+        if n == 0:
+            return torch.full((m,), 1.0 / m)
+        p = self.config.p_minor
+        return torch.cat([torch.full((m,), (1 - p) / m), torch.full((n,), p / n)])
+
+    def task_ids_for(self, split: str, n: int, g: torch.Generator) -> Tensor:
+        if split == "train":
+            return torch.multinomial(self.prior, n, replacement=True, generator=g)
+        if split == "major":
+            return torch.randint(0, self.n_major, (n,), generator=g)
+        if split == "minor":
+            if self.n_minor == 0:
+                raise ValueError(
+                    "split='minor' needs minor tasks, but this family has k = -1; "
+                    "set family.k >= 0 or sample 'major' / 'ood'."
+                )
+            return torch.randint(self.n_major, self.n_tasks, (n,), generator=g)
+        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}.")
+
+    def sample(self, split: str, n: int, *, seed: int = 0, step: int = 0) -> Batch:
+        """``n`` sequences of ``split``; a pure function of ``(family, seed, step, split)``.
+
+        ``train`` draws tasks from the mixture, ``major``/``minor`` uniformly among those
+        tasks, and ``ood`` fresh tasks from the prior (never in the pool).
+        """
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}.")
+        if n < 1:
+            raise ValueError(f"n={n} sequences requested; ask for at least 1.")
+        g = generator("sample", self.name, self.config.seed, seed, step, split)
+        if split == "ood":
+            ids = torch.full((n,), -1, dtype=torch.long)
+            params = self.sample_prior(n, g)
+        else:
+            ids = self.task_ids_for(split, n, g)
+            params = self.pool[ids]
+        inputs, targets, mask = self.generate(params, g)
+        return Batch(inputs, targets, mask, ids, params, split)
+
+    # ------------------------------------------------------------ references
+    def retrieval_posterior(self, batch: Batch) -> Float[Tensor, "batch pos k"]:
+        """Exact P(task = k | context before t) over the pool, with the mixture prior."""
+        ll = self.target_loglik(batch, self.pool)
+        logits = torch.log(self.prior).to(ll) + exclusive_cumsum(ll)
+        return torch.softmax(logits, dim=-1)
+
+    def mix(self, weights: Float[Tensor, "batch pos k"], per_task: Tensor) -> Tensor:
+        """Mixture of per-task predictions ``per_task`` ([B,T,K,V] or [B,T,K]) by ``weights``."""
+        if per_task.dim() == 4:
+            return torch.einsum("btk,btkv->btv", weights, per_task)
+        return torch.einsum("btk,btk->bt", weights, per_task)
+
+    def retrieval_predictive(self, batch: Batch) -> Tensor:
+        """Posterior-weighted prediction of the pool tasks (dMMSE for regression)."""
+        return self.mix(self.retrieval_posterior(batch), self.predictive(batch, self.pool))
+
+    def true_predictive(self, batch: Batch) -> Tensor:
+        """The generating task's own prediction for each sequence."""
+        per = self.predictive(batch, batch.params.unsqueeze(1))
+        return per[:, :, 0]
+
+    # ------------------------------------------------------------------ scoring
+    def output_to_prediction(self, output: Tensor) -> Tensor:
+        """Model read-out → prediction: probabilities ``[B,T,V]`` or means ``[B,T]``."""
+        if self.kind == "regression":
+            return output[..., 0]
+        return torch.softmax(output.float(), dim=-1)
+
+    def loss(self, output: Tensor, batch: Batch, per_position: bool = False) -> Tensor:
+        """Training loss of a model read-out: cross-entropy (nats) or squared error."""
+        mask = batch.target_mask
+        if self.kind == "regression":
+            err = (output[..., 0] - torch.nan_to_num(batch.targets)) ** 2
+        else:
+            err = F.cross_entropy(
+                output.flatten(0, 1).float(), batch.targets.flatten(), reduction="none"
+            ).view_as(batch.targets)
+        err = err * mask
+        if per_position:
+            return err
+        return err.sum() / mask.sum().clamp_min(1)
+
+    def prediction_loss(self, pred: Tensor, batch: Batch) -> Float[Tensor, "batch pos"]:
+        """Per-position loss of a *prediction* (probabilities or means), 0 where unscored."""
+        if self.kind == "regression":
+            err = (pred - torch.nan_to_num(batch.targets)) ** 2
+        else:
+            p = pred.gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+            err = -torch.log(p.clamp_min(1e-12))
+        return err * batch.target_mask
+
+    def divergence(self, pred: Tensor, ref: Tensor) -> Float[Tensor, "batch pos"]:
+        """KL(pred ‖ ref) in nats for distributions; squared difference of means otherwise."""
+        if self.kind == "regression":
+            return (pred - ref) ** 2
+        p = pred.clamp_min(1e-12)
+        return (p * (p.log() - ref.clamp_min(1e-12).log())).sum(-1)
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"{type(self).__name__}(n_major={c.n_major}, n_minor={self.n_minor}, "
+            f"p_minor={c.p_minor}, seq_len={c.seq_len})"
+        )

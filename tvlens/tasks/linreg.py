@@ -1,0 +1,100 @@
+"""Noisy linear regression: each task is a weight vector w ~ N(0, I_d)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from tvlens.tasks.base import Batch, ConfigError, FamilyConfig, TaskFamily, _expand_params
+
+
+class LinReg(TaskFamily):
+    """Prompts interleave ``x_1, y_1, x_2, y_2, ...`` with ``y = wᵀx + ε``, ``ε ~ N(0, σ²)``.
+
+    Tokens are ``d + 1`` features: an x-token is ``(x, 0)``, a y-token ``(0, y)``. The model
+    predicts ``y_i`` at the position of ``x_i``. Retrieval reference: dMMSE over the pool.
+    Learning reference: ridge with ``λ = σ²``, the posterior mean under the N(0, I) prior.
+    """
+
+    name = "linreg"
+    kind = "regression"
+    param_dims = 1
+
+    def __init__(self, config: FamilyConfig) -> None:
+        if config.seq_len % 2:
+            raise ConfigError(
+                f"family.seq_len={config.seq_len} must be even for regression: "
+                "each example takes two positions (x then y)."
+            )
+        super().__init__(config)
+
+    @property
+    def d_vocab(self) -> int:
+        return 1
+
+    @property
+    def d_out(self) -> int:
+        return 1
+
+    @property
+    def d_in(self) -> int:
+        return self.config.dim + 1
+
+    @property
+    def n_examples(self) -> int:
+        return self.seq_len // 2
+
+    def sample_prior(self, n: int, g: torch.Generator) -> Tensor:
+        return torch.randn(n, self.config.dim, generator=g)
+
+    def sample_x(self, n: int, g: torch.Generator) -> Tensor:
+        return torch.randn(n, self.n_examples, self.config.dim, generator=g)
+
+    def generate(self, params: Tensor, g: torch.Generator):
+        b, n, d = params.shape[0], self.n_examples, self.config.dim
+        x = self.sample_x(b, g)
+        y = torch.einsum("bnd,bd->bn", x, params)
+        y = y + self.config.noise * torch.randn(b, n, generator=g)
+        inputs = torch.zeros(b, 2 * n, d + 1)
+        inputs[:, 0::2, :d] = x
+        inputs[:, 1::2, d] = y
+        targets = torch.zeros(b, 2 * n)
+        targets[:, 0::2] = y
+        mask = torch.zeros(b, 2 * n, dtype=torch.bool)
+        mask[:, 0::2] = True
+        return inputs, targets, mask
+
+    def xs(self, batch: Batch) -> Tensor:
+        """The x vector at every position ``[B, T, d]`` (zero at y positions)."""
+        return batch.inputs[..., : self.config.dim]
+
+    def predictive(self, batch: Batch, params: Tensor) -> Tensor:
+        w = _expand_params(params, batch.size, 1)  # [B, K, d]
+        return torch.einsum("btd,bkd->btk", self.xs(batch), w)
+
+    def target_loglik(self, batch: Batch, params: Tensor) -> Tensor:
+        s2 = self.config.noise**2
+        mu = self.predictive(batch, params)
+        ll = -0.5 * (batch.targets.unsqueeze(-1) - mu) ** 2 / s2 - 0.5 * math.log(2 * math.pi * s2)
+        return ll * batch.target_mask.unsqueeze(-1)
+
+    def ridge_weights(self, batch: Batch, lam: float | None = None) -> Tensor:
+        """Ridge estimate from the examples before each example, ``[B, n_examples, d]``."""
+        lam = self.config.noise**2 if lam is None else lam
+        d = self.config.dim
+        x = batch.inputs[:, 0::2, :d]
+        y = batch.targets[:, 0::2]
+        xx = torch.einsum("bnd,bne->bnde", x, x)
+        xy = x * y.unsqueeze(-1)
+        xx = torch.cumsum(xx, 1) - xx
+        xy = torch.cumsum(xy, 1) - xy
+        a = xx + lam * torch.eye(d)
+        return torch.linalg.solve(a, xy.unsqueeze(-1)).squeeze(-1)
+
+    def learning_predictive(self, batch: Batch) -> Tensor:
+        w = self.ridge_weights(batch)
+        out = torch.zeros_like(batch.targets)
+        out[:, 0::2] = torch.einsum("bnd,bnd->bn", batch.inputs[:, 0::2, : self.config.dim], w)
+        return out

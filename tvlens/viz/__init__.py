@@ -1,0 +1,1 @@
+"""Plotly figures, attention views and the offline HTML report."""
