@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 #: Positions: all (None), one index, a slice, or a 1-D tensor / list of indices.
-Positions = Union[None, int, slice, Sequence[int], Tensor]
+Positions = int | slice | Sequence[int] | Tensor | None
 HookFn = Callable[[Tensor, Any], Tensor]
 
 RESID_POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")

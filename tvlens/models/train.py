@@ -79,6 +79,27 @@ def lr_at(step: int, cfg) -> float:
     return cfg.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
 
 
+def train_step(
+    module: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    family: TaskFamily,
+    batch: Batch,
+    *,
+    lr: float,
+    grad_clip: float,
+) -> torch.Tensor:
+    """One optimisation step of ``module`` on ``batch``; returns the (detached) loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr
+    loss = family.loss(module(batch.inputs), batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    opt.step()
+    return loss.detach()
+
+
 def _ckpt_stem(run_dir: Path, name: str | int) -> Path:
     return run_dir / CKPT_DIR / (f"step_{name:06d}" if isinstance(name, int) else name)
 
@@ -206,14 +227,7 @@ def train(
     )
     for step in bar:
         batch = family.sample("train", tc.batch_size, seed=tc.seed, step=step).to(tc.device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, tc)
-        loss = family.loss(model(batch.inputs), batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.raw.parameters(), tc.grad_clip)
-        opt.step()
+        loss = train_step(model.raw, opt, family, batch, lr=lr_at(step, tc), grad_clip=tc.grad_clip)
         done = step + 1
         if done % tc.eval_every == 0 or done == tc.steps:
             evaluate(done)
