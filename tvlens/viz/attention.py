@@ -1,0 +1,287 @@
+"""Attention patterns for chosen heads: computed through the bridge, drawn offline.
+
+The patterns come from ``blocks.{l}.attn.hook_pattern`` (``[batch, head, q, k]``) on one
+sample sequence, saved tidy as ``analyses/attention.csv`` (layer, head, q, k, value and the
+token at each position).
+
+Two views:
+
+* :func:`attention_figure` draws them as **plotly heatmaps**, which the HTML report embeds.
+  We draw with plotly rather than circuitsvis on purpose: a circuitsvis widget loads its
+  JavaScript from a CDN (unpkg) whenever it thinks the machine is online, which fails offline
+  and behind firewalls, and its offline fallback inlines a 1.3 MB React bundle into *every*
+  widget. plotly's JavaScript is inlined once per report, so this view works anywhere.
+* :func:`attention_view` returns the circuitsvis widget (``attention_heads``) for notebook
+  users who want its hover-by-token view.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from plotly.subplots import make_subplots
+from torch import Tensor
+
+from tvlens.hooks import check_hook_names, hook_name
+
+if TYPE_CHECKING:
+    from tvlens.models import Run
+
+log = logging.getLogger(__name__)
+
+SECTION = "Attention patterns"
+CSV_NAME = "attention"
+COLUMNS = ("layer", "head", "q", "k", "value", "q_token", "k_token")
+MAX_COLS = 4
+#: with no heads chosen, models with more heads than this show the most focused ones
+MAX_DEFAULT_HEADS = 16
+
+
+def token_labels(run: Run, inputs: Tensor) -> list[str]:
+    """Readable labels for one sequence: the symbol (or BOS) if discrete, x_i / y_i else."""
+    if run.family.kind == "regression":
+        return [f"{'xy'[t % 2]}{t // 2 + 1}" for t in range(inputs.shape[0])]
+    bos = getattr(run.family, "bos", None)
+    return ["BOS" if int(v) == bos else str(int(v)) for v in inputs.tolist()]
+
+
+def parse_heads(spec: str) -> list[tuple[int, int]]:
+    """``"0.1,2.3"`` → ``[(0, 1), (2, 3)]`` (layer.head pairs, as on the command line)."""
+    heads = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        layer, dot, head = item.partition(".")
+        if not dot or not layer.isdigit() or not head.isdigit():
+            raise ValueError(f"head {item!r} must look like LAYER.HEAD (e.g. 0.1); got {spec!r}.")
+        heads.append((int(layer), int(head)))
+    if not heads:
+        raise ValueError(f"no heads in {spec!r}; give LAYER.HEAD pairs such as 0.1,2.3.")
+    return heads
+
+
+def _select(
+    run: Run, layers: Sequence[int] | None, heads: Sequence[tuple[int, int]] | None
+) -> dict[int, list[int]]:
+    """Layer -> heads to keep, validated against the model's shape."""
+    n_layers, n_heads = run.config.model.n_layers, run.config.model.n_heads
+    if heads is not None and layers is not None:
+        raise ValueError("pass either layers= (all their heads) or heads= (layer, head pairs).")
+    if heads is None:
+        layers = list(range(n_layers)) if layers is None else list(layers)
+        heads = [(layer, h) for layer in layers for h in range(n_heads)]
+    chosen: dict[int, list[int]] = {}
+    for layer, head in heads:
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise ValueError(
+                f"head ({layer}, {head}) does not exist: the model has {n_layers} layers "
+                f"and {n_heads} heads per layer."
+            )
+        if int(head) not in chosen.setdefault(int(layer), []):
+            chosen[int(layer)].append(int(head))
+    return chosen
+
+
+def mean_entropy(pattern: Float[Tensor, "head q k"]) -> Float[Tensor, " head"]:
+    """Mean over queries of each head's attention entropy (nats); low = focused."""
+    p = pattern.clamp_min(1e-12)
+    return -(pattern * p.log()).sum(-1).mean(-1)
+
+
+@torch.no_grad()
+def attention_patterns(
+    run: Run,
+    inputs: Tensor | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[tuple[int, int]] | None = None,
+    split: str = "major",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Tidy attention patterns (layer, head, q, k, value, q_token, k_token) on one sequence.
+
+    ``inputs`` is one sequence (``[pos]`` token ids, ``[pos, d_in]`` regression features, or
+    either with a leading batch of 1); by default one sequence of ``split`` drawn with
+    ``seed``. Choose heads with ``heads=[(layer, head), ...]`` or whole ``layers=``. With
+    neither, every head is kept when the model has at most ``MAX_DEFAULT_HEADS``; otherwise
+    each layer keeps its ``MAX_DEFAULT_HEADS // n_layers`` (at least one) heads of lowest
+    mean attention entropy on this sequence, the most focused ones.
+    """
+    auto = heads is None and layers is None
+    chosen = _select(run, layers, heads)
+    if inputs is None:
+        batch = run.family.sample(split, 1, seed=seed)
+        inputs = batch.inputs
+    one = inputs if inputs.dim() == (3 if run.family.kind == "regression" else 2) else None
+    if one is None:
+        one = inputs.unsqueeze(0)
+    if one.shape[0] != 1:
+        raise ValueError(
+            f"attention_patterns takes one sequence; got a batch of {one.shape[0]}. "
+            "Index the batch first, e.g. batch.inputs[:1]."
+        )
+    run.model.check_inputs(one)
+    names = check_hook_names(
+        run.bridge, [hook_name(layer, "attn.hook_pattern") for layer in sorted(chosen)]
+    )
+    device = next(run.model.raw.parameters()).device
+    _, cache = run.bridge.run_with_cache(one.to(device), names_filter=lambda n: n in names)
+    labels = token_labels(run, one[0])
+    patterns: dict[int, Float[Tensor, "head q k"]] = {
+        layer: cache[hook_name(layer, "attn.hook_pattern")][0].float().cpu() for layer in chosen
+    }
+    if auto and sum(len(h) for h in chosen.values()) > MAX_DEFAULT_HEADS:
+        per_layer = max(1, MAX_DEFAULT_HEADS // len(chosen))
+        chosen = {
+            layer: sorted(mean_entropy(p).argsort()[:per_layer].tolist())
+            for layer, p in patterns.items()
+        }
+        log.info("attention: %d heads per layer with the lowest mean entropy", per_layer)
+    frames = []
+    for layer in sorted(chosen):
+        pattern = patterns[layer]
+        for head in chosen[layer]:
+            frames.append(pattern_frame(pattern[head], labels, layer, head))
+    return pd.concat(frames, ignore_index=True)
+
+
+def pattern_frame(
+    pattern: Float[Tensor, "q k"], labels: Sequence[str], layer: int, head: int
+) -> pd.DataFrame:
+    """One head's ``[q, k]`` pattern as tidy rows (causal: only ``k <= q``)."""
+    t = pattern.shape[0]
+    if pattern.shape != (t, t) or len(labels) != t:
+        raise ValueError(
+            f"pattern must be square [q, k] with one label per position; got "
+            f"{tuple(pattern.shape)} and {len(labels)} labels."
+        )
+    q, k = np.tril_indices(t)
+    return pd.DataFrame(
+        {
+            "layer": layer,
+            "head": head,
+            "q": q,
+            "k": k,
+            "value": pattern.numpy()[q, k],
+            "q_token": [labels[i] for i in q],
+            "k_token": [labels[i] for i in k],
+        }
+    )
+
+
+def write_attention(
+    run_dir: Path | str,
+    *,
+    heads: Sequence[tuple[int, int]] | None = None,
+    split: str = "major",
+    seed: int = 0,
+    step: int | None = None,
+) -> Path:
+    """Compute attention patterns of a trained run and save ``analyses/attention.csv``."""
+    from tvlens.models import load_run
+
+    run = load_run(run_dir, step=step)
+    df = attention_patterns(run, heads=heads, split=split, seed=seed)
+    out = Path(run_dir) / "analyses" / f"{CSV_NAME}.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    log.info("wrote %s (%d heads)", out, df.groupby(["layer", "head"]).ngroups)
+    return out
+
+
+def _check(df: pd.DataFrame) -> None:
+    missing = [c for c in ("layer", "head", "q", "k", "value") if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"attention table lacks column(s) {missing}; build it with attention_patterns()."
+        )
+    if df.empty:
+        raise ValueError("attention table is empty; choose at least one head.")
+
+
+def _matrix(d: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
+    """``[q, k]`` matrix (NaN above the diagonal) and the position labels of one head."""
+    t = int(max(d["q"].max(), d["k"].max())) + 1
+    z = np.full((t, t), np.nan)
+    z[d["q"].to_numpy(int), d["k"].to_numpy(int)] = d["value"].to_numpy(float)
+    labels = [str(i) for i in range(t)]
+    if "q_token" in d.columns:
+        tok = dict(zip(d["q"].astype(int), d["q_token"].astype(str), strict=False))
+        labels = [f"{i}:{tok.get(i, '?')}" for i in range(t)]
+    return z, labels
+
+
+def attention_figure(df: pd.DataFrame) -> go.Figure:
+    """One heatmap per chosen head (query down, key across), on a shared 0–1 colour scale."""
+    _check(df)
+    keys = sorted({(int(a), int(b)) for a, b in zip(df["layer"], df["head"], strict=True)})
+    cols = min(MAX_COLS, len(keys))
+    rows = math.ceil(len(keys) / cols)
+    fig = make_subplots(
+        rows=rows,
+        cols=cols,
+        subplot_titles=[f"L{layer}H{head}" for layer, head in keys],
+        horizontal_spacing=0.04,
+        vertical_spacing=0.08 if rows > 1 else 0.1,
+    )
+    for i, (layer, head) in enumerate(keys):
+        d = df[(df["layer"] == layer) & (df["head"] == head)]
+        z, labels = _matrix(d)
+        fig.add_trace(
+            go.Heatmap(
+                z=z,
+                x=labels,
+                y=labels,
+                coloraxis="coloraxis",
+                hovertemplate=f"L{layer}H{head}<br>query %{{y}}<br>key %{{x}}"
+                "<br>attention %{z:.3f}<extra></extra>",
+            ),
+            row=i // cols + 1,
+            col=i % cols + 1,
+        )
+    fig.update_yaxes(autorange="reversed", showticklabels=False)
+    fig.update_xaxes(showticklabels=False)
+    fig.update_layout(
+        title="Attention patterns on one sample sequence (rows: query, columns: key)",
+        coloraxis={"colorscale": "Blues", "cmin": 0, "cmax": 1, "colorbar": {"title": "attn"}},
+        height=max(320, 260 * rows + 100),
+        margin={"t": 90},
+    )
+    return fig
+
+
+def attention_view(df: pd.DataFrame, layer: int, heads: Sequence[int] | None = None) -> Any:
+    """A circuitsvis attention widget for one layer (for notebooks; it loads JS from a CDN)."""
+    import circuitsvis as cv
+
+    _check(df)
+    d = df[df["layer"] == layer]
+    if d.empty:
+        raise ValueError(
+            f"no attention rows for layer {layer}; layers present: "
+            f"{sorted(df['layer'].unique().tolist())}."
+        )
+    heads = sorted(d["head"].unique().tolist()) if heads is None else list(heads)
+    mats, labels = [], None
+    for head in heads:
+        h = d[d["head"] == head]
+        if h.empty:
+            raise ValueError(f"no attention rows for layer {layer} head {head}.")
+        z, lab = _matrix(h)
+        mats.append(np.nan_to_num(z, nan=0.0))
+        labels = labels or [s.partition(":")[2] or s for s in lab]
+    return cv.attention.attention_heads(
+        attention=torch.tensor(np.stack(mats)),
+        tokens=labels,
+        attention_head_names=[f"L{layer}H{h}" for h in heads],
+    )
+
+
+FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure]] = {CSV_NAME: attention_figure}
