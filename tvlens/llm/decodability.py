@@ -1,0 +1,202 @@
+"""Task decodability (TD) of a pretrained LM by layer and number of shots, and its link to
+ICL accuracy (Han et al., arXiv 2412.12276; SCIENCE.md section B).
+
+For one *group* of tasks (e.g. the six POS tasks plus Null, see
+:func:`tvlens.llm.tasks.task_groups`) and each shot count, ``n_per_task`` prompts per task are
+run once: the residual at the last prompt token is kept at every layer and the answer is
+scored, so TD and ICL accuracy come from the same forward passes. TD itself is computed by
+:mod:`tvlens.analyses.decodability` (default: leave-one-out kNN with k = 10, plus a
+logistic probe on a stratified split; chance beside every score).
+
+Each task's prompts are drawn with their own seed (derived from ``seed`` and the task name;
+the same queries at every shot count), as in the paper's independent N prompts per task.
+Tasks sharing inputs (POS, bitwise) still use every input as a query about equally often. At
+0 shots their prompts are then identical across tasks, and leave-one-out kNN scores *below*
+chance (a point's exact duplicates all carry other labels), so the default shot grid starts
+at 1.
+
+Per-task TD (the fraction of a task's prompts that kNN assigns to it) is correlated with
+ICL accuracy across the group's tasks × shot counts, per layer (Null is left out: it has no
+rule to learn, so its "accuracy" only measures guessing).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tvlens.analyses.decodability import DEFAULT_K, Method, decodability_table, knn_loo_predict
+from tvlens.hooks.core import hook_name
+from tvlens.llm.icl import icl_row
+from tvlens.llm.prompts import (
+    ScoreMode,
+    Template,
+    encode,
+    run_prompts,
+    sample_prompts,
+    tokenizer_of,
+)
+from tvlens.llm.task_vectors import check_layers
+from tvlens.llm.tasks import NLTask
+from tvlens.tasks.base import derive_seed
+
+log = logging.getLogger(__name__)
+
+#: the paper's N: prompts per task
+DEFAULT_PER_TASK = 100
+DEFAULT_SHOTS = (1, 2, 4, 8)
+
+
+@dataclass
+class DecodabilityResult:
+    """TD by layer × shots, per-task TD, ICL accuracy, and the states kept for geometry."""
+
+    td: pd.DataFrame
+    per_task: pd.DataFrame
+    icl: pd.DataFrame
+    labels: Int[Tensor, " n"]
+    tasks: list[NLTask]
+    layers: list[int]
+    states: dict[int, Float[Tensor, "n layer d"]] = field(default_factory=dict)
+
+
+def per_task_td(
+    x: Float[Tensor, "n d"], labels: Int[Tensor, " n"], k: int = DEFAULT_K
+) -> Float[Tensor, " classes"]:
+    """Leave-one-out kNN recall of each class: the share of its points assigned to it."""
+    labels = torch.as_tensor(labels).long()
+    pred = knn_loo_predict(x, labels, k)
+    n_classes = int(labels.max()) + 1
+    hit = torch.zeros(n_classes, dtype=torch.float64).index_add_(
+        0, labels, (pred == labels).double()
+    )
+    return hit / torch.bincount(labels, minlength=n_classes).double()
+
+
+@torch.no_grad()
+def decodability_by_shots(
+    model: Any,
+    tasks: Sequence[NLTask],
+    shots: Sequence[int] = DEFAULT_SHOTS,
+    n_per_task: int = DEFAULT_PER_TASK,
+    layers: Sequence[int] | None = None,
+    template: str | Template = "arrow",
+    seed: int = 0,
+    point: str = "resid_post",
+    methods: Sequence[Method] = ("knn", "probe"),
+    k: int = DEFAULT_K,
+    mode: ScoreMode = "first_token",
+    batch_size: int = 16,
+    keep_states: Sequence[int] = (),
+    group: str = "tasks",
+    progress: bool = False,
+) -> DecodabilityResult:
+    """TD of ``tasks`` (the classes) at every layer × shot count, with ICL accuracy.
+
+    Returns tables ``td`` (group, method, layer, n_examples = shots, td, chance, ...),
+    ``per_task`` (group, task, family, shots, layer, td_task) and ``icl`` (group, task,
+    shots, accuracy, ...); ``states[s]`` holds the ``[N, L, d]`` states for each shot count
+    in ``keep_states`` (rows grouped by task, in ``tasks`` order).
+    """
+    tasks = list(tasks)
+    if len(tasks) < 2:
+        raise ValueError(f"decodability needs at least two tasks (classes); got {len(tasks)}.")
+    if len({t.name for t in tasks}) != len(tasks):
+        raise ValueError(f"task names repeat in {[t.name for t in tasks]}; pass each once.")
+    tok = tokenizer_of(model)
+    layers = check_layers(model, layers)
+    names = [hook_name(layer, point) for layer in layers]
+    labels = torch.arange(len(tasks)).repeat_interleave(n_per_task)
+    td_frames, per_rows, icl_rows = [], [], []
+    kept: dict[int, Tensor] = {}
+    for s in tqdm(list(shots), desc=f"TD {group}", disable=None if progress else True):
+        reps = []
+        for task in tasks:
+            task_seed = derive_seed("llm-decodability", seed, task.name)
+            enc = encode(tok, sample_prompts(task, n_per_task, s, template, task_seed))
+            scored = run_prompts(model, enc, capture=names, mode=mode, batch_size=batch_size)
+            reps.append(torch.stack([scored.states[n] for n in names], dim=1))
+            icl_rows.append({"group": group, **icl_row(task, s, enc, scored)})
+        x = torch.cat(reps)  # [N, L, d]
+        td = decodability_table(
+            x[:, :, None],
+            labels,
+            layers=layers,
+            n_examples=[int(s)],
+            positions=[-1],
+            methods=methods,
+            k=k,
+            seed=seed,
+        )
+        td.insert(0, "group", group)
+        td_frames.append(td)
+        for li, layer in enumerate(layers):
+            recall = per_task_td(x[:, li], labels, k)
+            for ci, task in enumerate(tasks):
+                per_rows.append(
+                    {
+                        "group": group,
+                        "task": task.name,
+                        "family": task.family,
+                        "shots": int(s),
+                        "layer": layer,
+                        "td_task": float(recall[ci]),
+                    }
+                )
+        if s in keep_states:
+            kept[int(s)] = x
+    return DecodabilityResult(
+        td=pd.concat(td_frames, ignore_index=True),
+        per_task=pd.DataFrame(per_rows),
+        icl=pd.DataFrame(icl_rows),
+        labels=labels,
+        tasks=tasks,
+        layers=layers,
+        states=kept,
+    )
+
+
+def td_icl_table(per_task: pd.DataFrame, icl: pd.DataFrame) -> pd.DataFrame:
+    """Per-task TD beside ICL accuracy: one row per (group, task, shots, layer)."""
+    cols = ["group", "task", "shots", "accuracy", "p_answer", "baseline"]
+    return per_task.merge(icl[cols], on=["group", "task", "shots"], how="left")
+
+
+def td_icl_correlation(
+    table: pd.DataFrame, exclude_families: Sequence[str] = ("null",)
+) -> pd.DataFrame:
+    """Pearson / Spearman correlation of per-task TD with ICL accuracy across a group's
+    tasks × shot counts, per (group, layer): ``r, r2, p_value, spearman, n_points``.
+
+    Undefined (NaN) when either side is constant, e.g. a model that never answers right.
+    """
+    from scipy import stats
+
+    rows = []
+    d = table[~table["family"].isin(list(exclude_families))]
+    for (group, layer), g in d.groupby(["group", "layer"], sort=True):
+        x, y = g["td_task"].to_numpy(float), g["accuracy"].to_numpy(float)
+        row = {"group": group, "layer": int(layer), "n_points": len(g)}
+        if len(g) >= 3 and np.ptp(x) > 0 and np.ptp(y) > 0:
+            r, p = stats.pearsonr(x, y)
+            row |= {
+                "r": float(r),
+                "r2": float(r) ** 2,
+                "p_value": float(p),
+                "spearman": float(stats.spearmanr(x, y)[0]),
+            }
+        else:
+            row |= {"r": np.nan, "r2": np.nan, "p_value": np.nan, "spearman": np.nan}
+        rows.append(row)
+    return pd.DataFrame(
+        rows, columns=["group", "layer", "n_points", "r", "r2", "p_value", "spearman"]
+    )

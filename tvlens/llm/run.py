@@ -1,0 +1,308 @@
+"""Run every LLM analysis on one model and write a run directory the report reads.
+
+Layout (the same as a synthetic run's, so ``tvlens report RUN_DIR`` works on both)::
+
+    RUN_DIR/config.json                 model, settings, library versions
+    RUN_DIR/analyses/llm_icl.csv        ICL accuracy by task × shots
+    RUN_DIR/analyses/llm_task_vectors.csv       Hendel task vectors: accuracy by layer
+    RUN_DIR/analyses/llm_fv_heads.csv           indirect effect of every head
+    RUN_DIR/analyses/llm_function_vectors.csv   function vector: accuracy by layer
+    RUN_DIR/analyses/llm_decodability.csv       TD by group × method × layer × shots
+    RUN_DIR/analyses/llm_td_icl.csv             per-task TD beside ICL accuracy
+    RUN_DIR/analyses/llm_td_correlation.csv     TD–ICL correlation by group × layer
+    RUN_DIR/analyses/llm_pca.csv                PCA of last-token states by task
+    RUN_DIR/analyses/llm_mixture.csv            simplex weights of mixed-task prompts
+    RUN_DIR/analyses/llm_simplex.csv            simplex / subspace R² by split
+    RUN_DIR/function_vectors.safetensors        one function vector per task
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tvlens.llm.decodability import (
+    DEFAULT_PER_TASK,
+    DEFAULT_SHOTS,
+    decodability_by_shots,
+    td_icl_correlation,
+    td_icl_table,
+)
+from tvlens.llm.function_vectors import function_vectors
+from tvlens.llm.geometry import mixture_geometry, pca_table
+from tvlens.llm.icl import icl_accuracy
+from tvlens.llm.task_vectors import task_vector_sweep
+from tvlens.llm.tasks import load_tasks, task_groups
+from tvlens.models.checkpoint import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+ANALYSES = ("icl", "task_vectors", "function_vectors", "decodability", "geometry")
+
+
+@dataclass
+class LLMConfig:
+    """Settings of one LLM run (defaults are sized for a GPU and a 2B–8B model)."""
+
+    tasks: str = "antonym"  # tasks for ICL, task vectors and function vectors
+    td_tasks: str = "pos,bitwise,null"  # tasks for decodability and geometry (grouped)
+    analyses: tuple[str, ...] = ANALYSES
+    icl_shots: tuple[int, ...] = (0, 1, 2, 4, 8)
+    n_prompts: int = 50  # prompts per task for ICL, task vectors, FV evaluation
+    td_shots: tuple[int, ...] = DEFAULT_SHOTS
+    n_td: int = DEFAULT_PER_TASK  # prompts per task for decodability
+    tv_shots: int = 5
+    fv_shots: int = 10
+    n_ie: int = 25  # corrupted prompts for the head indirect effects
+    k_heads: int = 10
+    n_mixture: int = 20  # prompts per mixing proportion
+    layers: tuple[int, ...] | None = None  # layers for the sweeps (default: all)
+    template: str = "arrow"
+    mode: str = "first_token"
+    point: str = "resid_post"
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        bad = [a for a in self.analyses if a not in ANALYSES]
+        if bad:
+            raise ValueError(f"unknown analyses {bad}; choose from {list(ANALYSES)}.")
+        for name in ("n_prompts", "n_td", "n_ie", "k_heads", "n_mixture", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
+        if any(s < 0 for s in (*self.icl_shots, *self.td_shots, self.tv_shots, self.fv_shots)):
+            raise ValueError("shot counts must be non-negative.")
+        if self.n_td <= 10 and "decodability" in self.analyses:
+            raise ValueError(f"n_td={self.n_td}: kNN with k = 10 needs more than 10 prompts.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("tvlens", "transformer-lens", "transformers", "torch"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "?"
+    return out
+
+
+def save_table(df: pd.DataFrame, run_dir: Path, name: str) -> Path:
+    """Write ``df`` to ``run_dir/analyses/<name>.csv`` atomically."""
+    path = Path(run_dir) / "analyses" / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, df.to_csv(index=False))
+    return path
+
+
+def run_llm(
+    model: Any,
+    run_dir: str | Path,
+    config: LLMConfig | None = None,
+    model_name: str = "?",
+    progress: bool = False,
+) -> dict[str, pd.DataFrame]:
+    """Run the analyses in ``config.analyses`` on ``model`` (a bridge from
+    :func:`tvlens.llm.load`) and write ``run_dir``; returns the tables by CSV name."""
+    cfg = config or LLMConfig()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "kind": "llm",
+        "model": {
+            "name": model_name,
+            "n_layers": int(model.cfg.n_layers),
+            "n_heads": int(model.cfg.n_heads),
+            "d_model": int(model.cfg.d_model),
+            "dtype": str(getattr(model.cfg, "dtype", "?")),
+            "device": str(getattr(model.cfg, "device", "?")),
+        },
+        "llm": cfg.to_dict(),
+        "versions": _versions(),
+    }
+    atomic_write_text(run_dir / "config.json", json.dumps(meta, indent=2, default=str) + "\n")
+    tasks = load_tasks(cfg.tasks)
+    common = {"template": cfg.template, "seed": cfg.seed, "batch_size": cfg.batch_size}
+    tables: dict[str, pd.DataFrame] = {}
+    layers = list(cfg.layers) if cfg.layers is not None else None
+
+    def keep(name: str, df: pd.DataFrame) -> None:
+        tables[name] = df
+        log.info("wrote %s", save_table(df, run_dir, name))
+
+    if "icl" in cfg.analyses:
+        keep(
+            "llm_icl",
+            icl_accuracy(
+                model,
+                tasks,
+                cfg.icl_shots,
+                cfg.n_prompts,
+                mode=cfg.mode,
+                progress=progress,
+                **common,
+            ),
+        )
+    if "task_vectors" in cfg.analyses:
+        frames = [
+            task_vector_sweep(
+                model,
+                t,
+                layers,
+                cfg.tv_shots,
+                cfg.n_prompts,
+                mode=cfg.mode,
+                point=cfg.point,
+                progress=progress,
+                **common,
+            )
+            for t in tasks
+        ]
+        keep("llm_task_vectors", pd.concat(frames, ignore_index=True))
+    if "function_vectors" in cfg.analyses:
+        heads, sweeps, vectors = [], [], {}
+        for t in tasks:
+            res = function_vectors(
+                model,
+                t,
+                k_heads=cfg.k_heads,
+                shots=cfg.fv_shots,
+                n_mean=cfg.n_prompts,
+                n_ie=cfg.n_ie,
+                n_eval=cfg.n_prompts,
+                layers=layers,
+                mode=cfg.mode,
+                point=cfg.point,
+                progress=progress,
+                **common,
+            )
+            heads.append(res.heads)
+            sweeps.append(res.sweep)
+            vectors[t.name] = res.vector.float().contiguous()
+        keep("llm_fv_heads", pd.concat(heads, ignore_index=True))
+        keep("llm_function_vectors", pd.concat(sweeps, ignore_index=True))
+        from safetensors.torch import save_file
+
+        save_file(vectors, str(run_dir / "function_vectors.safetensors"))
+    if "decodability" in cfg.analyses or "geometry" in cfg.analyses:
+        tables |= _decodability_and_geometry(model, run_dir, cfg, layers, progress, keep)
+    return tables
+
+
+def _decodability_and_geometry(
+    model: Any,
+    run_dir: Path,
+    cfg: LLMConfig,
+    layers: Sequence[int] | None,
+    progress: bool,
+    keep: Any,
+) -> dict[str, pd.DataFrame]:
+    groups = task_groups(load_tasks(cfg.td_tasks))
+    if not groups:
+        raise ValueError(
+            f"td_tasks={cfg.td_tasks!r} gives no group of two or more tasks of one family; "
+            "pass e.g. 'pos,null' or 'bitwise'."
+        )
+    with_td = "decodability" in cfg.analyses
+    with_geo = "geometry" in cfg.analyses
+    geo_shots = max(cfg.td_shots) if with_td else max(cfg.td_shots[-1], 1)
+    td, per, icl, pca, mix, simplex = [], [], [], [], [], []
+    for group, members in groups.items():
+        res = decodability_by_shots(
+            model,
+            members,
+            cfg.td_shots if with_td else (geo_shots,),
+            cfg.n_td,
+            layers,
+            cfg.template,
+            cfg.seed,
+            cfg.point,
+            mode=cfg.mode,
+            batch_size=cfg.batch_size,
+            keep_states=(geo_shots,) if with_geo else (),
+            group=group,
+            progress=progress,
+        )
+        td.append(res.td)
+        per.append(res.per_task)
+        icl.append(res.icl)
+        if with_geo:
+            states = res.states[geo_shots]
+            names = [t.name for t in res.tasks]
+            pca.append(pca_table(states, res.labels, names, res.layers, group=group))
+            m, s = mixture_geometry(
+                model,
+                res.tasks,
+                states,
+                res.labels,
+                res.layers,
+                geo_shots,
+                n_prompts=cfg.n_mixture,
+                template=cfg.template,
+                seed=cfg.seed,
+                point=cfg.point,
+                batch_size=cfg.batch_size,
+                group=group,
+            )
+            mix.append(m)
+            simplex.append(s)
+    out: dict[str, pd.DataFrame] = {}
+    if with_td:
+        table = td_icl_table(pd.concat(per, ignore_index=True), pd.concat(icl, ignore_index=True))
+        for name, df in (
+            ("llm_decodability", pd.concat(td, ignore_index=True)),
+            ("llm_td_icl", table),
+            ("llm_td_correlation", td_icl_correlation(table)),
+        ):
+            keep(name, df)
+            out[name] = df
+    if with_geo:
+        for name, df in (
+            ("llm_pca", pd.concat(pca, ignore_index=True)),
+            ("llm_mixture", pd.concat(mix, ignore_index=True)),
+            ("llm_simplex", pd.concat(simplex, ignore_index=True)),
+        ):
+            keep(name, df)
+            out[name] = df
+    return out
+
+
+def summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One line per headline number of a run (for the CLI)."""
+    rows = []
+    if "llm_icl" in tables:
+        for r in tables["llm_icl"].itertuples():
+            rows.append((f"ICL {r.task} {r.shots}-shot", r.accuracy))
+    for name, cond in (
+        ("llm_task_vectors", "task_vector"),
+        ("llm_function_vectors", "function_vector"),
+    ):
+        if name in tables:
+            d = tables[name]
+            for task, g in d[d["condition"] == cond].groupby("task"):
+                best = g.loc[g["accuracy"].idxmax()]
+                rows.append((f"{cond} {task} best layer {int(best['layer'])}", best["accuracy"]))
+    if "llm_decodability" in tables:
+        d = tables["llm_decodability"]
+        d = d[(d["method"] == "knn") & (d["n_examples"] == d["n_examples"].max())]
+        for group, g in d.groupby("group"):
+            best = g.loc[g["td"].idxmax()]
+            rows.append(
+                (
+                    f"TD {group} ({int(best['n_examples'])} shots) peak layer "
+                    f"{int(best['layer'])} (chance {best['chance']:.2f})",
+                    best["td"],
+                )
+            )
+    return pd.DataFrame(rows, columns=["measure", "value"])
