@@ -100,7 +100,7 @@ def test_null_task_has_matching_formats_but_no_rule():
 def test_task_groups_restrict_null_to_each_family():
     groups = task_groups(load_tasks("pos,bitwise,null,antonym"))
     assert set(groups) == {"pos", "bitwise"}  # the word family has one task only
-    for family, members in groups.items():
+    for members in groups.values():
         null = [t for t in members if t.family == "null"]
         assert len(null) == 1 and len(members) == 7
         assert set(null[0].inputs) == set(members[0].inputs)

@@ -11,9 +11,10 @@
 4. **Intervention.** ``v`` is added to the residual stream (``resid_post`` of layer ℓ) at the
    query token of zero-shot prompts; sweeping ℓ gives accuracy by layer.
 
-The IE sweep reuses the patching engine's generic runner
-(:class:`tvlens.hooks.suffix.BridgeReplayRunner`): for each corrupted batch it records one
-forward, then replays only blocks ``l..L-1`` per head with an ordinary TL hook
+The IE sweep reuses the patching engine's bridge runner
+(:class:`tvlens.hooks.suffix.BridgeSuffixRunner`): for each corrupted batch it records one
+forward, then per head replays only blocks ``l..L-1`` (and, where the runner verified it
+exact, only positions from the batch's first query token on) with an ordinary TL hook
 (:func:`tvlens.hooks.rowwise.patch_head_rows_hook`) doing the patch, for any bridge.
 (:func:`tvlens.analyses.patching.patch_sweep` patches a clean run's own activations into an
 aligned corrupted input; Todd et al. patch the *task mean* at the query token of prompts of
@@ -27,6 +28,7 @@ exactly to the residual; the IE (step 2) is exact for every architecture.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,7 +41,6 @@ from tqdm.auto import tqdm
 
 from tvlens.hooks.core import hook_name
 from tvlens.hooks.rowwise import add_rows_hook, patch_head_rows_hook
-from tvlens.hooks.suffix import BridgeReplayRunner
 from tvlens.llm.prompts import (
     ScoreMode,
     Template,
@@ -54,7 +55,8 @@ from tvlens.llm.prompts import (
 from tvlens.llm.task_vectors import check_layers, condition_row
 from tvlens.llm.tasks import NLTask
 
-Engine = Literal["replay", "full"]
+log = logging.getLogger(__name__)
+Engine = Literal["auto", "full"]
 #: seed offset so the corrupted prompts are a different draw from the clean ones
 CORRUPT_SEED_OFFSET = 7919
 
@@ -103,15 +105,19 @@ def head_indirect_effects(
     seed: int = 0,
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
-    engine: Engine = "replay",
+    engine: Engine = "auto",
     progress: bool = False,
 ) -> pd.DataFrame:
     """IE of every head: patch ``z_mean[l, h]`` at the query token of shuffled-label prompts.
 
-    Returns ``task, layer, head, ie, p_corrupted, p_patched, n`` (one row per head).
+    ``engine="auto"`` replays only the blocks a patch can change through the patching
+    engine's :class:`~tvlens.hooks.suffix.BridgeSuffixRunner` (from layer ``l``, and from the
+    batch's first query position when the bridge supports suffix runs); ``"full"`` runs
+    complete forwards with ``run_with_hooks``. Returns ``task, layer, head, ie,
+    p_corrupted, p_patched, n, engine`` (one row per head).
     """
-    if engine not in ("replay", "full"):
-        raise ValueError(f"engine={engine!r}; choose 'replay' or 'full'.")
+    if engine not in ("auto", "full"):
+        raise ValueError(f"engine={engine!r}; choose 'auto' or 'full'.")
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if tuple(z_mean.shape[:2]) != (n_layers, n_heads):
         raise ValueError(
@@ -127,26 +133,16 @@ def head_indirect_effects(
     base_sum = 0.0
     patched_sum = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     cells = [(layer, h) for layer in layers for h in range(n_heads)]
+    used = set()
     bar = tqdm(total=len(cells) * -(-len(enc) // batch_size), desc="head IE", disable=not progress)
     for _, tokens, qpos, answers in prompt_batches(enc, batch_size, device):
         first = torch.tensor([a[0] for a in answers])
-        resid: dict[str, Tensor] = {}
-        runner = None
-        if engine == "replay":
-            runner = BridgeReplayRunner(model)
-            names = [hook_name(layer, "resid_pre") for layer in layers]
-            with model.hooks(fwd_hooks=[(n, _saver(resid, n)) for n in names]):
-                logits = runner.prepare(tokens)
-        else:
-            logits = model(tokens)
+        patched_logits, logits, how = _patcher(model, tokens, qpos, engine)
+        used.add(how)
         base_sum += float(answer_probs(logits, qpos, first).sum())
         for layer, h in cells:
-            hook = (z_name(layer), patch_head_rows_hook(z_mean[layer, h], h, qpos))
-            if runner is not None:
-                out = runner.run(resid[hook_name(layer, "resid_pre")], layer, [hook])
-            else:
-                out = model.run_with_hooks(tokens, fwd_hooks=[hook])
-            patched_sum[layer, h] += float(answer_probs(out, qpos, first).sum())
+            out, rel = patched_logits(layer, h, z_mean[layer, h])
+            patched_sum[layer, h] += float(answer_probs(out, rel, first).sum())
             bar.update(1)
     bar.close()
     n = len(enc)
@@ -160,10 +156,44 @@ def head_indirect_effects(
             "p_corrupted": p_base,
             "p_patched": float(patched_sum[layer, h]) / n,
             "n": n,
+            "engine": "+".join(sorted(used)),
         }
         for layer, h in cells
     ]
     return pd.DataFrame(rows)
+
+
+def _patcher(model: Any, tokens: Tensor, qpos: Tensor, engine: Engine) -> tuple[Any, Tensor, str]:
+    """``(patched(layer, head, value) -> (logits, query rows), clean logits, engine used)``."""
+
+    def full(layer: int, head: int, value: Tensor) -> tuple[Tensor, Tensor]:
+        hook = (z_name(layer), patch_head_rows_hook(value, head, qpos))
+        return model.run_with_hooks(tokens, fwd_hooks=[hook]), qpos
+
+    if engine == "full":
+        return full, model(tokens), "full"
+    try:
+        from tvlens.hooks.suffix import BridgeSuffixRunner
+    except ImportError as e:  # the patching engine is absent from this build
+        log.warning("patching engine unavailable (%s); head IE uses full forwards", e)
+        return full, model(tokens), "full"
+    resid: dict[str, Tensor] = {}
+    names = [hook_name(layer, "resid_pre") for layer in range(model.cfg.n_layers)]
+    with model.hooks(fwd_hooks=[(n, _saver(resid, n)) for n in names]):
+        model(tokens)
+    runner = BridgeSuffixRunner(model)
+    logits = runner.prepare(tokens, resid[names[0]])
+    if not runner.replay_ok:
+        return full, logits, "full"
+    p0 = int(qpos.min()) if runner.suffix_ok else 0
+    rel = qpos - p0
+
+    def replay(layer: int, head: int, value: Tensor) -> tuple[Tensor, Tensor]:
+        hook = (z_name(layer), patch_head_rows_hook(value, head, rel))
+        x = resid[hook_name(layer, "resid_pre")][:, p0:]
+        return runner.run(x, layer, p0, 1, [hook]), rel
+
+    return replay, logits, "suffix" if p0 else "replay"
 
 
 def _saver(store: dict[str, Tensor], key: str):
@@ -262,7 +292,7 @@ def function_vectors(
     mode: ScoreMode = "first_token",
     point: str = "resid_post",
     batch_size: int = 16,
-    engine: Engine = "replay",
+    engine: Engine = "auto",
     progress: bool = False,
 ) -> FunctionVectorResult:
     """The whole pipeline: mean head outputs, IE of every head, top-``k_heads`` function
