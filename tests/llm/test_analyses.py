@@ -113,7 +113,9 @@ def test_top_heads_ranks_by_indirect_effect():
 
 def test_function_vector_pipeline_and_zero_vector_invariant(bridges):
     model = bridges["llama"]
-    res = fv.function_vectors(model, ANTONYM, k_heads=3, shots=3, n_mean=6, n_ie=4, n_eval=6)
+    res = fv.function_vector_analysis(
+        model, ANTONYM, k_heads=3, shots=3, n_mean=6, n_ie=4, n_eval=6
+    )
     assert res.vector.shape == (model.cfg.d_model,)
     assert res.heads["selected"].sum() == 3
     assert sorted(res.heads.loc[res.heads["selected"], "rank"]) == [0, 1, 2]

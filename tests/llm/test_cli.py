@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tvlens.cli import main
-from tvlens.llm.run import LLMConfig
+from tvlens.llm.config import LLMConfig
 from tvlens.viz.llm import FIGURES, SECTION
 
 SMALL = [

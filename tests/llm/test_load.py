@@ -61,8 +61,23 @@ def test_offline_hub_id_fails_fast_with_advice(monkeypatch):
         load("no-such-org/no-such-model-xyz", device="cpu")
 
 
+def test_hub_without_dns_fails_fast(monkeypatch):
+    import socket
+
+    def no_dns(*a, **k):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    with pytest.raises(LoadError, match="cannot be reached.*no DNS.*--local-dir"):
+        load("no-such-org/no-such-model-xyz", device="cpu")
+
+
 def test_unreachable_hub_error_is_translated(monkeypatch):
+    import socket
+
     from transformer_lens.model_bridge import TransformerBridge
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: [])  # DNS "works"
 
     def boom(*a, **k):
         raise OSError("We couldn't connect to 'https://huggingface.co' to load the files")

@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-from tvlens.llm.run import ANALYSES, LLMConfig, run_llm, summary
+from tvlens.llm.config import ANALYSES, LLMConfig
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -70,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tvlens.llm.load import load
+    from tvlens.llm.run import run_llm, summary
 
     cfg = LLMConfig(
         tasks=args.task,

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from tvlens.analyses.decodability import DEFAULT_K, Method, decodability_table, knn_loo_predict
 from tvlens.hooks.core import hook_name
+from tvlens.llm.config import DEFAULT_PER_TASK, DEFAULT_TD_SHOTS
 from tvlens.llm.icl import icl_row
 from tvlens.llm.prompts import (
     ScoreMode,
@@ -51,9 +52,7 @@ from tvlens.tasks.base import derive_seed
 
 log = logging.getLogger(__name__)
 
-#: the paper's N: prompts per task
-DEFAULT_PER_TASK = 100
-DEFAULT_SHOTS = (1, 2, 4, 8)
+DEFAULT_SHOTS = DEFAULT_TD_SHOTS
 
 
 @dataclass

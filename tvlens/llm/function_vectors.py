@@ -278,7 +278,7 @@ class FunctionVectorResult:
     sweep: pd.DataFrame  # accuracy by layer
 
 
-def function_vectors(
+def function_vector_analysis(
     model: Any,
     task: NLTask,
     k_heads: int = 10,

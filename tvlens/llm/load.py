@@ -113,6 +113,29 @@ def _cached(name: str) -> bool:
         return False
 
 
+def _unresolvable_hub() -> str | None:
+    """The hub's host name when DNS cannot resolve it (no network), else ``None``.
+
+    A failed lookup returns at once, where the hub client would retry for ~25 s first.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    except Exception:  # pragma: no cover
+        host = "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except (socket.gaierror, UnicodeError):
+        return host
+    except OSError:  # anything else: let the hub client decide
+        return None
+    return None
+
+
 def _download_hint(name: str) -> str:
     return (
         f"pre-download it on a machine with network access (`huggingface-cli download {name} "
@@ -142,11 +165,18 @@ def load(
     local = _looks_local(name)
     if local:
         name = _check_local(name)
-    elif _hub_offline() and not _cached(name):
-        raise LoadError(
-            f"{name!r} is not in the local HF cache and HF_HUB_OFFLINE is set, so it cannot "
-            f"be downloaded: {_download_hint(name)}, or unset HF_HUB_OFFLINE."
-        )
+    elif not _cached(name):
+        if _hub_offline():
+            raise LoadError(
+                f"{name!r} is not in the local HF cache and HF_HUB_OFFLINE is set, so it "
+                f"cannot be downloaded: {_download_hint(name)}, or unset HF_HUB_OFFLINE."
+            )
+        host = _unresolvable_hub()
+        if host:
+            raise LoadError(
+                f"{name!r} is not in the local HF cache and the model hub ({host}) cannot be "
+                f"reached from this machine (no DNS): {_download_hint(name)}."
+            )
     if device is not None and (n_devices is not None or device_map is not None):
         raise ValueError(
             "pass either device= (one device) or n_devices= / device_map= (several), not both."

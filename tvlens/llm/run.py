@@ -18,26 +18,23 @@ Layout (the same as a synthetic run's, so ``tvlens report RUN_DIR`` works on bot
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from tvlens.llm.config import LLMConfig
 from tvlens.llm.decodability import (
-    DEFAULT_PER_TASK,
-    DEFAULT_SHOTS,
     decodability_by_shots,
     td_icl_correlation,
     td_icl_table,
 )
-from tvlens.llm.function_vectors import function_vectors
+from tvlens.llm.function_vectors import function_vector_analysis
 from tvlens.llm.geometry import mixture_geometry, pca_table
 from tvlens.llm.icl import icl_accuracy
 from tvlens.llm.task_vectors import task_vector_sweep
@@ -45,47 +42,6 @@ from tvlens.llm.tasks import load_tasks, task_groups
 from tvlens.models.checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
-
-ANALYSES = ("icl", "task_vectors", "function_vectors", "decodability", "geometry")
-
-
-@dataclass
-class LLMConfig:
-    """Settings of one LLM run (defaults are sized for a GPU and a 2B–8B model)."""
-
-    tasks: str = "antonym"  # tasks for ICL, task vectors and function vectors
-    td_tasks: str = "pos,bitwise,null"  # tasks for decodability and geometry (grouped)
-    analyses: tuple[str, ...] = ANALYSES
-    icl_shots: tuple[int, ...] = (0, 1, 2, 4, 8)
-    n_prompts: int = 50  # prompts per task for ICL, task vectors, FV evaluation
-    td_shots: tuple[int, ...] = DEFAULT_SHOTS
-    n_td: int = DEFAULT_PER_TASK  # prompts per task for decodability
-    tv_shots: int = 5
-    fv_shots: int = 10
-    n_ie: int = 25  # corrupted prompts for the head indirect effects
-    k_heads: int = 10
-    n_mixture: int = 20  # prompts per mixing proportion
-    layers: tuple[int, ...] | None = None  # layers for the sweeps (default: all)
-    template: str = "arrow"
-    mode: str = "first_token"
-    point: str = "resid_post"
-    batch_size: int = 16
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        bad = [a for a in self.analyses if a not in ANALYSES]
-        if bad:
-            raise ValueError(f"unknown analyses {bad}; choose from {list(ANALYSES)}.")
-        for name in ("n_prompts", "n_td", "n_ie", "k_heads", "n_mixture", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
-        if any(s < 0 for s in (*self.icl_shots, *self.td_shots, self.tv_shots, self.fv_shots)):
-            raise ValueError("shot counts must be non-negative.")
-        if self.n_td <= 10 and "decodability" in self.analyses:
-            raise ValueError(f"n_td={self.n_td}: kNN with k = 10 needs more than 10 prompts.")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _versions() -> dict[str, str]:
@@ -173,7 +129,7 @@ def run_llm(
     if "function_vectors" in cfg.analyses:
         heads, sweeps, vectors = [], [], {}
         for t in tasks:
-            res = function_vectors(
+            res = function_vector_analysis(
                 model,
                 t,
                 k_heads=cfg.k_heads,
