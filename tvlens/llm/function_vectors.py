@@ -181,8 +181,12 @@ def _patcher(model: Any, tokens: Tensor, qpos: Tensor, engine: Engine) -> tuple[
     names = [hook_name(layer, "resid_pre") for layer in range(model.cfg.n_layers)]
     with model.hooks(fwd_hooks=[(n, _saver(resid, n)) for n in names]):
         model(tokens)
-    runner = BridgeSuffixRunner(model)
-    logits = runner.prepare(tokens, resid[names[0]])
+    try:
+        runner = BridgeSuffixRunner(model)
+        logits = runner.prepare(tokens, resid[names[0]])
+    except (TypeError, AttributeError, RuntimeError) as e:  # an engine this code predates
+        log.warning("patching engine failed on this bridge (%s); head IE uses full forwards", e)
+        return full, model(tokens), "full"
     if not runner.replay_ok:
         return full, logits, "full"
     p0 = int(qpos.min()) if runner.suffix_ok else 0
