@@ -60,6 +60,15 @@ def test_cli_writes_a_run_directory(run_dir, tiny_dirs, capsys):
     assert "already holds a run" in capsys.readouterr().err
 
 
+def test_forced_rerun_replaces_old_tables(tiny_dirs, tmp_path):
+    out = tmp_path / "run"
+    argv = ["llm", "--model", str(tiny_dirs["llama"]), "--out", str(out), "--n-prompts", "4"]
+    assert main(argv + ["--analyses", "icl,task_vectors", "--shots", "0"]) == 0
+    assert main(argv + ["--analyses", "icl", "--shots", "0,1", "--force"]) == 0
+    assert [p.stem for p in (out / "analyses").glob("*.csv")] == ["llm_icl"]
+    assert pd.read_csv(out / "analyses" / "llm_icl.csv")["shots"].tolist() == [0, 1]
+
+
 def test_every_csv_draws_a_figure(run_dir):
     assert SECTION
     for name, fn in FIGURES.items():

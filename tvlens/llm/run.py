@@ -70,10 +70,17 @@ def run_llm(
     progress: bool = False,
 ) -> dict[str, pd.DataFrame]:
     """Run the analyses in ``config.analyses`` on ``model`` (a bridge from
-    :func:`tvlens.llm.load`) and write ``run_dir``; returns the tables by CSV name."""
+    :func:`tvlens.llm.load`) and write ``run_dir``; returns the tables by CSV name.
+
+    Earlier ``llm_*`` tables in ``run_dir`` are removed first, so the directory only holds
+    this run's results.
+    """
     cfg = config or LLMConfig()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    stale = [*(run_dir / "analyses").glob("llm_*.csv"), run_dir / "function_vectors.safetensors"]
+    for path in stale:  # a rerun must not leave tables of analyses it did not redo
+        path.unlink(missing_ok=True)
     meta = {
         "kind": "llm",
         "model": {
