@@ -26,5 +26,5 @@ def tiny_config(family: str = "dice", steps: int = 12, **family_kw) -> RunConfig
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny models: one thread is fastest and never oversubscribes
     yield
