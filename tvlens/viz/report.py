@@ -267,6 +267,11 @@ def _root_table(path: Path, heading: str, read: Callable[[Path], pd.DataFrame]) 
     return f"<h3>{html.escape(heading)}</h3>" + _table(read(path), f"source: {path.name}")
 
 
+def _some(names: Sequence[str], n: int = 3) -> str:
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
 def summary_html(run_dir: Path, results: dict[str, Path], absent: Sequence[Absent] = ()) -> str:
     """Configuration, final loss vs each reference, root-level tables, and missing sections."""
     parts = []
@@ -311,7 +316,7 @@ def summary_html(run_dir: Path, results: dict[str, Path], absent: Sequence[Absen
     if absent:
         items = "".join(
             f"<li><strong>{html.escape(a.title)}</strong>: none of "
-            f"{html.escape(', '.join(a.wanted))}</li>"
+            f"{html.escape(_some(a.wanted))}</li>"
             for a in absent
         )
         parts.append(f'<h3>Not in this run</h3><ul class="muted">{items}</ul>')
