@@ -1,0 +1,406 @@
+"""Patching sweeps equal transformer_lens.patching on small seeded models, and fail clearly."""
+
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+import transformer_lens.patching as tlp
+from conftest import tiny_config
+
+from tvlens.analyses.patching import analyse_patching, patch_sweep, recovered, task_pair
+from tvlens.hooks import hook_name
+from tvlens.models import train
+from tvlens.models.config import ModelConfig
+from tvlens.models.model import TaskModel
+from tvlens.tasks import make_family
+from tvlens.viz.patching import FIGURES, patching_heatmap
+
+ATOL = 1e-4
+N_LAYERS, N_HEADS, SEQ = 3, 4, 12
+
+
+@functools.cache
+def _setup(positional: str = "rotary"):
+    """A fresh (untrained, raw module in training mode) seeded TaskModel and aligned prompts."""
+    family = make_family(name="dice", k=0, seq_len=SEQ)
+    config = ModelConfig(
+        n_layers=N_LAYERS, d_model=32, n_heads=N_HEADS, d_mlp=64, positional=positional, seed=3
+    )
+    model = TaskModel(config, family)
+    clean = family.sample("major", 4, seed=1).inputs
+    corrupted = family.sample("major", 4, seed=2).inputs
+    corrupted[:, :3] = clean[:, :3]  # a shared prefix: those patches change nothing
+    return model, clean, corrupted
+
+
+def _metric(logits):
+    """Reads every position: log-prob of token 0 at the end plus a mean over all positions."""
+    lp = logits.log_softmax(-1)
+    return lp[:, -1, 0].mean() + 0.1 * lp[:, :, 1].mean()
+
+
+def _last(logits):
+    """Reads the last position only."""
+    return logits[:, -1].log_softmax(-1)[:, 2].mean()
+
+
+@functools.cache
+def _tl(fn_name: str, positional: str, metric_name: str, noise: bool = False):
+    model, clean, corrupted = _setup(positional)
+    run, patched = (corrupted, clean) if noise else (clean, corrupted)
+    _, cache = model.bridge.run_with_cache(run)
+    fn = getattr(tlp, fn_name)
+    return fn(model.bridge, patched, cache, {"all": _metric, "last": _last}[metric_name])
+
+
+def _grid(df: pd.DataFrame, shape) -> torch.Tensor:
+    return torch.tensor(df["value"].to_numpy()).view(shape)
+
+
+# --------------------------------------------------------------------------- equality with TL
+TL_BY_POS = [
+    ("resid_pre", "get_act_patch_resid_pre"),
+    ("attn_out", "get_act_patch_attn_out"),
+    ("mlp_out", "get_act_patch_mlp_out"),
+    ("mlp_in", "get_act_patch_resid_mid"),  # a bridge's resid_mid hook patches the MLP input
+]
+
+
+@pytest.mark.parametrize("engine", ["native", "bridge"])
+@pytest.mark.parametrize("point,tl_fn", TL_BY_POS)
+@pytest.mark.parametrize("positional", ["rotary", "standard"])
+def test_layer_pos_sweeps_equal_transformer_lens(positional, point, tl_fn, engine):
+    model, clean, corrupted = _setup(positional)
+    assert model.training  # a fresh TaskModel: only its bridge (in eval mode) runs
+    ref = _tl(tl_fn, positional, "all")
+    df = patch_sweep(model, clean, corrupted, _metric, point, engine=engine)
+    assert list(df.columns) == ["layer", "pos", "value"]
+    assert df.attrs["engine"] == engine
+    assert (_grid(df, ref.shape) - ref).abs().max() <= ATOL
+    assert ref.std() > 1e-3  # the sweep is not flat, so equality means something
+
+
+@pytest.mark.parametrize("engine", ["native", "bridge"])
+@pytest.mark.parametrize(
+    "by,tl_fn,cols",
+    [
+        ("head", "get_act_patch_attn_head_out_all_pos", ["layer", "head", "value"]),
+        ("head_pos", "get_act_patch_attn_head_out_by_pos", ["layer", "pos", "head", "value"]),
+    ],
+)
+def test_head_sweeps_equal_transformer_lens(by, tl_fn, cols, engine):
+    model, clean, corrupted = _setup()
+    for metric_name, metric, read in (("all", _metric, None), ("last", _last, -1)):
+        ref = _tl(tl_fn, "rotary", metric_name)
+        df = patch_sweep(
+            model, clean, corrupted, metric, "z", by=by, engine=engine, metric_positions=read
+        )
+        assert list(df.columns) == cols
+        assert (_grid(df, ref.shape) - ref).abs().max() <= ATOL
+        assert ref.std() > 1e-3
+
+
+def test_resid_post_equals_transformer_lens_generic_patch():
+    model, clean, corrupted = _setup()
+    _, cache = model.bridge.run_with_cache(clean)
+    ref = tlp.generic_activation_patch(
+        model.bridge,
+        corrupted,
+        cache,
+        _metric,
+        patch_setter=tlp.layer_pos_patch_setter,
+        activation_name="resid_post",
+        index_axis_names=("layer", "pos"),
+    )
+    for engine in ("native", "bridge"):
+        df = patch_sweep(model, clean, corrupted, _metric, "resid_post", engine=engine)
+        assert (_grid(df, ref.shape) - ref).abs().max() <= ATOL
+
+
+@pytest.mark.parametrize("point,tl_fn", TL_BY_POS[:2])
+def test_noising_equals_transformer_lens_with_roles_swapped(point, tl_fn):
+    model, clean, corrupted = _setup()
+    ref = _tl(tl_fn, "rotary", "all", noise=True)
+    df = patch_sweep(model, clean, corrupted, _metric, point, mode="noise")
+    assert (_grid(df, ref.shape) - ref).abs().max() <= ATOL
+    with torch.no_grad():
+        clean_value = float(_metric(model.bridge(clean)))
+    assert df.attrs["clean_value"] == pytest.approx(clean_value, abs=1e-5)
+
+
+@pytest.mark.parametrize("engine", ["native", "bridge"])
+def test_declared_metric_positions_give_the_same_numbers(engine):
+    model, clean, corrupted = _setup()
+    ref = _tl("get_act_patch_resid_pre", "rotary", "last")
+    df = patch_sweep(model, clean, corrupted, _last, engine=engine, metric_positions=-1)
+    assert (_grid(df, ref.shape) - ref).abs().max() <= ATOL
+    # positions after a read position cannot matter under causal attention: exactly unpatched
+    df = patch_sweep(
+        model, clean, corrupted, lambda x: _last(x[:, :7]), engine=engine, metric_positions=6
+    )
+    late = df[df["pos"] > 6]
+    assert (late["value"] == df.attrs["corrupted_value"]).all()
+
+
+def test_subsets_and_shared_prefix():
+    model, clean, corrupted = _setup()
+    ref = _tl("get_act_patch_resid_pre", "rotary", "all")
+    df = patch_sweep(model, clean, corrupted, _metric, layers=[2, 0], positions=[5, -1, 0])
+    got = df.pivot_table(index="layer", columns="pos", values="value", sort=False)
+    assert list(got.index) == [2, 0] and list(got.columns) == [5, 11, 0]
+    assert (torch.tensor(got.to_numpy()) - ref[[2, 0]][:, [5, 11, 0]]).abs().max() <= ATOL
+    # layer 0, positions 0-2: identical tokens, so the patch is the unpatched run, exactly
+    full = patch_sweep(model, clean, corrupted, _metric)
+    shared = full[(full["layer"] == 0) & (full["pos"] < 3)]
+    assert (shared["value"] == full.attrs["corrupted_value"]).all()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_stacking_does_not_change_the_numbers(batch_size):
+    model, clean, corrupted = _setup()
+    ref = _tl("get_act_patch_attn_out", "rotary", "all")
+    df = patch_sweep(model, clean, corrupted, _metric, "attn_out", batch_size=batch_size)
+    assert (_grid(df, ref.shape) - ref).abs().max() <= ATOL
+
+
+# --------------------------------------------------------------------------- resid_mid semantics
+def _resid_mid_reference(model, clean, corrupted, metric):
+    """Full forwards with TL hooks: replace resid_mid in the residual stream itself (the
+    bridge's hook_resid_mid feeds only the MLP, so the change is also added to mlp_out)."""
+    bridge = model.bridge
+    _, c = bridge.run_with_cache(clean)
+    _, r = bridge.run_with_cache(corrupted)
+    out = torch.zeros(N_LAYERS, SEQ)
+    for layer in range(N_LAYERS):
+        name = hook_name(layer, "resid_mid")
+        for pos in range(SEQ):
+            delta = c[name][:, pos] - r[name][:, pos]
+
+            def setter(act, hook, pos=pos, name=name):
+                act = act.clone()
+                act[:, pos] = c[name][:, pos]
+                return act
+
+            def carry(act, hook, pos=pos, delta=delta):
+                act = act.clone()
+                act[:, pos] += delta
+                return act
+
+            with torch.no_grad():
+                logits = bridge.run_with_hooks(
+                    corrupted, fwd_hooks=[(name, setter), (hook_name(layer, "mlp_out"), carry)]
+                )
+            out[layer, pos] = float(metric(logits))
+    return out
+
+
+def test_resid_mid_patches_the_residual_stream():
+    model, clean, corrupted = _setup()
+    ref = _resid_mid_reference(model, clean, corrupted, _metric)
+    for engine in ("native", "bridge"):
+        df = patch_sweep(model, clean, corrupted, _metric, "resid_mid", engine=engine)
+        assert (_grid(df, ref.shape) - ref).abs().max() <= ATOL
+    # Closed form: at the last layer and position, a metric reading that position sees the
+    # clean run exactly when the residual is patched, and not when only the MLP input is.
+    mid = patch_sweep(model, clean, corrupted, _last, "resid_mid", metric_positions=-1)
+    mlp_in = patch_sweep(model, clean, corrupted, _last, "mlp_in", metric_positions=-1)
+    last = (mid["layer"] == N_LAYERS - 1) & (mid["pos"] == SEQ - 1)
+    assert float(mid.loc[last, "value"].iloc[0]) == pytest.approx(
+        mid.attrs["clean_value"], abs=1e-5
+    )
+    gap = abs(float(mlp_in.loc[last, "value"].iloc[0]) - mid.attrs["clean_value"])
+    assert gap > 1e-3
+
+
+# --------------------------------------------------------------------------- other families
+def test_regression_float_inputs_closed_form():
+    family = make_family(name="linreg", k=0, seq_len=10, dim=3)
+    model = TaskModel(ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32, seed=1), family)
+    clean, corrupted = (family.sample("major", 3, seed=s).inputs for s in (1, 2))
+
+    def metric(out):
+        return out[:, -1, 0].mean()
+
+    dfs = {
+        e: patch_sweep(model, clean, corrupted, metric, "resid_post", engine=e)
+        for e in ("native", "bridge")
+    }
+    assert (
+        torch.tensor(dfs["native"]["value"].to_numpy())
+        - torch.tensor(dfs["bridge"]["value"].to_numpy())
+    ).abs().max() <= ATOL
+    df = dfs["native"]
+    last = df[(df["layer"] == 1) & (df["pos"] == 9)]
+    assert float(last["value"].iloc[0]) == pytest.approx(df.attrs["clean_value"], abs=1e-5)
+
+
+# --------------------------------------------------------------------------- bad input
+def test_bad_inputs_fail_clearly():
+    model, clean, corrupted = _setup()
+    with pytest.raises(ValueError, match="differ"):
+        patch_sweep(model, clean, corrupted[:, :-1], _metric)
+    with pytest.raises(ValueError, match="differ"):
+        patch_sweep(model, clean, corrupted.float(), _metric)
+    with pytest.raises(ValueError, match="one scalar"):
+        patch_sweep(model, clean, corrupted, lambda x: x[:, -1, 0])
+    with pytest.raises(ValueError, match="unknown patching point 'resid_pree'.*resid_pre"):
+        patch_sweep(model, clean, corrupted, _metric, "resid_pree")
+    with pytest.raises(ValueError, match="by one of"):
+        patch_sweep(model, clean, corrupted, _metric, "resid_pre", by="head")
+    with pytest.raises(ValueError, match="head_pos"):
+        patch_sweep(model, clean, corrupted, _metric, "z", positions=[1])
+    with pytest.raises(ValueError, match="does not list every position"):
+        patch_sweep(model, clean, corrupted, _metric, metric_positions=-1)
+    with pytest.raises(IndexError):
+        patch_sweep(model, clean, corrupted, _metric, layers=[N_LAYERS])
+    with pytest.raises(ValueError, match="n_ctx"):
+        long = torch.zeros(1, 64, dtype=torch.long)
+        patch_sweep(model, long, long, _metric)
+
+
+def test_training_mode_is_refused():
+    model, clean, corrupted = _setup()
+    model.bridge.train()
+    try:
+        with pytest.raises(ValueError, match="training mode.*eval"):
+            patch_sweep(model, clean, corrupted, _metric)
+        with pytest.raises(ValueError, match="training mode"):  # TL refuses it too
+            _, cache = model.bridge.run_with_cache(clean)
+            tlp.get_act_patch_resid_pre(model.bridge, corrupted, cache, _metric)
+    finally:
+        model.bridge.eval()
+
+
+def test_hook_missing_from_the_model():
+    """An attention-only TL-native bridge has no MLP hooks: sweeping them names the problem."""
+    import copy
+
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+    from transformer_lens.model_bridge.sources.native import NativeModel, initialize_native_model
+
+    cfg = TransformerBridgeConfig(
+        d_model=16,
+        d_head=8,
+        n_layers=2,
+        n_ctx=SEQ,
+        n_heads=2,
+        d_vocab=7,
+        attn_only=True,
+        positional_embedding_type="rotary",
+        architecture="TransformerLensNative",
+        model_name="attn-only",
+        seed=0,
+        tokenizer_prepends_bos=False,
+    )
+    module = NativeModel(copy.deepcopy(cfg))
+    initialize_native_model(module, cfg, seed=0)
+    bridge = build_bridge_from_module(
+        module, architecture="TransformerLensNative", tl_config=cfg, model_name="attn-only"
+    ).eval()
+    x = torch.randint(0, 7, (2, SEQ), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(KeyError, match="unknown hook name 'blocks.0.hook_mlp_out'"):
+        patch_sweep(bridge, x, x.flip(0), _metric, "mlp_out")
+    native = patch_sweep(bridge, x, x.flip(0), _metric, "attn_out", engine="native")
+    generic = patch_sweep(bridge, x, x.flip(0), _metric, "attn_out", engine="bridge")
+    assert (native["value"] - generic["value"]).abs().max() <= ATOL
+
+
+# --------------------------------------------------------------------------- memory
+def _peak_bytes(fn) -> int:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        events = json.loads(path.read_text())["traceEvents"]
+    return max(e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]")
+
+
+def test_memory_does_not_grow_with_positions():
+    model, clean, corrupted = _setup()
+
+    def sweep(positions):
+        return lambda: patch_sweep(
+            model, clean, corrupted, _metric, positions=positions, batch_size=2
+        )
+
+    few, every = _peak_bytes(sweep([3, 4])), _peak_bytes(sweep(None))
+    assert every <= few * 1.02 + 1024
+
+
+# --------------------------------------------------------------------------- trained run
+def test_analyse_patching_writes_tables_and_figures(tmp_path):
+    run = train(tiny_config("dice", steps=8), tmp_path / "run", progress=False)
+    tables = analyse_patching(run, n=6)
+    for name, cols in (("patching_resid_pre", "pos"), ("patching_heads", "head")):
+        csv = pd.read_csv(tmp_path / "run" / "analyses" / f"{name}.csv")
+        assert {"layer", cols, "value", "recovered"} <= set(csv.columns)
+        assert len(csv) == run.config.model.n_layers * (
+            run.family.seq_len if cols == "pos" else run.config.model.n_heads
+        )
+        frame = tables[name]
+        assert recovered(frame).to_numpy() == pytest.approx(
+            csv["recovered"].to_numpy(), nan_ok=True
+        )
+        assert isinstance(FIGURES[name](csv), go.Figure)
+    clean, corrupted = task_pair(run.family, 6, seed=0)
+    assert (clean.task_ids != corrupted.task_ids).all()
+
+
+def test_heatmap_shapes():
+    model, clean, corrupted = _setup()
+    df = patch_sweep(model, clean, corrupted, _metric, "z", by="head_pos", layers=[1])
+    fig = patching_heatmap(df)
+    assert fig.data[0].z.shape == (N_HEADS, SEQ)
+    df = patch_sweep(model, clean, corrupted, _metric, layers=[0, 2], positions=[1, 2, 3])
+    assert patching_heatmap(df).data[0].z.shape == (2, 3)
+    with pytest.raises(ValueError, match="expected columns"):
+        patching_heatmap(df.drop(columns="pos"))
+
+
+# --------------------------------------------------------------------------- pretrained bridges
+@pytest.fixture(scope="module", params=["llama", "gemma2"])
+def hf_bridge(request, tmp_path_factory):
+    """A tiny random Llama / Gemma-2 booted through boot_transformers (tvlens.llm.load)."""
+    tiny = pytest.importorskip("tvlens.llm.tiny")
+    from tvlens.llm.load import load
+
+    path = tiny.build_tiny_checkpoint(tmp_path_factory.mktemp(request.param), request.param)
+    return load(path, device="cpu", dtype="float32")
+
+
+@pytest.mark.parametrize(
+    "point,by,tl_fn",
+    [
+        ("resid_pre", None, "get_act_patch_resid_pre"),
+        ("attn_out", None, "get_act_patch_attn_out"),
+        ("mlp_out", None, "get_act_patch_mlp_out"),
+        ("mlp_in", None, "get_act_patch_resid_mid"),
+        ("z", "head", "get_act_patch_attn_head_out_all_pos"),
+        ("z", "head_pos", "get_act_patch_attn_head_out_by_pos"),
+    ],
+)
+def test_pretrained_bridges_equal_transformer_lens(hf_bridge, point, by, tl_fn):
+    g = torch.Generator().manual_seed(0)
+    vocab = hf_bridge.cfg.d_vocab
+    clean = torch.randint(5, vocab, (3, 10), generator=g)
+    corrupted = torch.randint(5, vocab, (3, 10), generator=g)
+    corrupted[:, :2] = clean[:, :2]
+    _, cache = hf_bridge.run_with_cache(clean)
+    ref = getattr(tlp, tl_fn)(hf_bridge, corrupted, cache, _metric)
+    df = patch_sweep(hf_bridge, clean, corrupted, _metric, point, by=by)
+    assert df.attrs["engine"] == "bridge" and df.attrs["suffix"] and df.attrs["stacked"]
+    assert (_grid(df, ref.shape) - ref).abs().max() <= ATOL
+    assert ref.std() > 1e-5
+    with pytest.raises(ValueError, match="engine='native' needs"):
+        patch_sweep(hf_bridge, clean, corrupted, _metric, point, by=by, engine="native")

@@ -1,0 +1,517 @@
+"""Run a bridge from the middle: from one layer on, and (under causal attention) from one position on.
+
+Activation patching changes one activation and reruns the model. Two facts make most of that
+rerun unnecessary:
+
+1. Blocks *before* the patched layer cannot see the patch. Their output is the cached
+   residual of the unpatched run, so the rerun starts at the patched layer. (TL 4.3's
+   ``bridge(x, start_at_layer=k)`` still executes blocks ``0..k-1`` and discards them, so it
+   saves nothing; the runners below call the blocks themselves.)
+2. Under causal attention, positions *before* the patched one cannot see it either. Their
+   residuals, keys and values in every later layer equal the unpatched run's, so only the
+   suffix ``p0..T-1`` is recomputed: queries from the suffix, keys and values from the cached
+   prefix plus the recomputed suffix.
+
+Both runners take ``n`` stacked copies of the batch (patch-major: row ``k * batch + b`` is
+copy ``k``), so several patches can share one forward.
+
+- :class:`NativeSuffixRunner` is the fast path for TL-native bridges (a ``TransformerBridge``
+  over a :class:`~transformer_lens.model_bridge.sources.native.NativeModel`, which is what
+  :class:`tvlens.models.TaskModel` builds). It computes the blocks straight from the wrapped
+  modules' weights (plain ``nn.Linear`` / norm modules, fused attention kernels), so hook
+  points do not fire inside it; :meth:`NativeSuffixRunner.check` compares it with the bridge.
+- :class:`BridgeSuffixRunner` works on any bridge, e.g. Llama or Gemma-2 booted with
+  ``TransformerBridge.boot_transformers``. It records the arguments each block received on
+  the unpatched run and calls the bridge's own blocks from the patched layer on, so ordinary
+  TL hook functions fire and do the patching. Where the bridge's attention honours
+  ``past_key_values`` (TL's reimplemented HF attention does), it hands each block a cache
+  holding the unpatched prefix's keys and values and runs the suffix only. Every shortcut is
+  checked against the bridge's own forward in :meth:`BridgeSuffixRunner.prepare` and dropped
+  when it does not reproduce it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens.model_bridge.sources.native.model import (
+    NativeAttention,
+    NativeGatedMLP,
+    NativeMLP,
+    NativeModel,
+)
+from transformer_lens.utilities.activation_functions import apply_softcap
+
+log = logging.getLogger(__name__)
+
+HookList = Sequence[tuple[str, Any]]
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain torch module under any number of TL bridge wrappers."""
+    for _ in range(8):
+        inner = getattr(module, "original_component", None)
+        if not isinstance(inner, nn.Module) or inner is module:
+            return module
+        module = inner
+    return module
+
+
+def native_model(bridge: Any) -> NativeModel | None:
+    """The TL-native module under ``bridge``, or ``None`` for other (e.g. HF) bridges."""
+    model = getattr(bridge, "original_model", None)
+    return model if isinstance(model, NativeModel) else None
+
+
+def max_abs_diff(a: Tensor, b: Tensor) -> float:
+    return float((a.float() - b.float()).abs().max()) if a.numel() else 0.0
+
+
+def _close(a: Tensor, b: Tensor, atol: float) -> bool:
+    """``a`` equals ``b`` up to ``atol`` relative to the logits' scale (at least 1)."""
+    return a.shape == b.shape and max_abs_diff(a, b) <= atol * max(1.0, float(b.abs().max()))
+
+
+def _stack(x: Tensor, copies: int) -> Tensor:
+    """``copies`` copies of ``x`` along dim 0, patch-major (copy k holds rows k·B..)."""
+    return x if copies == 1 else x.repeat(copies, *([1] * (x.dim() - 1)))
+
+
+# =========================================================================== native path
+class _Layer:
+    """The plain modules of one native block."""
+
+    def __init__(self, block: nn.Module) -> None:
+        block = unwrap(block)
+        attn = unwrap(block.attn)
+        if not isinstance(attn, NativeAttention):
+            raise TypeError(f"expected a NativeAttention, got {type(attn).__name__}")
+        self.ln1 = unwrap(block.ln1)
+        self.q, self.k, self.v, self.o = (unwrap(getattr(attn, n)) for n in ("q", "k", "v", "o"))
+        self.rotary = attn.rotary
+        self.n_heads, self.n_kv, self.d_head = attn.n_heads, attn.n_kv_heads, attn.d_head
+        self.kv_repeats = attn.kv_repeats
+        self.scale = float(attn.scale)
+        self.soft_cap = float(attn.attn_scores_soft_cap)
+        self.attn_only = bool(block.cfg.attn_only)
+        if self.attn_only:
+            return
+        self.ln2 = unwrap(block.ln2)
+        mlp = unwrap(block.mlp)
+        if isinstance(mlp, NativeGatedMLP):
+            self.gated, self.mlp_ln = True, None
+            self.fc_gate, self.fc_in, self.fc_out = (
+                unwrap(mlp.gate),
+                unwrap(getattr(mlp, "in")),
+                unwrap(mlp.out),
+            )
+        elif isinstance(mlp, NativeMLP):
+            self.gated = False
+            self.fc_in, self.fc_out = unwrap(mlp.fc_in), unwrap(mlp.fc_out)
+            self.mlp_ln = None if mlp.ln is None else unwrap(mlp.ln)
+        else:
+            raise TypeError(f"unsupported native MLP {type(mlp).__name__}")
+        self.act = mlp.act
+
+    def mlp(self, resid_mid: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        """``mlp(ln2(resid_mid))``: the block's MLP branch (its ``hook_mlp_out``)."""
+        x = self.ln2(resid_mid)
+        if self.gated:
+            return self.fc_out(self.act(self.fc_gate(x)) * self.fc_in(x))
+        mid = self.act(self.fc_in(x))
+        if self.mlp_ln is not None:
+            mid = self.mlp_ln(mid)
+        return self.fc_out(mid)
+
+    def rope(self, x: Tensor, pos: Tensor) -> Tensor:
+        """Rotary embedding of ``x`` ``[n, heads, S, d_head]`` at absolute positions ``pos``."""
+        if self.rotary is None:
+            return x
+        rd = self.rotary.rotary_dim
+        cos = self.rotary.cos_cached[pos].to(x.dtype)
+        sin = self.rotary.sin_cached[pos].to(x.dtype)
+        x_rot, x_pass = x[..., :rd], x[..., rd:]
+        x_rot = x_rot * cos + self.rotary._rotate_half(x_rot) * sin
+        return torch.cat([x_rot, x_pass], dim=-1) if x_pass.shape[-1] else x_rot
+
+    def kv(self, normed: Float[Tensor, "n S d"], pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Keys (after rotary) and values ``[n, kv_heads, S, d_head]`` before GQA repeats."""
+        n, s, _ = normed.shape
+        k = self.k(normed).view(n, s, self.n_kv, self.d_head).transpose(1, 2)
+        v = self.v(normed).view(n, s, self.n_kv, self.d_head).transpose(1, 2)
+        return self.rope(k, pos), v
+
+
+class NativeSuffixRunner:
+    """Recompute a TL-native bridge from layer ``j`` over positions ``p0..T-1`` only.
+
+    :meth:`prepare` runs the unpatched model once from ``blocks.0.hook_resid_pre`` and keeps
+    every layer's keys and values (``2 · n_layers · batch · T · d`` floats: part of the one
+    cache a sweep holds). :meth:`run` then takes residuals entering ``start_layer`` at
+    positions ``p0..`` for ``n`` stacked copies of the batch and returns their logits.
+    """
+
+    def __init__(self, bridge: Any) -> None:
+        model = native_model(bridge)
+        if model is None:
+            raise TypeError("NativeSuffixRunner needs a bridge over a TL NativeModel.")
+        self.layers = [_Layer(block) for block in model.layers]
+        self.ln_out = unwrap(model.ln_out)
+        self.head = unwrap(model.head)
+        self.logit_cap = float(model.output_logits_soft_cap)
+        self.causal = model.cfg.attention_dir == "causal"
+        self.keys: list[Tensor] = []
+        self.values: list[Tensor] = []
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    # ------------------------------------------------------------------ pieces
+    def attention(
+        self,
+        i: int,
+        normed: Float[Tensor, "n S d"],
+        p0: int,
+        query_rows: Tensor | None = None,
+        z_out: list[Tensor] | None = None,
+        kv_out: list[Tensor] | None = None,
+    ) -> Float[Tensor, "n Q d"]:
+        """Attention output of layer ``i`` for suffix rows (all, or ``query_rows`` of them).
+
+        Keys and values of positions ``< p0`` come from the unpatched run's cache. With
+        ``z_out``, the head outputs ``[n, Q, head, d_head]`` (``attn.hook_z``) are appended, and with ``kv_out`` the suffix's keys and values.
+        """
+        layer = self.layers[i]
+        n, s, _ = normed.shape
+        pos = torch.arange(p0, p0 + s, device=normed.device)
+        k, v = layer.kv(normed, pos)
+        if kv_out is not None:
+            kv_out.extend([k, v])
+        if p0 > 0:
+            reps = n // self.keys[i].shape[0]
+            k = torch.cat([_stack(self.keys[i][:, :, :p0], reps), k], dim=2)
+            v = torch.cat([_stack(self.values[i][:, :, :p0], reps), v], dim=2)
+        if layer.kv_repeats > 1:
+            k = k.repeat_interleave(layer.kv_repeats, dim=1)
+            v = v.repeat_interleave(layer.kv_repeats, dim=1)
+        q_in = normed if query_rows is None else normed[:, query_rows]
+        q_pos = pos if query_rows is None else pos[query_rows]
+        nq = q_in.shape[1]
+        q = layer.rope(
+            layer.q(q_in).view(n, nq, layer.n_heads, layer.d_head).transpose(1, 2), q_pos
+        )
+        allowed = None
+        if self.causal:
+            allowed = torch.arange(k.shape[2], device=q.device)[None, :] <= q_pos[:, None]
+        if layer.soft_cap > 0:
+            scores = apply_softcap(
+                torch.matmul(q, k.transpose(-2, -1)) / layer.scale, layer.soft_cap
+            )
+            if allowed is not None:
+                scores = scores.masked_fill(~allowed, float("-inf"))
+            z = torch.matmul(F.softmax(scores, dim=-1), v)
+        else:
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=1.0 / layer.scale)
+        z = z.transpose(1, 2)
+        if z_out is not None:
+            z_out.append(z)
+        return layer.o(z.reshape(n, nq, -1))
+
+    def finish_layer(self, i: int, resid_mid: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        """``resid_post`` of layer ``i`` from its ``resid_mid`` (adds the MLP branch)."""
+        layer = self.layers[i]
+        return resid_mid if layer.attn_only else resid_mid + layer.mlp(resid_mid)
+
+    def mlp_out(self, i: int, mlp_input: Float[Tensor, "... d"]) -> Float[Tensor, "... d"]:
+        """Layer ``i``'s MLP branch on ``mlp_input`` (zero for attention-only models)."""
+        layer = self.layers[i]
+        return torch.zeros_like(mlp_input) if layer.attn_only else layer.mlp(mlp_input)
+
+    def attn_out_from_z(self, i: int, z: Float[Tensor, "... head d_head"]) -> Tensor:
+        """Layer ``i``'s attention output from head outputs ``z`` (``attn.hook_z``)."""
+        return self.layers[i].o(z.flatten(-2))
+
+    def unembed(self, resid: Float[Tensor, "... d"]) -> Float[Tensor, "... vocab"]:
+        return apply_softcap(self.head(self.ln_out(resid)), self.logit_cap)
+
+    # ------------------------------------------------------------------ runs
+    @torch.no_grad()
+    def forward(
+        self,
+        resid_pre0: Float[Tensor, "batch pos d"],
+        record: set[str] = frozenset(),
+        keep_kv: bool = False,
+    ) -> tuple[Float[Tensor, "batch pos vocab"], dict[str, Tensor]]:
+        """Run the model from ``blocks.0.hook_resid_pre``; logits and the ``record``-ed hooks.
+
+        ``record`` holds point names (``resid_pre``, ``resid_mid``, ``resid_post``,
+        ``attn_out``, ``mlp_out``, ``attn.hook_z``); the activations come back under their
+        TL hook names. ``keep_kv`` keeps every layer's keys and values for :meth:`run`.
+        """
+        if keep_kv:
+            self.keys, self.values = [], []
+        acts: dict[str, Tensor] = {}
+
+        def put(i: int, point: str, value: Tensor) -> None:
+            if point in record:
+                acts[f"blocks.{i}.{point}" if "." in point else f"blocks.{i}.hook_{point}"] = value
+
+        x = resid_pre0
+        for i, layer in enumerate(self.layers):
+            put(i, "resid_pre", x)
+            normed = layer.ln1(x)
+            z: list[Tensor] = []
+            kv: list[Tensor] = []
+            attn_out = self.attention(i, normed, 0, z_out=z, kv_out=kv)
+            if keep_kv:
+                self.keys.append(kv[0])
+                self.values.append(kv[1])
+            put(i, "attn.hook_z", z[0])
+            put(i, "attn_out", attn_out)
+            mid = x + attn_out
+            put(i, "resid_mid", mid)
+            if not layer.attn_only:
+                mlp_out = layer.mlp(mid)
+                put(i, "mlp_out", mlp_out)
+                x = mid + mlp_out
+            else:
+                x = mid
+            put(i, "resid_post", x)
+        return self.unembed(x), acts
+
+    def prepare(self, resid_pre0: Float[Tensor, "batch pos d"]) -> Float[Tensor, "batch pos vocab"]:
+        """Run the unpatched model and keep its keys and values; returns its logits."""
+        return self.forward(resid_pre0, keep_kv=True)[0]
+
+    @torch.no_grad()
+    def run(
+        self,
+        resid: Float[Tensor, "n S d"],
+        start_layer: int,
+        p0: int,
+        read_rows: Tensor | None = None,
+    ) -> Float[Tensor, "n R vocab"]:
+        """Logits at suffix positions ``p0..`` (or at ``read_rows`` of them, relative to p0).
+
+        ``resid`` enters layer ``start_layer`` (``n_layers``: straight to the unembedding).
+        In the last layer only the rows the metric reads get queries and an MLP.
+        """
+        if p0 > 0 and not self.causal:
+            raise ValueError("suffix runs need causal attention; start at position 0.")
+        x = resid
+        last = self.n_layers - 1
+        for i in range(start_layer, self.n_layers):
+            normed = self.layers[i].ln1(x)
+            rows = read_rows if i == last else None
+            if rows is not None:
+                x = x[:, rows]
+            x = self.finish_layer(i, x + self.attention(i, normed, p0, rows))
+        if start_layer > last and read_rows is not None:
+            x = x[:, read_rows]
+        return self.unembed(x)
+
+    def check(self, logits: Tensor, reference: Tensor, atol: float = 1e-5) -> float:
+        """Max |difference| between this runner's and the bridge's logits; raise if large."""
+        if not _close(logits, reference, atol):
+            raise RuntimeError(
+                f"the native runner differs from the bridge's forward by "
+                f"{max_abs_diff(logits, reference):.2e}; this model is not supported by the "
+                "native engine (use engine='bridge')."
+            )
+        return max_abs_diff(logits, reference)
+
+
+# =========================================================================== any bridge
+class _RecordingCache:
+    """Stands in for ``past_key_values`` on the unpatched replay: keeps each layer's K/V."""
+
+    def __init__(self) -> None:
+        self.kv: dict[int, tuple[Tensor, Tensor]] = {}
+
+    def update(self, key: Tensor, value: Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        self.kv[layer_idx] = (key, value)
+        return key, value
+
+
+class _PrefixCache:
+    """Stands in for ``past_key_values`` on a suffix run: prepends the cached prefix K/V."""
+
+    def __init__(self, kv: dict[int, tuple[Tensor, Tensor]], p0: int, copies: int) -> None:
+        self.kv, self.p0, self.copies = kv, p0, copies
+
+    def update(self, key: Tensor, value: Tensor, layer_idx: int, *args: Any, **kwargs: Any):
+        pk, pv = self.kv[layer_idx]
+        pk = _stack(pk[..., : self.p0, :], self.copies).to(key.dtype)
+        pv = _stack(pv[..., : self.p0, :], self.copies).to(value.dtype)
+        return torch.cat([pk, key], dim=-2), torch.cat([pv, value], dim=-2)
+
+
+#: Block keyword arguments that the suffix path knows how to cut to positions ``p0..``.
+_SLICERS = {
+    "position_embeddings": lambda t, p0: t[..., p0:, :],
+    "attention_mask": lambda t, p0: t[..., p0:, :] if t.dim() == 4 else t,
+    "position_ids": lambda t, p0: t[..., p0:],
+    "cache_position": lambda t, p0: t[..., p0:],
+}
+_DROPPED = ("past_key_values", "past_key_value", "layer_past")
+
+
+class BridgeSuffixRunner:
+    """Replay any bridge's blocks ``l..L-1`` from a cached residual, with TL hooks firing.
+
+    :meth:`prepare` runs the bridge once, records the extra arguments each block was called
+    with (attention mask, rotary tables, position ids) and checks three shortcuts against
+    that forward: replaying the blocks at all (else every patch runs the whole bridge, as
+    ``transformer_lens.patching`` does), stacking copies of the batch (``batch_ok``), and
+    running a suffix with the prefix's keys and values from a cache (``suffix_ok``).
+    """
+
+    def __init__(self, bridge: Any) -> None:
+        self.bridge = bridge
+        self.n_layers = len(bridge.blocks)
+        self.block_args: list[tuple[tuple, dict]] = []
+        self.inputs: Tensor | None = None
+        self.kv: dict[int, tuple[Tensor, Tensor]] = {}
+        self.replay_ok = self.batch_ok = self.suffix_ok = False
+        self.causal = getattr(bridge.cfg, "attention_dir", "causal") == "causal"
+        adapter = getattr(bridge, "adapter", None)
+        self._logit_transform = getattr(adapter, "apply_output_logits_transform", None)
+
+    # ------------------------------------------------------------------ setup
+    @torch.no_grad()
+    def _record(self, inputs: Tensor) -> Tensor:
+        records: dict[int, tuple[tuple, dict]] = {}
+
+        def recorder(i: int):
+            def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                kwargs = {k: v for k, v in kwargs.items() if k not in _DROPPED}
+                kwargs.pop("hidden_states", None)
+                records[i] = (tuple(args[1:]), kwargs)
+
+            return hook
+
+        handles = [
+            block.register_forward_pre_hook(recorder(i), with_kwargs=True)
+            for i, block in enumerate(self.bridge.blocks)
+        ]
+        try:
+            logits = self.bridge(inputs)
+        finally:
+            for h in handles:
+                h.remove()
+        if len(records) != self.n_layers:
+            raise RuntimeError("not every block of the bridge ran on the unpatched input.")
+        self.block_args = [records[i] for i in range(self.n_layers)]
+        return logits
+
+    @torch.no_grad()
+    def prepare(self, inputs: Tensor, resid_pre0: Tensor, atol: float = 1e-5) -> Tensor:
+        """Record the unpatched run of ``inputs`` and decide which shortcuts are exact."""
+        self.inputs = inputs
+        reference = self._record(inputs)
+        batch, seq = resid_pre0.shape[:2]
+        recorder = _RecordingCache()
+        try:
+            replay = self._blocks(resid_pre0, 0, 0, 1, recorder, None)
+            self.replay_ok = _close(replay, reference, atol)
+        except Exception as e:  # noqa: BLE001 - a capability probe; the fallback is exact
+            log.info("block replay unsupported on this bridge (%s); full forwards", e)
+        if not self.replay_ok:
+            return reference
+        self.kv = recorder.kv
+        try:
+            stacked = self._blocks(_stack(resid_pre0, 2), 0, 0, 2, None, None)
+            self.batch_ok = _close(stacked, _stack(reference, 2), atol)
+        except Exception as e:  # noqa: BLE001
+            log.info("stacking patches unsupported on this bridge (%s)", e)
+        unknown = [
+            k
+            for _, kwargs in self.block_args
+            for k, v in kwargs.items()
+            if torch.is_tensor(v) and k not in _SLICERS
+        ]
+        if self.causal and seq > 1 and len(self.kv) == self.n_layers and not unknown:
+            p0 = seq // 2
+            try:
+                suffix = self._blocks(resid_pre0[:, p0:], 0, p0, 1, None, None)
+                self.suffix_ok = _close(suffix, reference[:, p0:], atol)
+            except Exception as e:  # noqa: BLE001
+                log.info("suffix runs unsupported on this bridge (%s)", e)
+        if not self.suffix_ok:
+            self.kv = {}
+        return reference
+
+    # ------------------------------------------------------------------ runs
+    def _kwargs(self, i: int, p0: int, copies: int, cache: Any) -> tuple[tuple, dict]:
+        args, kwargs = self.block_args[i]
+        batch = self.inputs.shape[0] if self.inputs is not None else 1
+
+        def adapt(name: str, value: Any) -> Any:
+            if isinstance(value, (tuple, list)):
+                return type(value)(adapt(name, v) for v in value)
+            if not torch.is_tensor(value):
+                return value
+            if p0 and name in _SLICERS:
+                value = _SLICERS[name](value, p0)
+            if copies > 1 and value.dim() >= 2 and value.shape[0] == batch:
+                value = _stack(value, copies)
+            return value
+
+        out = {k: adapt(k, v) for k, v in kwargs.items()}
+        if cache is not None:
+            out["past_key_values"] = cache
+        return tuple(adapt("", a) for a in args), out
+
+    def _blocks(
+        self,
+        x: Tensor,
+        start_layer: int,
+        p0: int,
+        copies: int,
+        cache: Any,
+        read_rows: Tensor | None,
+    ) -> Tensor:
+        if p0 and cache is None:
+            cache = _PrefixCache(self.kv, p0, copies)
+        for i in range(start_layer, self.n_layers):
+            args, kwargs = self._kwargs(i, p0, copies, cache)
+            out = self.bridge.blocks[i](x, *args, **kwargs)
+            x = out[0] if isinstance(out, tuple) else out
+        if read_rows is not None:
+            x = x[:, read_rows]
+        logits = self.bridge.unembed(self.bridge.ln_final(x))
+        return logits if self._logit_transform is None else self._logit_transform(logits)
+
+    @torch.no_grad()
+    def run(
+        self,
+        resid: Float[Tensor, "nb S d"] | None,
+        start_layer: int,
+        p0: int,
+        copies: int,
+        fwd_hooks: HookList,
+        read_rows: Tensor | None = None,
+    ) -> Float[Tensor, "nb R vocab"]:
+        """Logits with ``fwd_hooks`` on, for ``copies`` stacked copies of the batch.
+
+        With block replay, ``resid`` (``[copies · batch, T - p0, d]``) enters block
+        ``start_layer`` at positions ``p0..``; otherwise the whole bridge runs on the inputs
+        (``resid`` is ignored) and hooks see all positions.
+        """
+        if copies > 1 and not self.batch_ok:
+            raise ValueError("this bridge does not support stacked patches; use copies=1.")
+        if p0 and not self.suffix_ok:
+            raise ValueError("this bridge does not support suffix runs; use p0=0.")
+        with self.bridge.hooks(fwd_hooks=list(fwd_hooks)):
+            if not self.replay_ok:
+                logits = self.bridge(self.inputs)
+                return logits if read_rows is None else logits[:, read_rows]
+            return self._blocks(resid, start_layer, p0, copies, None, read_rows)
