@@ -341,7 +341,7 @@ def test_memory_does_not_grow_with_positions():
 # --------------------------------------------------------------------------- trained run
 def test_analyse_patching_writes_tables_and_figures(tmp_path):
     run = train(tiny_config("dice", steps=8), tmp_path / "run", progress=False)
-    tables = analyse_patching(run, n=6)
+    tables = analyse_patching(run, n_per_task=2)
     for name, cols in (("patching_resid_pre", "pos"), ("patching_heads", "head")):
         csv = pd.read_csv(tmp_path / "run" / "analyses" / f"{name}.csv")
         assert {"layer", cols, "value", "recovered"} <= set(csv.columns)
@@ -353,7 +353,7 @@ def test_analyse_patching_writes_tables_and_figures(tmp_path):
             csv["recovered"].to_numpy(), nan_ok=True
         )
         assert isinstance(FIGURES[name](csv), go.Figure)
-    clean, corrupted = task_pair(run.family, 6, seed=0)
+    clean, corrupted = task_pair(run.family, 2, seed=0)
     assert (clean.task_ids != corrupted.task_ids).all()
 
 

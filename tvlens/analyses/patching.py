@@ -47,10 +47,11 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tvlens.analyses.task_vectors import sample_tasks
 from tvlens.hooks import check_hook_names, hook_name, resolve_positions
 from tvlens.hooks.suffix import BridgeSuffixRunner, NativeSuffixRunner, native_model
 from tvlens.models.checkpoint import atomic_write_text
-from tvlens.tasks.base import Batch, TaskFamily, generator
+from tvlens.tasks.base import Batch, TaskFamily
 from tvlens.viz.patching import patching_heatmap
 
 log = logging.getLogger(__name__)
@@ -615,24 +616,19 @@ def recovered(df: pd.DataFrame) -> pd.Series:
 
 
 # =========================================================================== task runs
-def task_pair(family: TaskFamily, n: int, seed: int = 0) -> tuple[Batch, Batch]:
-    """``n`` clean sequences from major tasks and ``n`` corrupted ones from *other* major tasks.
+def task_pair(family: TaskFamily, n_per_task: int, seed: int = 0) -> tuple[Batch, Batch]:
+    """Clean sequences of each major task ``k`` and corrupted ones of task ``k + 1 mod M``.
 
-    Tasks cycle through the majors (clean task ``i mod M``, corrupted task a different one
-    drawn at random), so each pair differs in its latent task and nothing else.
+    Row ``i`` of the two batches differs in its latent task (and its sampled tokens), so a
+    denoising sweep asks where the model keeps the information about which task it is in.
     """
     m = family.n_major
     if m < 2:
         raise ValueError(f"task patching needs at least 2 major tasks; this family has {m}.")
-    g = generator("patching", family.name, family.config.seed, seed)
-    clean_ids = torch.arange(n) % m
-    corrupted_ids = (clean_ids + torch.randint(1, m, (n,), generator=g)) % m
-    batches = []
-    for split_ids in (clean_ids, corrupted_ids):
-        params = family.pool[split_ids]
-        inputs, targets, mask = family.generate(params, g)
-        batches.append(Batch(inputs, targets, mask, split_ids, params, "major"))
-    return batches[0], batches[1]
+    tasks = torch.arange(m)
+    clean = sample_tasks(family, tasks, n_per_task, seed=seed)
+    corrupted = sample_tasks(family, tasks.roll(-1), n_per_task, seed=seed + 1)
+    return clean, corrupted
 
 
 def task_metric(family: TaskFamily, clean: Batch, position: int) -> Metric:
@@ -652,7 +648,7 @@ def analyse_patching(
     run: Any,
     out_dir: Path | str | None = None,
     *,
-    n: int = 16,
+    n_per_task: int = 4,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, pd.DataFrame]:
@@ -664,7 +660,7 @@ def analyse_patching(
     (layer × position) and ``analyses/patching_heads.csv`` (layer × head), each with the
     ``recovered`` fraction of the clean−corrupted gap.
     """
-    clean, corrupted = task_pair(run.family, n, seed)
+    clean, corrupted = task_pair(run.family, n_per_task, seed)
     scored = torch.nonzero(clean.target_mask.all(0)).flatten()
     if scored.numel() == 0:
         raise ValueError("no position is scored in every sequence; cannot pick a read-out.")
