@@ -14,6 +14,14 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "dice": {"vocab": 6, "seq_len": 64},
     "markov": {"vocab": 8, "seq_len": 64},
     "linreg": {"dim": 6, "seq_len": 40, "noise": 0.5},
+    "sparse_linreg": {
+        "dim": 8,
+        "sparsity": 2,
+        "n_concepts": 4,
+        "n_major": 4,
+        "seq_len": 32,
+        "noise": 0.25,
+    },
 }
 
 

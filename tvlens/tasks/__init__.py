@@ -4,8 +4,14 @@ from tvlens.tasks.base import SPLITS, Batch, ConfigError, FamilyConfig, TaskFami
 from tvlens.tasks.dice import Dice
 from tvlens.tasks.linreg import LinReg
 from tvlens.tasks.markov import Markov
+from tvlens.tasks.sparse_linreg import SparseLinReg
 
-FAMILIES: dict[str, type[TaskFamily]] = {"dice": Dice, "markov": Markov, "linreg": LinReg}
+FAMILIES: dict[str, type[TaskFamily]] = {
+    "dice": Dice,
+    "markov": Markov,
+    "linreg": LinReg,
+    "sparse_linreg": SparseLinReg,
+}
 
 
 def make_family(config: FamilyConfig | None = None, **overrides) -> TaskFamily:
@@ -26,6 +32,7 @@ __all__ = [
     "FamilyConfig",
     "LinReg",
     "Markov",
+    "SparseLinReg",
     "TaskFamily",
     "derive_seed",
     "make_family",
