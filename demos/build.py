@@ -169,8 +169,22 @@ points.to_csv(run.dir / "analyses" / "geometry_points.csv", index=False)
 geometry_scatter(points)"""
     ),
     new_markdown_cell(
+        """\
+Attention patterns of the `k = 8` model on one major-task sequence, as a circuitsvis widget
+(hover a token to see where it attends). circuitsvis loads its JavaScript from a CDN when the
+machine is online and otherwise inlines a 1.3 MB bundle into each widget; the HTML report
+draws the same table with plotly instead, so it works offline."""
+    ),
+    new_code_cell(
+        """\
+from tvlens.viz.attention import attention_patterns, attention_view
+
+attention = attention_patterns(runs[8], split="major", seed=0)
+attention_view(attention, layer=runs[8].model.n_layers - 1)"""
+    ),
+    new_markdown_cell(
         "Finally, an offline HTML report of the `k = 8` run: training curves, the tables saved "
-        "above under `analyses/`, and attention patterns."
+        "above under `analyses/`, and attention patterns (computed by the report)."
     ),
     new_code_cell(
         """\
@@ -329,11 +343,13 @@ print("model:", source, "| layers:", model.cfg.n_layers, "| d_model:", model.cfg
         """\
 from tvlens.llm.icl import icl_accuracy
 from tvlens.llm.tasks import load_task
+from tvlens.viz.llm import icl_by_shots
 
 task = load_task("antonym")
 print(task.description, "| e.g.", task.pairs[:3])
 icl = icl_accuracy(model, [task], shots=(0, 1, 4), n_prompts=24)
-icl"""
+display(icl)
+icl_by_shots(icl)"""
     ),
     new_markdown_cell(
         "Task vectors by layer: accuracy of zero-shot queries whose last-token residual at "
@@ -342,17 +358,59 @@ icl"""
     new_code_cell(
         """\
 from tvlens.llm.task_vectors import task_vector_sweep
+from tvlens.viz.llm import task_vector_by_layer
 
 tv = task_vector_sweep(model, task, shots=4, n_prompts=24)
-tv.pivot_table(index="layer", columns="condition", values="accuracy")"""
+display(tv.pivot_table(index="layer", columns="condition", values="accuracy"))
+task_vector_by_layer(tv)"""
+    ),
+    new_markdown_cell(
+        """\
+## Every LLM analysis into a run directory, and its report
+
+`run_llm` runs ICL, task vectors, function vectors (heads chosen by causal indirect effect),
+task decodability and geometry, and writes `analyses/llm_*.csv`; the report draws them
+offline. The settings here are small; `tvlens llm --model NAME --out DIR` runs the defaults."""
     ),
     new_code_cell(
         """\
-import plotly.express as px
+from tvlens.llm.config import LLMConfig
+from tvlens.llm.run import run_llm
+from tvlens.viz.report import write_report
 
-px.line(tv, x="layer", y="accuracy", color="condition", markers=True,
-        title=f"Task vectors, {task.name}: accuracy by layer ({source})")"""
+small = LLMConfig(
+    tasks="antonym",
+    td_tasks="bitwise,null",
+    icl_shots=(0, 1, 4),
+    n_prompts=16,
+    td_shots=(1, 4),
+    n_td=20,
+    tv_shots=4,
+    fv_shots=4,
+    n_ie=8,
+    k_heads=4,
+    n_mixture=8,
+)
+tables = run_llm(model, RUNS / "llm", small, model_name=source)
+sorted(tables)"""
     ),
+    new_markdown_cell(
+        "Attention patterns of the heads that the function-vector analysis selected (largest "
+        "causal indirect effect), on one few-shot prompt; saved where the report finds them."
+    ),
+    new_code_cell(
+        """\
+from tvlens.llm.prompts import make_prompt
+from tvlens.viz.attention import attention_figure, prompt_attention, save_attention
+
+selected = tables["llm_fv_heads"].query("selected")
+heads = list(zip(selected["layer"], selected["head"], strict=True))
+prompt = make_prompt(task, task.pairs[3], task.pairs[:3])
+attention = prompt_attention(model, prompt.text, heads=heads)
+save_attention(attention, RUNS / "llm")
+attention_figure(attention)"""
+    ),
+    new_code_cell('print(write_report(RUNS / "llm"))'),
 ]
 
 NOTEBOOKS: dict[str, list] = {

@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-import torch
 
 from tvlens.models import RunConfig, load_run, train
 from tvlens.viz import report
@@ -195,7 +194,6 @@ def browser_run(tmp_path_factory) -> Path:
         return Path(given)
     from tvlens.experiments.demo import analyse
 
-    torch.set_num_threads(2)
     cfg = RunConfig.for_family(
         "dice",
         family={"seq_len": 32},

@@ -35,7 +35,6 @@ HERE = __name__
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    torch.set_num_threads(2)
     cfg = RunConfig.for_family(
         "dice",
         family={"seq_len": 12},
@@ -295,3 +294,31 @@ def test_default_heads_of_a_large_model_are_the_most_focused(tiny_run, monkeypat
     # explicit choices are never overridden
     both = attn.attention_patterns(run, heads=[(0, 0), (0, 1)], split="major", seed=2)
     assert set(both["head"]) == {0, 1}
+
+
+def test_prompt_attention_on_a_pretrained_style_bridge(tmp_path):
+    """A tiny random Llama checkpoint booted like a hub model: tokens label the rows, the
+    values are the cache's, and the table goes where the report finds it."""
+    from tvlens.llm import load
+    from tvlens.llm.tiny import build_tiny_checkpoint
+
+    corpus = ["hot -> cold", "big -> small", "up -> down"] * 4
+    path = build_tiny_checkpoint(tmp_path / "tiny", vocab_words=corpus, n_layers=2, d_model=32)
+    bridge = load(path, device="cpu")
+    text = "hot -> cold\nbig ->"
+    df = attn.prompt_attention(bridge, text, heads=[(1, 2), (0, 0)])
+    ids = bridge.tokenizer(text, return_tensors="pt")["input_ids"]
+    tokens = bridge.tokenizer.convert_ids_to_tokens(ids[0].tolist())
+    assert set(zip(df["layer"], df["head"], strict=True)) == {(0, 0), (1, 2)}
+    first = df[(df["layer"] == 1) & (df["head"] == 2) & (df["k"] == 0)].sort_values("q")
+    assert first["q_token"].tolist() == tokens
+    _, cache = bridge.run_with_cache(ids)
+    want = cache["blocks.1.attn.hook_pattern"][0, 2]
+    h = df[(df["layer"] == 1) & (df["head"] == 2)]
+    q, k = torch.tensor(h["q"].tolist()), torch.tensor(h["k"].tolist())
+    np.testing.assert_allclose(h["value"], want[q, k].float(), atol=1e-6)
+    out = attn.save_attention(df, tmp_path / "run")
+    assert out == tmp_path / "run" / "analyses" / "attention.csv"
+    assert report.discover_results(tmp_path / "run") == {"attention": out}
+    with pytest.raises(ValueError, match="one sequence"):
+        attn.bridge_attention(bridge, ids.repeat(2, 1), tokens)

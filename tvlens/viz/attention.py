@@ -1,8 +1,11 @@
 """Attention patterns for chosen heads: computed through the bridge, drawn offline.
 
-The patterns come from ``blocks.{l}.attn.hook_pattern`` (``[batch, head, q, k]``) on one
-sample sequence, saved tidy as ``analyses/attention.csv`` (layer, head, q, k, value and the
-token at each position).
+The patterns come from ``blocks.{l}.attn.hook_pattern`` (``[batch, head, q, k]``) of any
+TransformerBridge on one sequence (:func:`bridge_attention`): a sample of a trained tvlens
+run (:func:`attention_patterns`) or a text prompt of a pretrained model
+(:func:`prompt_attention`). They are saved tidy as ``analyses/attention.csv`` (layer, head,
+q, k, value and the token at each position), where the report finds them; the report
+computes them itself for a trained synthetic run that lacks the table.
 
 Two views:
 
@@ -32,6 +35,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from tvlens.hooks import check_hook_names, hook_name
+from tvlens.models.checkpoint import atomic_write_text
 
 if TYPE_CHECKING:
     from tvlens.models import Run
@@ -67,11 +71,14 @@ def parse_heads(spec: str) -> list[tuple[int, int]]:
     return heads
 
 
-def _select(
-    run: Run, layers: Sequence[int] | None, heads: Sequence[tuple[int, int]] | None
+def select_heads(
+    n_layers: int,
+    n_heads: int,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[tuple[int, int]] | None = None,
 ) -> dict[int, list[int]]:
-    """Layer -> heads to keep, validated against the model's shape."""
-    n_layers, n_heads = run.config.model.n_layers, run.config.model.n_heads
+    """Layer -> heads to keep (all heads of ``layers``, or the ``heads`` pairs), validated
+    against the model's shape."""
     if heads is not None and layers is not None:
         raise ValueError("pass either layers= (all their heads) or heads= (layer, head pairs).")
     if heads is None:
@@ -86,6 +93,8 @@ def _select(
             )
         if int(head) not in chosen.setdefault(int(layer), []):
             chosen[int(layer)].append(int(head))
+    if not chosen:
+        raise ValueError("no heads chosen; pass at least one layer or (layer, head) pair.")
     return chosen
 
 
@@ -96,44 +105,36 @@ def mean_entropy(pattern: Float[Tensor, "head q k"]) -> Float[Tensor, " head"]:
 
 
 @torch.no_grad()
-def attention_patterns(
-    run: Run,
-    inputs: Tensor | None = None,
+def bridge_attention(
+    bridge: Any,
+    inputs: Tensor,
+    labels: Sequence[str],
     *,
     layers: Sequence[int] | None = None,
     heads: Sequence[tuple[int, int]] | None = None,
-    split: str = "major",
-    seed: int = 0,
 ) -> pd.DataFrame:
-    """Tidy attention patterns (layer, head, q, k, value, q_token, k_token) on one sequence.
+    """Tidy attention patterns of any TransformerBridge on one sequence (a batch of 1).
 
-    ``inputs`` is one sequence (``[pos]`` token ids, ``[pos, d_in]`` regression features, or
-    either with a leading batch of 1); by default one sequence of ``split`` drawn with
-    ``seed``. Choose heads with ``heads=[(layer, head), ...]`` or whole ``layers=``. With
-    neither, every head is kept when the model has at most ``MAX_DEFAULT_HEADS``; otherwise
-    each layer keeps its ``MAX_DEFAULT_HEADS // n_layers`` (at least one) heads of lowest
-    mean attention entropy on this sequence, the most focused ones.
+    Reads ``blocks.{l}.attn.hook_pattern`` with ``run_with_cache(names_filter=...)``. Choose
+    heads with ``heads=[(layer, head), ...]`` or whole ``layers=``. With neither, every head
+    is kept when the model has at most ``MAX_DEFAULT_HEADS``; otherwise each layer keeps its
+    ``MAX_DEFAULT_HEADS // n_layers`` (at least one) heads of lowest mean attention entropy on
+    this sequence, the most focused ones. Columns: ``COLUMNS``.
     """
-    auto = heads is None and layers is None
-    chosen = _select(run, layers, heads)
-    if inputs is None:
-        batch = run.family.sample(split, 1, seed=seed)
-        inputs = batch.inputs
-    one = inputs if inputs.dim() == (3 if run.family.kind == "regression" else 2) else None
-    if one is None:
-        one = inputs.unsqueeze(0)
-    if one.shape[0] != 1:
+    if inputs.shape[0] != 1:
         raise ValueError(
-            f"attention_patterns takes one sequence; got a batch of {one.shape[0]}. "
+            f"attention patterns are drawn for one sequence; got a batch of {inputs.shape[0]}. "
             "Index the batch first, e.g. batch.inputs[:1]."
         )
-    run.model.check_inputs(one)
+    if len(labels) != inputs.shape[1]:
+        raise ValueError(f"{len(labels)} labels for a sequence of {inputs.shape[1]} positions.")
+    auto = heads is None and layers is None
+    chosen = select_heads(bridge.cfg.n_layers, bridge.cfg.n_heads, layers, heads)
     names = check_hook_names(
-        run.bridge, [hook_name(layer, "attn.hook_pattern") for layer in sorted(chosen)]
+        bridge, [hook_name(layer, "attn.hook_pattern") for layer in sorted(chosen)]
     )
-    device = next(run.model.raw.parameters()).device
-    _, cache = run.bridge.run_with_cache(one.to(device), names_filter=lambda n: n in names)
-    labels = token_labels(run, one[0])
+    device = next(bridge.parameters()).device
+    _, cache = bridge.run_with_cache(inputs.to(device), names_filter=lambda n: n in names)
     patterns: dict[int, Float[Tensor, "head q k"]] = {
         layer: cache[hook_name(layer, "attn.hook_pattern")][0].float().cpu() for layer in chosen
     }
@@ -144,12 +145,55 @@ def attention_patterns(
             for layer, p in patterns.items()
         }
         log.info("attention: %d heads per layer with the lowest mean entropy", per_layer)
-    frames = []
-    for layer in sorted(chosen):
-        pattern = patterns[layer]
-        for head in chosen[layer]:
-            frames.append(pattern_frame(pattern[head], labels, layer, head))
+    frames = [
+        pattern_frame(patterns[layer][head], labels, layer, head)
+        for layer in sorted(chosen)
+        for head in chosen[layer]
+    ]
     return pd.concat(frames, ignore_index=True)
+
+
+def attention_patterns(
+    run: Run,
+    inputs: Tensor | None = None,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[tuple[int, int]] | None = None,
+    split: str = "major",
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Tidy attention patterns (layer, head, q, k, value, q_token, k_token) of a trained
+    tvlens run on one sequence.
+
+    ``inputs`` is one sequence (``[pos]`` token ids, ``[pos, d_in]`` regression features, or
+    either with a leading batch of 1); by default one sequence of ``split`` drawn with
+    ``seed``. Heads are chosen as in :func:`bridge_attention`.
+    """
+    if inputs is None:
+        inputs = run.family.sample(split, 1, seed=seed).inputs
+    if inputs.dim() == (2 if run.family.kind == "regression" else 1):
+        inputs = inputs.unsqueeze(0)
+    run.model.check_inputs(inputs)
+    return bridge_attention(
+        run.bridge, inputs, token_labels(run, inputs[0]), layers=layers, heads=heads
+    )
+
+
+def prompt_attention(
+    bridge: Any,
+    text: str,
+    *,
+    layers: Sequence[int] | None = None,
+    heads: Sequence[tuple[int, int]] | None = None,
+) -> pd.DataFrame:
+    """Attention patterns of a pretrained bridge (``tvlens.llm.load``) on one text prompt,
+    labelled by its tokens (the tokenizer's own, BOS included when it adds one)."""
+    tok = getattr(bridge, "tokenizer", None)
+    if tok is None:
+        raise ValueError("this bridge has no tokenizer; use bridge_attention with token ids.")
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    labels = tok.convert_ids_to_tokens(ids[0].tolist())
+    return bridge_attention(bridge, ids, labels, layers=layers, heads=heads)
 
 
 def pattern_frame(
@@ -176,6 +220,16 @@ def pattern_frame(
     )
 
 
+def save_attention(df: pd.DataFrame, run_dir: Path | str) -> Path:
+    """Write an attention table to ``RUN_DIR/analyses/attention.csv`` (atomically), where
+    the report finds it."""
+    _check(df)
+    out = Path(run_dir) / "analyses" / f"{CSV_NAME}.csv"
+    atomic_write_text(out, df.to_csv(index=False))
+    log.info("wrote %s (%d heads)", out, df.groupby(["layer", "head"]).ngroups)
+    return out
+
+
 def write_attention(
     run_dir: Path | str,
     *,
@@ -188,12 +242,7 @@ def write_attention(
     from tvlens.models import load_run
 
     run = load_run(run_dir, step=step)
-    df = attention_patterns(run, heads=heads, split=split, seed=seed)
-    out = Path(run_dir) / "analyses" / f"{CSV_NAME}.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False)
-    log.info("wrote %s (%d heads)", out, df.groupby(["layer", "head"]).ngroups)
-    return out
+    return save_attention(attention_patterns(run, heads=heads, split=split, seed=seed), run_dir)
 
 
 def _check(df: pd.DataFrame) -> None:
