@@ -1,5 +1,43 @@
 """Analyses: task vectors, geometry, decodability, patching, steering."""
 
+from tvlens.analyses.geometry import (
+    BetaFit,
+    fit_beta,
+    geometry_points,
+    principal_angle_table,
+    principal_angles,
+    project_simplex,
+    projection_r2,
+    simplex_fit,
+    simplex_table,
+    subspace_ablation,
+)
+from tvlens.analyses.modes import mode_diagnostic, mode_heatmap_table, mode_scores
 from tvlens.analyses.patching import analyse_patching, patch_sweep, recovered
+from tvlens.analyses.steering import convexity_table, steering_hook, steering_table
+from tvlens.analyses.task_vectors import TaskVectors, anova_r2, task_vectors
 
-__all__ = ["analyse_patching", "patch_sweep", "recovered"]
+__all__ = [
+    "BetaFit",
+    "TaskVectors",
+    "analyse_patching",
+    "anova_r2",
+    "convexity_table",
+    "fit_beta",
+    "geometry_points",
+    "mode_diagnostic",
+    "mode_heatmap_table",
+    "mode_scores",
+    "patch_sweep",
+    "principal_angle_table",
+    "principal_angles",
+    "project_simplex",
+    "projection_r2",
+    "recovered",
+    "simplex_fit",
+    "simplex_table",
+    "steering_hook",
+    "steering_table",
+    "subspace_ablation",
+    "task_vectors",
+]

@@ -1,0 +1,474 @@
+"""``tvlens experiment two-modes``: retrieval vs learning across task diversity.
+
+Trains one model per ``k`` (``2**k`` minor tasks; ``k = -1`` for none), runs every geometry
+and steering analysis on each (:func:`analyse_run`), then the across-k results: OOD
+projection R² against log2 N_minor and the mode heatmap over training step × log2 N_minor.
+Everything lands in the experiment directory::
+
+    EXP_DIR/k{k}/            one run directory per k (config, metrics, checkpoints, analyses/)
+    EXP_DIR/results.csv      one row per k: the headline numbers (see :func:`headline`)
+    EXP_DIR/analyses/*.csv   across-k tables (rendered by ``tvlens report EXP_DIR``)
+    EXP_DIR/figures/*.html   the figures (plotly.min.js written once beside them)
+
+Trained runs are reused: a ``k{k}`` directory whose config matches and whose final checkpoint
+exists is loaded, not retrained (``--retrain`` forces training; an interrupted run resumes).
+The CPU defaults are the demo model (4 layers, d_model 64, 1 500 steps); ``--jobs 2`` (the
+default on CPU) trains two models at a time with one thread each, which fits the six-model
+sweep into ~30 minutes on 2 cores. The reference sizes are a config change::
+
+    tvlens experiment two-modes --family dice --layers 6 --d-model 128 --steps 30000 \\
+        --set model.n_heads=2 --set model.d_mlp=512 --device cuda --jobs 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from tvlens.analyses.geometry import (
+    fit_beta,
+    geometry_points,
+    principal_angle_table,
+    simplex_table,
+    subspace_ablation,
+)
+from tvlens.analyses.modes import mode_diagnostic
+from tvlens.analyses.steering import convexity_table, steering_table
+from tvlens.analyses.task_vectors import anova_r2, task_vectors
+from tvlens.experiments.train_cmd import add_config_arguments, config_from_args
+from tvlens.models import Run, RunConfig, eval_batches, list_checkpoints, load_run, train
+from tvlens.models.checkpoint import atomic_write_text
+from tvlens.tasks.base import Batch
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KS = (-1, 0, 2, 4, 6, 8)
+ANALYSES = "analyses"
+#: seed offset of the analysis batches (held out from the training-time evaluation batches)
+ANALYSIS_SEED_OFFSET = 1
+
+
+# ---------------------------------------------------------------------- per-run analyses
+def analyse_run(
+    run: Run,
+    *,
+    n_eval: int = 256,
+    n_causal: int = 128,
+    n_per_task: int = 64,
+    n_random: int = 5,
+    layers: Sequence[int] | None = None,
+    modes: bool = True,
+    save: bool = True,
+    progress: bool = False,
+) -> dict[str, pd.DataFrame]:
+    """Every task-vector analysis of SCIENCE.md (A) on a trained run; writes
+    ``RUN_DIR/analyses/<name>.csv`` (when ``save``) and returns the tables by name.
+
+    Tables: ``task_vectors`` (θ norms), ``anova_r2`` (task / task + token R² per layer),
+    ``simplex_fit`` (simplex, task + token and affine-plane R², norms in / orthogonal, per
+    layer × split), ``alignment`` and ``alignment_summary`` (β_t against the exact
+    posterior), ``beta_posterior`` (scatter sample), ``principal_angles``,
+    ``geometry_points`` (3-D view at the best layer), ``ablation`` (task subspace vs
+    ``n_random`` random subspaces of equal rank), ``steering``, ``convexity`` and ``modes``
+    (the mode diagnostic over checkpoints; skipped when ``modes=False``).
+
+    The best layer — where the major-task states fit the simplex best — picks the layer of
+    the 3-D view and of the β scatter. The geometry uses ``n_eval`` sequences per split; the
+    interventions (ablation, steering, convexity) and the mode diagnostic, which need one
+    forward pass per condition, use the first ``n_causal`` of them. All are drawn with seeds
+    held out from training. About 30 s for the demo model on 2 CPU cores.
+    """
+    if n_causal > n_eval:
+        raise ValueError(f"n_causal={n_causal} exceeds n_eval={n_eval}; lower n_causal.")
+    fam, model = run.family, run.model
+    model.eval()
+    seed = run.config.train.seed + ANALYSIS_SEED_OFFSET
+    batches = eval_batches(fam, n_eval, seed=seed)
+    small = {name: _head(b, n_causal) for name, b in batches.items()}
+    t0 = time.perf_counter()
+    tv = task_vectors(
+        model, fam, layers, tasks="all", n_per_task=n_per_task, seed=seed, progress=progress
+    )
+    tables: dict[str, pd.DataFrame] = {"task_vectors": tv.to_frame()}
+    tables["anova_r2"] = anova_r2(model, fam, tv.layers, seed=seed + 1)
+    tables["simplex_fit"] = simplex_table(model, fam, tv, batches)
+    best = best_layer(tables["simplex_fit"])
+    fit = fit_beta(model, fam, tv, batches["major"])
+    tables["alignment"] = fit.by_position()
+    tables["alignment_summary"] = fit.summary()
+    tables["beta_posterior"] = fit.points(best)
+    tables["principal_angles"] = principal_angle_table(model, tv, batches)
+    tables["geometry_points"] = geometry_points(model, tv, batches, best)
+    tables["ablation"] = subspace_ablation(
+        model,
+        fam,
+        small,
+        {layer: tv.basis(layer) for layer in tv.layers},
+        point=tv.point,
+        n_random=n_random,
+        seed=seed,
+    )
+    tables["steering"] = steering_table(model, fam, tv, small["major"], tv.layers)
+    tables["convexity"] = convexity_table(model, fam, tv, small["major"], tv.layers)
+    if modes and list_checkpoints(run.dir):
+        tables["modes"] = mode_diagnostic(run.dir, n=n_causal, seed=seed, progress=progress)
+    for df in tables.values():
+        if "k" not in df.columns:
+            df.insert(0, "k", fam.config.k)
+    if save:
+        save_tables(tables, Path(run.dir) / ANALYSES)
+    log.info("analysed %s in %.1f s (best layer %d)", run.dir, time.perf_counter() - t0, best)
+    return tables
+
+
+def _head(batch: Batch, n: int) -> Batch:
+    """The first ``n`` sequences of ``batch``."""
+    return Batch(
+        batch.inputs[:n],
+        batch.targets[:n],
+        batch.target_mask[:n],
+        batch.task_ids[:n],
+        batch.params[:n],
+        batch.split,
+    )
+
+
+def best_layer(simplex: pd.DataFrame, split: str = "major") -> int:
+    """The layer where ``split``'s states fit the task simplex best (highest simplex R²)."""
+    rows = simplex[simplex["split"] == split]
+    if rows.empty:
+        raise ValueError(f"the simplex table has no {split!r} rows; fit it on a {split} batch.")
+    return int(rows.loc[rows["r2_task"].idxmax(), "layer"])
+
+
+def save_tables(tables: dict[str, pd.DataFrame], out: Path) -> list[Path]:
+    """Write each table to ``out/<name>.csv`` atomically; returns the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, df in tables.items():
+        path = out / f"{name}.csv"
+        atomic_write_text(path, df.to_csv(index=False))
+        paths.append(path)
+    return paths
+
+
+def load_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
+    """The ``analyses/*.csv`` tables of a run directory, by name."""
+    return {p.stem: pd.read_csv(p) for p in sorted((Path(run_dir) / ANALYSES).glob("*.csv"))}
+
+
+# --------------------------------------------------------------------------- headline
+def headline(tables: dict[str, pd.DataFrame], metrics: pd.DataFrame | None = None) -> dict:
+    """One row of headline numbers for a run (the columns of ``results.csv``).
+
+    Layer choices are fixed in advance, never tuned on the outcome: ``best_layer`` (highest
+    ID simplex R²) for the geometry, alignment, ablation and steering numbers, and the last
+    layer as a second OOD reference point.
+    """
+    simplex = tables["simplex_fit"]
+    best = best_layer(simplex)
+    last = int(simplex["layer"].max())
+
+    def pick(df: pd.DataFrame, col: str, **where: Any) -> float:
+        sel = np.ones(len(df), dtype=bool)
+        for key, val in where.items():
+            sel &= (df[key] == val).to_numpy()
+        vals = df.loc[sel, col]
+        return float(vals.mean()) if len(vals) else float("nan")
+
+    abl = tables["ablation"]
+    steer = tables["steering"]
+    conv = tables["convexity"]
+    mixed = conv[(conv["alpha_max"] < 0.999) & (conv["layer"] == best)]
+    row = {
+        "k": int(simplex["k"].iloc[0]),
+        "n_minor": 0 if simplex["k"].iloc[0] < 0 else 2 ** int(simplex["k"].iloc[0]),
+        "best_layer": best,
+        "id_simplex_r2": pick(simplex, "r2_task", layer=best, split="major"),
+        "id_simplex_token_r2": pick(simplex, "r2_task_token", layer=best, split="major"),
+        "id_anova_r2": pick(tables["anova_r2"], "r2_task", layer=best, split="major"),
+        "minor_proj_r2": pick(simplex, "r2_affine", layer=best, split="minor"),
+        "beta_posterior_corr": pick(tables["alignment_summary"], "corr", layer=best),
+        "beta_posterior_tv": pick(tables["alignment_summary"], "tv", layer=best),
+        "ood_proj_r2": pick(simplex, "r2_affine", layer=best, split="ood"),
+        "ood_proj_r2_last_layer": pick(simplex, "r2_affine", layer=last, split="ood"),
+        "ood_angle_deg": pick(tables["principal_angles"], "angle_deg", layer=best, split="ood"),
+        "id_angle_deg": pick(tables["principal_angles"], "angle_deg", layer=best, split="major"),
+    }
+    for split in ("major", "minor", "ood"):
+        row[f"ablate_{split}"] = pick(abl, "delta", layer=best, split=split, subspace="task")
+        row[f"ablate_random_{split}"] = pick(
+            abl, "delta", layer=best, split=split, subspace="random"
+        )
+    row["ablate_id_over_ood"] = row["ablate_major"] / row["ablate_ood"]
+    row["steer_unsteered_acc"] = pick(steer, "accuracy", condition="unsteered")
+    row["steer_own_acc"] = pick(steer, "accuracy", condition="own", layer=best)
+    row["steer_to_task_acc"] = pick(steer, "accuracy", condition="to_task", layer=best)
+    row["convex_kl"] = float(mixed["div_mixture"].mean())
+    row["convex_kl_geometric"] = float(mixed["div_geometric"].mean())
+    row["convex_kl_mixture_to_vertex"] = float(mixed["div_mixture_vertex"].mean())
+    if "modes" in tables:
+        modes = tables["modes"]
+        final = modes[modes["step"] == modes["step"].max()]
+        for split in ("major", "ood"):
+            row[f"mode_log_ratio_{split}"] = pick(final, "log_ratio", split=split)
+    if metrics is not None and not metrics.empty:
+        final = metrics[metrics["step"] == metrics["step"].max()]
+        for split in ("major", "ood"):
+            sel = final[final["split"] == split]
+            if not sel.empty:
+                row[f"gap_retrieval_{split}"] = float(sel["gap_retrieval"].mean())
+                row[f"gap_learning_{split}"] = float(sel["gap_learning"].mean())
+    return row
+
+
+def across_k(per_k: dict[int, dict[str, pd.DataFrame]]) -> dict[str, pd.DataFrame]:
+    """Experiment-level tables: OOD projection R² vs log2 N_minor, the mode heatmap, and
+    per-layer ablation and convexity summaries per k."""
+    out: dict[str, pd.DataFrame] = {}
+    simplex = pd.concat([t["simplex_fit"] for t in per_k.values()], ignore_index=True)
+    simplex["log2_n_minor"] = simplex["k"]
+    out["ood_r2_vs_k"] = simplex[
+        ["k", "log2_n_minor", "layer", "split", "r2_affine", "r2_task", "frac_in"]
+    ]
+    modes = [t["modes"] for t in per_k.values() if "modes" in t]
+    if modes:
+        heat = pd.concat(modes, ignore_index=True)
+        heat["log2_n_minor"] = heat["k"]
+        out["mode_heatmap"] = heat
+    abl = pd.concat([t["ablation"] for t in per_k.values()], ignore_index=True)
+    out["ablation_vs_k"] = (
+        abl.groupby(["k", "layer", "split", "subspace"], as_index=False)["delta"]
+        .agg(delta="mean", delta_sd="std")
+        .assign(log2_n_minor=lambda d: d["k"])
+    )
+    conv = pd.concat([t["convexity"] for t in per_k.values()], ignore_index=True)
+    conv = conv[conv["alpha_max"] < 0.999]
+    cols = ["div_mixture", "div_geometric", "div_vertex", "div_mixture_vertex"]
+    out["convexity_vs_k"] = (
+        conv.groupby(["k", "layer"], as_index=False)[cols]
+        .mean()
+        .assign(log2_n_minor=lambda d: d["k"])
+    )
+    return out
+
+
+# --------------------------------------------------------------------------- running
+def run_dir_for(exp_dir: Path, k: int) -> Path:
+    return Path(exp_dir) / f"k{k}"
+
+
+def train_or_load(config: RunConfig, run_dir: Path, retrain: bool = False) -> Run:
+    """Load a finished run with the same config from ``run_dir``, resume a partial one, or
+    train a fresh one."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if retrain and run_dir.exists():
+        shutil.rmtree(run_dir)
+    if cfg_path.exists():
+        saved = json.loads(cfg_path.read_text())
+        if saved != config.to_dict():
+            raise FileExistsError(
+                f"{run_dir} holds a run with a different config; pass --retrain to replace "
+                "it or choose another --out."
+            )
+        if config.train.steps in list_checkpoints(run_dir):
+            log.info("reusing trained run %s", run_dir)
+            return load_run(run_dir, config.train.steps)
+        if (run_dir / "checkpoints" / "resume.json").exists():
+            log.info("resuming %s", run_dir)
+            return train(config, run_dir, resume=True, progress=False)
+        shutil.rmtree(run_dir)  # a config.json but no usable state: start over
+    return train(config, run_dir, progress=False)
+
+
+def sweep_configs(base: RunConfig, ks: Sequence[int]) -> dict[int, RunConfig]:
+    """One config per k: ``base`` with ``family.k`` replaced."""
+    out = {}
+    for k in ks:
+        d = base.to_dict()
+        d["family"]["k"] = int(k)
+        out[int(k)] = RunConfig.from_dict(d)
+    return out
+
+
+def process_k(
+    config: dict, run_dir: str, retrain: bool, threads: int | None, analysis: dict
+) -> float:
+    """Train (or reuse) one run and analyse it; returns the seconds spent. Runs in a worker
+    process when ``--jobs > 1``; results are exchanged through the run directory."""
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    run = train_or_load(RunConfig.from_dict(config), Path(run_dir), retrain=retrain)
+    log.info("k=%s trained in %.0f s", config["family"]["k"], time.perf_counter() - t0)
+    analyse_run(run, **analysis)
+    return time.perf_counter() - t0
+
+
+def run_sweep(
+    base: RunConfig,
+    exp_dir: Path,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    jobs: int = 1,
+    threads: int | None = None,
+    retrain: bool = False,
+    analysis: dict | None = None,
+) -> pd.DataFrame:
+    """Train and analyse one model per k, then write ``results.csv``, the across-k
+    ``analyses/*.csv`` and ``figures/*.html`` into ``exp_dir``; returns the results table."""
+    from tvlens.viz.geometry import write_figures
+
+    exp_dir = Path(exp_dir)
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    if jobs < 1:
+        raise ValueError(f"jobs={jobs}; use at least 1 worker.")
+    configs = sweep_configs(base, ks)
+    analysis = dict(analysis or {})
+    seconds: dict[int, float] = {}
+    bar = tqdm(total=len(configs), desc="two-modes sweep", disable=None)
+    if jobs == 1:
+        for k, cfg in configs.items():
+            seconds[k] = process_k(
+                cfg.to_dict(), str(run_dir_for(exp_dir, k)), retrain, threads, analysis
+            )
+            bar.update()
+    else:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futures = {
+                pool.submit(
+                    process_k,
+                    cfg.to_dict(),
+                    str(run_dir_for(exp_dir, k)),
+                    retrain,
+                    threads or 1,
+                    analysis,
+                ): k
+                for k, cfg in configs.items()
+            }
+            for fut in as_completed(futures):
+                seconds[futures[fut]] = fut.result()
+                bar.update()
+    bar.close()
+    per_k = {k: load_tables(run_dir_for(exp_dir, k)) for k in configs}
+    rows = []
+    for k in configs:
+        metrics_path = run_dir_for(exp_dir, k) / "metrics.csv"
+        metrics = pd.read_csv(metrics_path) if metrics_path.exists() else None
+        rows.append({**headline(per_k[k], metrics), "seconds": round(seconds[k], 1)})
+    results = pd.DataFrame(rows)
+    atomic_write_text(exp_dir / "results.csv", results.to_csv(index=False))
+    tables = across_k(per_k)
+    tables["results"] = results
+    save_tables({n: t for n, t in tables.items() if n != "results"}, exp_dir / ANALYSES)
+    write_figures(tables, exp_dir / "figures")
+    for k in configs:
+        best = int(results.loc[results["k"] == k, "best_layer"].iloc[0])
+        pts = per_k[k]["geometry_points"]
+        write_figures({"geometry_points": pts[pts["layer"] == best]}, exp_dir / "figures", f"k{k}_")
+    return results
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument(
+        "--ks",
+        type=int,
+        nargs="+",
+        default=list(DEFAULT_KS),
+        help="minor-task exponents: one model with 2**k minor tasks per k (-1: none)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="experiment directory (default runs/two_modes_FAMILY)",
+    )
+    parser.add_argument("--retrain", action="store_true", help="retrain runs that exist")
+    parser.add_argument(
+        "--n-eval", type=int, default=256, help="sequences per split for the analyses"
+    )
+    parser.add_argument(
+        "--n-causal",
+        type=int,
+        default=128,
+        help="sequences per split for ablation, steering and the mode diagnostic",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="models trained at once, each in its own process (default: 2 on CPU, 1 on GPU)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads per job (default: cores / jobs)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.k is not None:
+        raise ValueError("two-modes sweeps over k: pass --ks K [K ...] instead of --k.")
+    config = config_from_args(args)
+    out = args.out or Path(f"runs/two_modes_{config.family.name}")
+    cpu = config.train.device == "cpu"
+    jobs = args.jobs if args.jobs is not None else (min(2, len(args.ks)) if cpu else 1)
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: use at least 1 worker (jobs=0 is not allowed).")
+    threads = args.threads or (max(1, (os.cpu_count() or 1) // jobs) if cpu else None)
+    t0 = time.perf_counter()
+    results = run_sweep(
+        config,
+        out,
+        args.ks,
+        jobs=jobs,
+        threads=threads,
+        retrain=args.retrain,
+        analysis={"n_eval": args.n_eval, "n_causal": min(args.n_causal, args.n_eval)},
+    )
+    wall = time.perf_counter() - t0
+    atomic_write_text(
+        out / "experiment.json",
+        json.dumps(
+            {
+                "family": config.family.name,
+                "ks": list(args.ks),
+                "jobs": jobs,
+                "threads_per_job": threads,
+                "wall_seconds": round(wall, 1),
+                "config": config.to_dict(),
+            },
+            indent=2,
+        ),
+    )
+    cols = [
+        "k",
+        "best_layer",
+        "id_simplex_r2",
+        "beta_posterior_corr",
+        "ood_proj_r2",
+        "ablate_major",
+        "ablate_ood",
+        "ablate_random_major",
+        "convex_kl",
+        "mode_log_ratio_ood",
+    ]
+    shown = results[[c for c in cols if c in results.columns]]
+    print(shown.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    print(f"results: {out / 'results.csv'}  figures: {out / 'figures'}  ({wall:.0f} s)")
+    return 0

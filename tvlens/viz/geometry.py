@@ -1,0 +1,472 @@
+"""Figures for task-vector geometry and the two modes (tables of :mod:`tvlens.analyses`).
+
+Each function takes the tidy table written as ``analyses/<name>.csv`` (see
+:func:`tvlens.experiments.two_modes.analyse_run` and the experiment's across-k tables) and
+returns a plotly figure; ``FIGURES`` maps the CSV stem to its function for the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from plotly.subplots import make_subplots
+
+SECTION = "Task-vector geometry and the two modes"
+SPLIT_COLOURS = {"major": "#1f77b4", "minor": "#2ca02c", "ood": "#d62728", "vertex": "#000000"}
+PALETTE = qualitative.Plotly
+
+
+def _require(df: pd.DataFrame, cols: Iterable[str], what: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(
+            f"{what} table lacks column(s) {missing}; pass the analyses/{what}.csv written by "
+            "tvlens.experiments.two_modes.analyse_run."
+        )
+    if df.empty:
+        raise ValueError(f"the {what} table is empty; nothing to draw.")
+
+
+def _splits(df: pd.DataFrame) -> list[str]:
+    order = ["major", "minor", "ood"]
+    found = list(dict.fromkeys(df["split"].astype(str)))
+    return [s for s in order if s in found] + [s for s in found if s not in order]
+
+
+def _colour(split: str, i: int = 0) -> str:
+    return SPLIT_COLOURS.get(split, PALETTE[i % len(PALETTE)])
+
+
+def task_vector_norms(df: pd.DataFrame) -> go.Figure:
+    """‖θ_k‖ per layer: major tasks as bars, minor tasks as their mean."""
+    _require(df, ["layer", "task", "major", "theta_norm"], "task_vectors")
+    fig = go.Figure()
+    major = df[df["major"].astype(bool)]
+    for i, (task, g) in enumerate(major.groupby("task")):
+        fig.add_bar(
+            x=g["layer"],
+            y=g["theta_norm"],
+            name=f"major task {task}",
+            marker_color=PALETTE[i % len(PALETTE)],
+        )
+    minor = df[~df["major"].astype(bool)]
+    if not minor.empty:
+        m = minor.groupby("layer", as_index=False)["theta_norm"].mean()
+        fig.add_scatter(
+            x=m["layer"],
+            y=m["theta_norm"],
+            mode="lines+markers",
+            name="minor tasks (mean)",
+            line={"color": "#2ca02c"},
+        )
+    fig.update_layout(
+        title="Task-vector norms ‖θ_k‖ by layer",
+        xaxis_title="layer",
+        yaxis_title="‖θ_k‖",
+        barmode="group",
+    )
+    return fig
+
+
+def anova_r2_by_layer(df: pd.DataFrame) -> go.Figure:
+    """ANOVA R² by layer: task only (solid) and task + current token (dashed), per split."""
+    _require(df, ["layer", "split", "r2_task", "r2_task_token"], "anova_r2")
+    fig = go.Figure()
+    for i, split in enumerate(_splits(df)):
+        g = df[df["split"] == split].sort_values("layer")
+        c = _colour(split, i)
+        fig.add_scatter(
+            x=g["layer"],
+            y=g["r2_task"],
+            name=f"{split}: task",
+            line={"color": c},
+            mode="lines+markers",
+        )
+        fig.add_scatter(
+            x=g["layer"],
+            y=g["r2_task_token"],
+            name=f"{split}: task + token",
+            line={"color": c, "dash": "dash"},
+            mode="lines+markers",
+        )
+    fig.update_layout(
+        title="ANOVA R² of h ≈ μ + θ_task (+ ν_token), by layer",
+        xaxis_title="layer",
+        yaxis_title="R²",
+        yaxis_range=[-0.05, 1.05],
+    )
+    return fig
+
+
+def simplex_r2_by_layer(df: pd.DataFrame) -> go.Figure:
+    """Simplex R² (solid) and affine-plane projection R² (dotted) per split, by layer."""
+    _require(df, ["layer", "split", "r2_task", "r2_affine"], "simplex_fit")
+    fig = go.Figure()
+    for i, split in enumerate(_splits(df)):
+        g = df[df["split"] == split].sort_values("layer")
+        c = _colour(split, i)
+        fig.add_scatter(
+            x=g["layer"],
+            y=g["r2_task"],
+            name=f"{split}: simplex R²",
+            line={"color": c},
+            mode="lines+markers",
+        )
+        fig.add_scatter(
+            x=g["layer"],
+            y=g["r2_affine"],
+            name=f"{split}: projection R²",
+            line={"color": c, "dash": "dot"},
+            mode="lines+markers",
+        )
+    fig.add_hline(y=0, line={"color": "grey", "width": 1})
+    fig.update_layout(
+        title="R² of the states on the major-task simplex / plane, by layer",
+        xaxis_title="layer",
+        yaxis_title="R²",
+    )
+    return fig
+
+
+def alignment_by_position(df: pd.DataFrame) -> go.Figure:
+    """Correlation (top) and total variation (bottom) of β_t with the exact posterior."""
+    _require(df, ["layer", "pos", "corr", "tv"], "alignment")
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=["corr(β_t, posterior)", "total variation"],
+    )
+    for i, (layer, g) in enumerate(df.groupby("layer")):
+        c = PALETTE[i % len(PALETTE)]
+        g = g.sort_values("pos")
+        fig.add_scatter(
+            x=g["pos"],
+            y=g["corr"],
+            name=f"layer {layer}",
+            line={"color": c},
+            legendgroup=str(layer),
+            row=1,
+            col=1,
+        )
+        fig.add_scatter(
+            x=g["pos"],
+            y=g["tv"],
+            name=f"layer {layer}",
+            line={"color": c},
+            legendgroup=str(layer),
+            showlegend=False,
+            row=2,
+            col=1,
+        )
+    fig.update_xaxes(title_text="position", row=2, col=1)
+    fig.update_layout(title="Simplex weights β_t against the exact retrieval posterior")
+    return fig
+
+
+def alignment_summary(df: pd.DataFrame) -> go.Figure:
+    """Pooled β–posterior correlation and total variation per layer."""
+    _require(df, ["layer", "corr", "tv"], "alignment_summary")
+    fig = go.Figure()
+    fig.add_bar(x=df["layer"], y=df["corr"], name="correlation")
+    fig.add_bar(x=df["layer"], y=df["tv"], name="total variation")
+    fig.update_layout(
+        title="β against the posterior, pooled over positions", xaxis_title="layer", barmode="group"
+    )
+    return fig
+
+
+def beta_vs_posterior(df: pd.DataFrame) -> go.Figure:
+    """Scatter of β_k against P(task = k | context), one colour per task k."""
+    _require(df, ["beta", "posterior", "task"], "beta_posterior")
+    fig = go.Figure()
+    for i, (task, g) in enumerate(df.groupby("task")):
+        fig.add_scatter(
+            x=g["posterior"],
+            y=g["beta"],
+            mode="markers",
+            name=f"task {task}",
+            marker={"size": 4, "opacity": 0.5, "color": PALETTE[i % len(PALETTE)]},
+            customdata=g[["pos"]].to_numpy() if "pos" in g else None,
+            hovertemplate="posterior %{x:.3f}<br>β %{y:.3f}<br>pos %{customdata[0]}",
+        )
+    fig.add_scatter(
+        x=[0, 1],
+        y=[0, 1],
+        mode="lines",
+        name="β = posterior",
+        line={"color": "grey", "dash": "dash"},
+    )
+    layer = f" (layer {int(df['layer'].iloc[0])})" if "layer" in df else ""
+    fig.update_layout(
+        title=f"β against the exact posterior{layer}",
+        xaxis_title="P(task = k | x≤t)",
+        yaxis_title="β_k",
+    )
+    return fig
+
+
+def principal_angles_by_layer(df: pd.DataFrame) -> go.Figure:
+    """Mean principal angle between the task subspace and each split's top PCs."""
+    _require(df, ["layer", "split", "angle_deg"], "principal_angles")
+    m = df.groupby(["split", "layer"], as_index=False)["angle_deg"].mean()
+    fig = go.Figure()
+    for i, split in enumerate(_splits(m)):
+        g = m[m["split"] == split].sort_values("layer")
+        fig.add_scatter(
+            x=g["layer"],
+            y=g["angle_deg"],
+            name=split,
+            mode="lines+markers",
+            line={"color": _colour(split, i)},
+        )
+    fig.update_layout(
+        title="Principal angles: task subspace vs each split's top PCs",
+        xaxis_title="layer",
+        yaxis_title="mean angle (degrees)",
+        yaxis_range=[0, 90],
+    )
+    return fig
+
+
+def geometry_scatter(df: pd.DataFrame) -> go.Figure:
+    """3-D view: the task plane (x, y) with the major vertices, and the main off-plane
+    direction (z). ID states sit in the simplex; OOD states that leave it rise along z."""
+    _require(df, ["split", "x", "y", "z"], "geometry_points")
+    fig = go.Figure()
+    for i, split in enumerate(_splits(df[df["split"] != "vertex"])):
+        g = df[df["split"] == split]
+        fig.add_scatter3d(
+            x=g["x"],
+            y=g["y"],
+            z=g["z"],
+            mode="markers",
+            name=split,
+            marker={"size": 2.5, "opacity": 0.6, "color": _colour(split, i)},
+        )
+    v = df[df["split"] == "vertex"]
+    if not v.empty:
+        loop = pd.concat([v, v.iloc[:1]])
+        fig.add_scatter3d(
+            x=loop["x"],
+            y=loop["y"],
+            z=loop["z"],
+            mode="lines+markers+text",
+            text=[f"task {t}" for t in loop["task"]],
+            name="major task means",
+            marker={"size": 6, "color": "black"},
+            line={"color": "black"},
+        )
+    layer = f" (layer {int(df['layer'].iloc[0])})" if "layer" in df else ""
+    fig.update_layout(
+        title=f"Hidden states on the task simplex{layer}",
+        scene={
+            "xaxis_title": "task plane 1",
+            "yaxis_title": "task plane 2",
+            "zaxis_title": "off-plane",
+        },
+    )
+    return fig
+
+
+def ablation_bars(df: pd.DataFrame) -> go.Figure:
+    """Loss increase from ablating the task subspace vs random subspaces (mean ± sd)."""
+    _require(df, ["layer", "split", "subspace", "delta"], "ablation")
+    layers = sorted(df["layer"].unique())
+    fig = make_subplots(
+        rows=1, cols=len(layers), shared_yaxes=True, subplot_titles=[f"layer {x}" for x in layers]
+    )
+    for j, layer in enumerate(layers, start=1):
+        d = df[df["layer"] == layer]
+        for sub, pattern in (("task", ""), ("random", "/")):
+            g = d[d["subspace"] == sub].groupby("split", as_index=False)["delta"]
+            g = g.agg(["mean", "std"]).fillna(0.0)
+            splits = [s for s in _splits(d) if s in set(g["split"])]
+            g = g.set_index("split").loc[splits]
+            fig.add_bar(
+                x=splits,
+                y=g["mean"],
+                error_y={"array": g["std"]},
+                name=f"{sub} subspace",
+                legendgroup=sub,
+                showlegend=j == 1,
+                marker={
+                    "pattern_shape": pattern,
+                    "color": "#9467bd" if sub == "task" else "#bbbbbb",
+                },
+                row=1,
+                col=j,
+            )
+    fig.update_layout(
+        title="Loss increase from ablating h' = h − P_S h", yaxis_title="Δ loss", barmode="group"
+    )
+    return fig
+
+
+def mode_curves(df: pd.DataFrame) -> go.Figure:
+    """log(KL to retrieval / KL to learning) over training, per split (one run)."""
+    _require(df, ["step", "split", "log_ratio"], "modes")
+    fig = go.Figure()
+    for i, split in enumerate(_splits(df)):
+        g = df[df["split"] == split].sort_values("step")
+        fig.add_scatter(
+            x=g["step"],
+            y=g["log_ratio"],
+            name=split,
+            mode="lines+markers",
+            line={"color": _colour(split, i)},
+        )
+    fig.add_hline(y=0, line={"color": "grey", "dash": "dash"})
+    fig.update_layout(
+        title="Mode diagnostic: log(KL to retrieval / KL to learning)",
+        xaxis_title="training step",
+        yaxis_title="log ratio (<0: retrieval)",
+    )
+    return fig
+
+
+def mode_heatmap(df: pd.DataFrame) -> go.Figure:
+    """Heatmap of the mode diagnostic over training step × log2 N_minor, one per split."""
+    _require(df, ["step", "log2_n_minor", "split", "log_ratio"], "mode_heatmap")
+    splits = _splits(df)
+    fig = make_subplots(rows=1, cols=len(splits), shared_yaxes=True, subplot_titles=splits)
+    lim = float(df["log_ratio"].abs().quantile(0.98)) or 1.0
+    for j, split in enumerate(splits, start=1):
+        piv = df[df["split"] == split].pivot_table(
+            index="log2_n_minor", columns="step", values="log_ratio"
+        )
+        fig.add_heatmap(
+            z=piv.to_numpy(),
+            x=[str(s) for s in piv.columns],
+            y=[("none" if k < 0 else f"2^{k}") for k in piv.index],
+            zmin=-lim,
+            zmax=lim,
+            colorscale="RdBu_r",
+            showscale=j == len(splits),
+            colorbar={"title": "log ratio"},
+            row=1,
+            col=j,
+        )
+    fig.update_xaxes(title_text="training step", type="category")
+    fig.update_yaxes(title_text="N_minor", type="category", col=1)
+    fig.update_layout(title="Mode diagnostic: blue = retrieval, red = learning")
+    return fig
+
+
+def ood_r2_vs_k(df: pd.DataFrame) -> go.Figure:
+    """Projection R² on the major-task plane against log2 N_minor: OOD (solid) and minor
+    (dashed) states, one line per layer."""
+    _require(df, ["log2_n_minor", "layer", "split", "r2_affine"], "ood_r2_vs_k")
+    fig = go.Figure()
+    for i, (layer, g) in enumerate(df.groupby("layer")):
+        c = PALETTE[i % len(PALETTE)]
+        for split, dash in (("ood", "solid"), ("minor", "dash")):
+            s = g[g["split"] == split].sort_values("log2_n_minor")
+            if not s.empty:
+                fig.add_scatter(
+                    x=s["log2_n_minor"],
+                    y=s["r2_affine"],
+                    mode="lines+markers",
+                    name=f"{split}, layer {layer}",
+                    line={"color": c, "dash": dash},
+                )
+    fig.add_hline(y=0, line={"color": "grey", "width": 1})
+    fig.update_layout(
+        title="States on the major-task plane vs task diversity",
+        xaxis_title="log2 N_minor (−1: none)",
+        yaxis_title="projection R²",
+    )
+    return fig
+
+
+def ablation_vs_k(df: pd.DataFrame) -> go.Figure:
+    """Loss increase from the task-subspace ablation (solid) and random ablations (dotted)
+    against log2 N_minor, per split; one panel per layer."""
+    _require(df, ["log2_n_minor", "layer", "split", "subspace", "delta"], "ablation_vs_k")
+    layers = sorted(df["layer"].unique())
+    fig = make_subplots(
+        rows=1, cols=len(layers), shared_yaxes=True, subplot_titles=[f"layer {x}" for x in layers]
+    )
+    for j, layer in enumerate(layers, start=1):
+        d = df[df["layer"] == layer]
+        for i, split in enumerate(_splits(d)):
+            for sub, dash in (("task", "solid"), ("random", "dot")):
+                s = d[(d["split"] == split) & (d["subspace"] == sub)].sort_values("log2_n_minor")
+                fig.add_scatter(
+                    x=s["log2_n_minor"],
+                    y=s["delta"],
+                    mode="lines+markers",
+                    name=f"{split}, {sub}",
+                    legendgroup=f"{split}{sub}",
+                    showlegend=j == 1,
+                    line={"color": _colour(split, i), "dash": dash},
+                    row=1,
+                    col=j,
+                )
+    fig.update_xaxes(title_text="log2 N_minor")
+    fig.update_layout(title="Subspace ablation vs task diversity", yaxis_title="Δ loss")
+    return fig
+
+
+def results_vs_k(df: pd.DataFrame) -> go.Figure:
+    """The experiment's headline numbers against log2 N_minor (``results.csv``)."""
+    _require(df, ["k"], "results")
+    panels = [
+        ("id_simplex_r2", "ID simplex R²"),
+        ("beta_posterior_corr", "β–posterior corr"),
+        ("ood_proj_r2", "OOD projection R²"),
+        ("ablate_id_over_ood", "ablation Δ ID / Δ OOD"),
+        ("convex_kl", "convex steering KL"),
+        ("mode_log_ratio_ood", "OOD mode log ratio"),
+    ]
+    panels = [(c, t) for c, t in panels if c in df.columns]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels])
+    d = df.sort_values("k")
+    for j, (col, _) in enumerate(panels, start=1):
+        fig.add_scatter(x=d["k"], y=d[col], mode="lines+markers", showlegend=False, row=1, col=j)
+    fig.update_xaxes(title_text="log2 N_minor")
+    fig.update_layout(title="Two modes: headline numbers against task diversity")
+    return fig
+
+
+FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure]] = {
+    "task_vectors": task_vector_norms,
+    "anova_r2": anova_r2_by_layer,
+    "simplex_fit": simplex_r2_by_layer,
+    "alignment": alignment_by_position,
+    "alignment_summary": alignment_summary,
+    "beta_posterior": beta_vs_posterior,
+    "principal_angles": principal_angles_by_layer,
+    "geometry_points": geometry_scatter,
+    "ablation": ablation_bars,
+    "modes": mode_curves,
+    "mode_heatmap": mode_heatmap,
+    "ood_r2_vs_k": ood_r2_vs_k,
+    "ablation_vs_k": ablation_vs_k,
+    "results": results_vs_k,
+}
+
+
+def write_figures(
+    tables: dict[str, pd.DataFrame], fig_dir: Path | str, prefix: str = ""
+) -> list[Path]:
+    """Write ``fig_dir/<prefix><name>.html`` for every table with a registered figure
+    (here or in :mod:`tvlens.viz.steering`); plotly.js is written once beside them, so the
+    pages open offline."""
+    from tvlens.viz.steering import FIGURES as STEERING
+
+    registry = {**FIGURES, **STEERING}
+    fig_dir = Path(fig_dir)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, df in tables.items():
+        if name in registry:
+            path = fig_dir / f"{prefix}{name}.html"
+            registry[name](df).write_html(path, include_plotlyjs="directory")
+            paths.append(path)
+    return paths
