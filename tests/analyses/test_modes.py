@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from tvlens.analyses.geometry import geometry_over_training
 from tvlens.analyses.modes import mode_diagnostic, mode_heatmap_table, mode_scores
 from tvlens.models import eval_batches, train
 from tvlens.tasks import make_family
@@ -62,5 +63,11 @@ def test_mode_diagnostic_over_checkpoints(tmp_path):
     assert set(heat["log2_n_minor"]) == {1} and len(heat) == 2
     with pytest.raises(ValueError, match="no checkpoints at steps"):
         mode_diagnostic(tmp_path / "run", steps=[5])
+    geo = geometry_over_training(tmp_path / "run", steps=[0, 8], n=8, n_per_task=4)
+    assert sorted(geo["step"].unique()) == [0, 8] and set(geo["layer"]) == {0, 1}
+    assert set(geo["split"]) == {"major", "minor", "ood"}
+    assert (geo["r2_affine"] <= 1).all() and (geo["n_states"] == 8 * 8).all()
+    with pytest.raises(ValueError, match="no checkpoints at steps"):
+        geometry_over_training(tmp_path / "run", steps=[5])
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         mode_diagnostic(tmp_path / "empty")

@@ -114,6 +114,12 @@ def test_one_hot_steering_of_the_true_task_matches_the_unsteered_model(repeated)
             model, family, batch, tv, layer, alpha.roll(1, dims=1), positions=pos
         )
         assert (other - base).abs().max() > 1e-3  # steering elsewhere does change the output
+    # per-sequence α in chunks smaller than the batch gives the same prediction
+    chunked = steered_prediction(model, family, batch, tv, 1, alpha, positions=pos, batch_size=5)
+    whole = steered_prediction(model, family, batch, tv, 1, alpha, positions=pos)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="one row per sequence"):
+        steered_prediction(model, family, batch, tv, 1, alpha[:3])
     df = steering_table(model, family, tv, batch, [0, 1], positions=pos)
     unsteered = df[df["condition"] == "unsteered"]["accuracy"].iloc[0]
     own = df[df["condition"] == "own"]

@@ -44,7 +44,7 @@ def test_two_modes_sweep_end_to_end(tmp_path, capsys):
     expected = {
         "task_vectors", "anova_r2", "simplex_fit", "alignment", "alignment_summary",
         "beta_posterior", "principal_angles", "geometry_points", "ablation", "steering",
-        "convexity", "modes",
+        "convexity", "modes", "geometry_training",
     }  # fmt: skip
     registry = {**GEOMETRY, **STEERING}
     for k in (-1, 1):

@@ -16,6 +16,7 @@ Analyses of a model (each returns a tidy DataFrame):
   ``retrieval_posterior`` (``by_position``, ``summary``, ``points``);
 * :func:`principal_angle_table` — angles between the task subspace and each split's top PCs;
 * :func:`geometry_points` — 3-D coordinates (task plane + the main off-plane direction);
+* :func:`geometry_over_training` — the simplex table at every checkpoint of a run;
 * :func:`subspace_ablation` — h' = h − P_S h as a TL hook: loss change on major, minor and
   OOD data against random subspaces of the same rank.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ import pandas as pd
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from tvlens.analyses.task_vectors import (
     DEFAULT_POSITIONS,
@@ -38,6 +41,7 @@ from tvlens.analyses.task_vectors import (
     as_bridge,
     current_tokens,
     r2,
+    task_vectors,
 )
 from tvlens.hooks import (
     capture,
@@ -452,6 +456,46 @@ def geometry_points(
         df["y"] = 0.0
     df["off_plane"] = all_off.double().numpy()
     return df[["layer", "split", "seq", "pos", "task", "x", "y", "z", "off_plane"]]
+
+
+def geometry_over_training(
+    run_dir: Path | str,
+    steps: Sequence[int] | None = None,
+    splits: Sequence[str] = ("major", "minor", "ood"),
+    n: int = 128,
+    n_per_task: int = 32,
+    positions: Positions = DEFAULT_POSITIONS,
+    seed: int = 1,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """:func:`simplex_table` at every checkpoint ``steps`` (default: all) of a run, with task
+    vectors re-estimated at each step: how the ID simplex forms and whether OOD states
+    join the task plane or leave it as training goes on.
+
+    The same ``n`` sequences per split are used at every step. Columns: step, layer, split
+    and the columns of :func:`simplex_table`.
+    """
+    from tvlens.models import eval_batches, list_checkpoints, load_run
+
+    run_dir = Path(run_dir)
+    available = list_checkpoints(run_dir)
+    steps = available if steps is None else sorted(int(x) for x in steps)
+    missing = sorted(set(steps) - set(available))
+    if not steps or missing:
+        raise ValueError(
+            f"no checkpoints at steps {missing or steps} in {run_dir}; available: {available}."
+        )
+    family = load_run(run_dir, steps[-1]).family
+    wanted = [x for x in splits if not (x == "minor" and family.n_minor == 0)]
+    batches = eval_batches(family, n, seed=seed, splits=wanted)
+    frames = []
+    for step in tqdm(steps, desc="geometry over training", disable=None if progress else True):
+        run = load_run(run_dir, step)
+        tv = task_vectors(run.model, family, n_per_task=n_per_task, seed=seed)
+        df = simplex_table(run.model, family, tv, batches, positions=positions)
+        df.insert(0, "step", step)
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
 
 
 # ----------------------------------------------------------------------------- ablation

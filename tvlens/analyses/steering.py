@@ -57,16 +57,23 @@ def steered_prediction(
     positions: Positions = None,
     batch_size: int = 256,
 ) -> Tensor:
-    """The model's prediction with ``layer`` steered to α (``None``: unsteered)."""
-    hooks = []
+    """The model's prediction with ``layer`` steered to α (``None``: unsteered).
+
+    ``alpha`` is one simplex point ``[k]`` for every sequence or one per sequence
+    ``[batch, k]``.
+    """
     if alpha is not None:
-        if alpha.dim() == 2 and alpha.shape[0] != batch.size:
-            raise ValueError(f"alpha has {alpha.shape[0]} rows for {batch.size} sequences.")
+        if alpha.dim() not in (1, 2) or (alpha.dim() == 2 and alpha.shape[0] != batch.size):
+            raise ValueError(
+                f"alpha has shape {tuple(alpha.shape)}; pass [k] or one row per sequence "
+                f"[{batch.size}, k]."
+            )
         outs = []
         for i in range(0, batch.size, batch_size):
             a = alpha[i : i + batch_size] if alpha.dim() == 2 else alpha
             hooks = [(tv.hook(layer), steering_hook(tv, layer, a, positions))]
-            outs.append(forward_with_hooks(model, batch.inputs[i : i + batch_size], hooks))
+            x = batch.inputs[i : i + batch_size]
+            outs.append(forward_with_hooks(model, x, hooks, batch_size=x.shape[0]))
         out = torch.cat(outs)
     else:
         out = forward_with_hooks(model, batch.inputs, (), batch_size)

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from tvlens.analyses.geometry import (
     fit_beta,
+    geometry_over_training,
     geometry_points,
     principal_angle_table,
     simplex_table,
@@ -83,8 +84,9 @@ def analyse_run(
     layer × split), ``alignment`` and ``alignment_summary`` (β_t against the exact
     posterior), ``beta_posterior`` (scatter sample), ``principal_angles``,
     ``geometry_points`` (3-D view at the best layer), ``ablation`` (task subspace vs
-    ``n_random`` random subspaces of equal rank), ``steering``, ``convexity`` and ``modes``
-    (the mode diagnostic over checkpoints; skipped when ``modes=False``).
+    ``n_random`` random subspaces of equal rank), ``steering``, ``convexity``, and over the
+    run's checkpoints ``modes`` (the mode diagnostic) and ``geometry_training`` (the simplex
+    table per step); the last two are skipped when ``modes=False``.
 
     The best layer — where the major-task states fit the simplex best — picks the layer of
     the 3-D view and of the β scatter. The geometry uses ``n_eval`` sequences per split; the
@@ -126,6 +128,9 @@ def analyse_run(
     tables["convexity"] = convexity_table(model, fam, tv, small["major"], tv.layers)
     if modes and list_checkpoints(run.dir):
         tables["modes"] = mode_diagnostic(run.dir, n=n_causal, seed=seed, progress=progress)
+        tables["geometry_training"] = geometry_over_training(
+            run.dir, n=n_causal, seed=seed, progress=progress
+        )
     for df in tables.values():
         if "k" not in df.columns:
             df.insert(0, "k", fam.config.k)

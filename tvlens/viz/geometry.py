@@ -358,6 +358,35 @@ def mode_heatmap(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def geometry_over_training(df: pd.DataFrame) -> go.Figure:
+    """Projection R² on the major-task plane over training, per split (one panel per layer)."""
+    _require(df, ["step", "layer", "split", "r2_affine"], "geometry_training")
+    layers = sorted(df["layer"].unique())
+    fig = make_subplots(
+        rows=1, cols=len(layers), shared_yaxes=True, subplot_titles=[f"layer {x}" for x in layers]
+    )
+    for j, layer in enumerate(layers, start=1):
+        d = df[df["layer"] == layer]
+        for i, split in enumerate(_splits(d)):
+            g = d[d["split"] == split].sort_values("step")
+            fig.add_scatter(
+                x=g["step"],
+                y=g["r2_affine"],
+                mode="lines+markers",
+                name=split,
+                legendgroup=split,
+                showlegend=j == 1,
+                line={"color": _colour(split, i)},
+                row=1,
+                col=j,
+            )
+    fig.update_xaxes(title_text="training step")
+    fig.update_layout(
+        title="States on the major-task plane over training", yaxis_title="projection R²"
+    )
+    return fig
+
+
 def ood_r2_vs_k(df: pd.DataFrame) -> go.Figure:
     """Projection R² on the major-task plane against log2 N_minor: OOD (solid) and minor
     (dashed) states, one line per layer."""
@@ -445,6 +474,7 @@ FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure]] = {
     "geometry_points": geometry_scatter,
     "ablation": ablation_bars,
     "modes": mode_curves,
+    "geometry_training": geometry_over_training,
     "mode_heatmap": mode_heatmap,
     "ood_r2_vs_k": ood_r2_vs_k,
     "ablation_vs_k": ablation_vs_k,
