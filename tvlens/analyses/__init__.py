@@ -1,5 +1,20 @@
 """Analyses: task vectors, geometry, decodability, patching, steering."""
 
+from tvlens.analyses.decodability import (
+    analyse_decodability,
+    collect_representations,
+    decodability_table,
+    knn_loo_accuracy,
+    probe_accuracy,
+    task_decodability,
+)
+from tvlens.analyses.dynamics import (
+    decodability_dynamics,
+    emergence_correlation,
+    td_and_loss,
+    td_performance_correlation,
+)
+from tvlens.analyses.finetune import compare_finetuning
 from tvlens.analyses.geometry import (
     BetaFit,
     fit_beta,
@@ -20,17 +35,25 @@ from tvlens.analyses.task_vectors import TaskVectors, anova_r2, task_vectors
 __all__ = [
     "BetaFit",
     "TaskVectors",
+    "analyse_decodability",
     "analyse_patching",
     "anova_r2",
+    "collect_representations",
+    "compare_finetuning",
     "convexity_table",
+    "decodability_dynamics",
+    "decodability_table",
+    "emergence_correlation",
     "fit_beta",
     "geometry_points",
+    "knn_loo_accuracy",
     "mode_diagnostic",
     "mode_heatmap_table",
     "mode_scores",
     "patch_sweep",
     "principal_angle_table",
     "principal_angles",
+    "probe_accuracy",
     "project_simplex",
     "projection_r2",
     "recovered",
@@ -39,5 +62,8 @@ __all__ = [
     "steering_hook",
     "steering_table",
     "subspace_ablation",
+    "task_decodability",
     "task_vectors",
+    "td_and_loss",
+    "td_performance_correlation",
 ]

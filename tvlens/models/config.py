@@ -15,11 +15,11 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "markov": {"vocab": 8, "seq_len": 64},
     "linreg": {"dim": 6, "seq_len": 40, "noise": 0.5},
     "sparse_linreg": {
-        "dim": 8,
+        "dim": 5,
         "sparsity": 2,
         "n_concepts": 4,
         "n_major": 4,
-        "seq_len": 32,
+        "seq_len": 24,
         "noise": 0.25,
     },
 }
