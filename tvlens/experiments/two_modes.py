@@ -68,7 +68,8 @@ def analyse_run(
     run: Run,
     *,
     n_eval: int = 256,
-    n_causal: int = 128,
+    n_causal: int = 96,
+    n_training: int = 64,
     n_per_task: int = 64,
     n_random: int = 5,
     layers: Sequence[int] | None = None,
@@ -79,7 +80,7 @@ def analyse_run(
     """Every task-vector analysis of SCIENCE.md (A) on a trained run; writes
     ``RUN_DIR/analyses/<name>.csv`` (when ``save``) and returns the tables by name.
 
-    Tables: ``task_vectors`` (θ norms), ``anova_r2`` (task / task + token R² per layer),
+    Tables: ``task_vectors`` (θ norms of the majors and ≤ 8 minors), ``anova_r2`` (task / task + token R² per layer),
     ``simplex_fit`` (simplex, task + token and affine-plane R², norms in / orthogonal, per
     layer × split), ``alignment`` and ``alignment_summary`` (β_t against the exact
     posterior), ``beta_posterior`` (scatter sample), ``principal_angles``,
@@ -91,8 +92,9 @@ def analyse_run(
     The best layer — where the major-task states fit the simplex best — picks the layer of
     the 3-D view and of the β scatter. The geometry uses ``n_eval`` sequences per split; the
     interventions (ablation, steering, convexity) and the mode diagnostic, which need one
-    forward pass per condition, use the first ``n_causal`` of them. All are drawn with seeds
-    held out from training. About 30 s for the demo model on 2 CPU cores.
+    forward pass per condition, use the first ``n_causal`` of them, and the geometry over
+    training ``n_training`` sequences per split at each checkpoint. All are drawn with seeds
+    held out from training. About 30 s of CPU time for the demo model.
     """
     if n_causal > n_eval:
         raise ValueError(f"n_causal={n_causal} exceeds n_eval={n_eval}; lower n_causal.")
@@ -103,7 +105,14 @@ def analyse_run(
     small = {name: _head(b, n_causal) for name, b in batches.items()}
     t0 = time.perf_counter()
     tv = task_vectors(
-        model, fam, layers, tasks="all", n_per_task=n_per_task, seed=seed, progress=progress
+        model,
+        fam,
+        layers,
+        tasks="all",
+        max_minor=8,
+        n_per_task=n_per_task,
+        seed=seed,
+        progress=progress,
     )
     tables: dict[str, pd.DataFrame] = {"task_vectors": tv.to_frame()}
     tables["anova_r2"] = anova_r2(model, fam, tv.layers, seed=seed + 1)
@@ -129,7 +138,7 @@ def analyse_run(
     if modes and list_checkpoints(run.dir):
         tables["modes"] = mode_diagnostic(run.dir, n=n_causal, seed=seed, progress=progress)
         tables["geometry_training"] = geometry_over_training(
-            run.dir, n=n_causal, seed=seed, progress=progress
+            run.dir, n=n_training, n_per_task=n_per_task // 2, seed=seed, progress=progress
         )
     for df in tables.values():
         if "k" not in df.columns:
@@ -412,7 +421,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--n-causal",
         type=int,
-        default=128,
+        default=96,
         help="sequences per split for ablation, steering and the mode diagnostic",
     )
     parser.add_argument(
