@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_config
 from scipy import stats
+from tiny import tiny_config
 
 from tvlens.analyses.decodability import collect_representations, knn_loo_accuracy
 from tvlens.analyses.dynamics import (

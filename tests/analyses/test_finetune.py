@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from tiny import tiny_config
 
 from tvlens.analyses.finetune import (
     block_indices,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_config
+from tiny import tiny_config
 
 from tvlens.analyses.geometry import geometry_over_training
 from tvlens.analyses.modes import mode_diagnostic, mode_heatmap_table, mode_scores

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 import pytest
 import torch
 import transformer_lens.patching as tlp
-from conftest import tiny_config
+from tiny import tiny_config
 
 from tvlens.analyses.patching import analyse_patching, patch_sweep, recovered, task_pair
 from tvlens.hooks import hook_name

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from conftest import tiny_config
+from tiny import tiny_config
 
 from tvlens.models import CheckpointError, RunConfig, TaskModel, load_run, train
 from tvlens.models.checkpoint import load_checkpoint, save_checkpoint
