@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -13,7 +14,7 @@ import plotly.offline
 import pytest
 import torch
 
-from tvlens.models import RunConfig, load_run, train
+from tvlens.models import RunConfig, list_checkpoints, load_run, train
 from tvlens.viz import attention as attn
 from tvlens.viz import report, training
 
@@ -322,3 +323,19 @@ def test_prompt_attention_on_a_pretrained_style_bridge(tmp_path):
     assert report.discover_results(tmp_path / "run") == {"attention": out}
     with pytest.raises(ValueError, match="one sequence"):
         attn.bridge_attention(bridge, ids.repeat(2, 1), tokens)
+
+
+def test_stale_attention_is_recomputed_and_hand_saved_attention_kept(tiny_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir)
+    steps = list_checkpoints(run_dir)
+    assert len(steps) >= 2
+    attn.write_attention(run_dir, step=steps[0])
+    path = run_dir / "analyses" / "attention.csv"
+    assert set(pd.read_csv(path)["step"]) == {steps[0]}
+    report.write_report(run_dir)
+    assert set(pd.read_csv(path)["step"]) == {steps[-1]}  # recomputed at the last checkpoint
+    hand = pd.read_csv(path).drop(columns="step").query("head == 0")
+    attn.save_attention(hand, run_dir)
+    report.write_report(run_dir)
+    assert set(pd.read_csv(path)["head"]) == {0}  # no step column: kept as saved

@@ -238,11 +238,13 @@ def write_attention(
     seed: int = 0,
     step: int | None = None,
 ) -> Path:
-    """Compute attention patterns of a trained run and save ``analyses/attention.csv``."""
+    """Compute attention patterns of a trained run (its last checkpoint unless ``step``) and
+    save ``analyses/attention.csv`` with a ``step`` column."""
     from tvlens.models import load_run
 
     run = load_run(run_dir, step=step)
-    return save_attention(attention_patterns(run, heads=heads, split=split, seed=seed), run_dir)
+    df = attention_patterns(run, heads=heads, split=split, seed=seed)
+    return save_attention(df.assign(step=run.step), run_dir)
 
 
 def _check(df: pd.DataFrame) -> None:

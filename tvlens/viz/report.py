@@ -324,16 +324,27 @@ def summary_html(run_dir: Path, results: dict[str, Path], absent: Sequence[Absen
 
 
 def ensure_attention(run_dir: Path, results: dict[str, Path]) -> str | None:
-    """Compute ``analyses/attention.csv`` for a trained synthetic run that lacks it.
+    """Compute ``analyses/attention.csv`` for a trained synthetic run that lacks it, or whose
+    table was computed at an earlier checkpoint than the run's last.
 
     Attention is one forward pass of one sequence, so the report computes it rather than
-    leaving the section out. Returns a note when it could not be computed.
+    leaving the section out. Tables without a ``step`` column (saved by hand, e.g. from a
+    pretrained model) are kept as they are. Returns a note when it could not be computed.
     """
     from tvlens.models import list_checkpoints
     from tvlens.viz.attention import CSV_NAME, write_attention
 
-    if CSV_NAME in results or not list_checkpoints(run_dir):
+    steps = list_checkpoints(run_dir)
+    if not steps:
         return None
+    if CSV_NAME in results:
+        try:
+            old = pd.read_csv(results[CSV_NAME], nrows=1)
+        except Exception:  # noqa: BLE001 — unreadable: the figure's error box will say why
+            return None
+        if "step" not in old.columns or old.empty or int(old["step"].iloc[0]) == steps[-1]:
+            return None
+        log.info("report: attention.csv is from step %s; recomputing", old["step"].iloc[0])
     try:
         results[CSV_NAME] = write_attention(run_dir)
     except Exception as e:  # noqa: BLE001 — the rest of the report still stands
