@@ -61,7 +61,9 @@ POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in
 _ALIASES = {"hook_z": "z", "attn.hook_z": "z", **{f"hook_{p}": p for p in POINTS}}
 #: The TL hook each point reads its activations from.
 _HOOK = {p: "attn.hook_z" if p == "z" else "resid_mid" if p == "mlp_in" else p for p in POINTS}
-#: Tokens (copies × batch × suffix positions) per stacked forward, by device type.
+#: Rows (copies × batch × seq) one stacked forward may hold, by device type. Each copy holds
+#: its suffix's activations plus the prefix's keys and values, so ``seq`` rows in all: the
+#: bound keeps a sweep's memory independent of the number of positions patched.
 TOKEN_BUDGET = {"cpu": 2048, "cuda": 1 << 17}
 
 __all__ = [
@@ -435,15 +437,14 @@ def _groups(
     batch_size: int | None,
     budget: int,
 ) -> list[list[tuple[int, int | None, int]]]:
-    """Consecutive jobs stacked while ``copies · batch · suffix length`` stays in budget."""
+    """Consecutive jobs stacked while ``copies · batch · seq`` stays within the budget."""
     stackable = isinstance(runner, NativeSuffixRunner) or runner.batch_ok
     limit = (batch_size or len(jobs)) if stackable else 1
     groups: list[list[tuple[int, int | None, int]]] = []
     for job in jobs:
         if groups:
             group = groups[-1]
-            p0 = min(job[2], *(j[2] for j in group))
-            tokens = (len(group) + 1) * setup.batch * (setup.seq - p0)
+            tokens = (len(group) + 1) * setup.batch * setup.seq
             if len(group) < limit and (batch_size is not None or tokens <= budget):
                 group.append(job)
                 continue
