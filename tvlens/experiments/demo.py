@@ -75,11 +75,26 @@ def _finished(run_dir: Path, config: RunConfig) -> bool:
     return bool(steps) and steps[-1] == config.train.steps
 
 
-def analyse(run: Run) -> list[str]:
-    """Run every analysis on the trained demo model; returns the CSVs written."""
-    out = run.dir / "analyses"
-    out.mkdir(exist_ok=True)
-    return sorted(p.name for p in out.glob("*.csv"))
+def analyse(run: Run) -> dict[str, float]:
+    """Every analysis on the trained demo model (``analyses/*.csv``); returns seconds per part.
+
+    Geometry, alignment, ablation, steering and the mode diagnostic (SCIENCE.md A), a
+    denoising patching sweep, and task decodability over layers, context and checkpoints.
+    """
+    from tvlens.analyses import analyse_decodability, analyse_patching
+    from tvlens.experiments.two_modes import analyse_run
+
+    seconds = {}
+    for name, fn in (
+        ("geometry_steering_modes", analyse_run),
+        ("patching", analyse_patching),
+        ("decodability", analyse_decodability),
+    ):
+        t0 = time.perf_counter()
+        log.info("analysis: %s", name)
+        fn(run)
+        seconds[name] = round(time.perf_counter() - t0, 1)
+    return seconds
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     }
     print(
         f"\nMajor tasks, second half of the context: model − retrieval = "
-        f"{verdict['major_second_half_gap_nats']:+.4f} ± {verdict['gap_standard_error']:.4f} nats "
+        f"{verdict['major_second_half_gap_nats']:+.5f} ± {verdict['gap_standard_error']:.5f} nats "
         f"({'within' if verdict['within_0.05_nats'] else 'NOT within'} 0.05)."
     )
     if verdict["below_reference_beyond_noise"]:
@@ -121,7 +136,11 @@ def run(args: argparse.Namespace) -> int:
             "the model beats the exact retrieval reference beyond noise: check the reference"
         )
     if not args.no_report:
-        verdict["analyses"] = analyse(result)
+        verdict["analysis_seconds"] = analyse(result)
     atomic_write_text(run_dir / "demo.json", json.dumps(verdict, indent=2))
+    if not args.no_report:
+        from tvlens.viz.report import write_report
+
+        print(f"report: {write_report(run_dir)}")
     print(f"run directory: {run_dir}")
     return 0
