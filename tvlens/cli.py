@@ -30,10 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(_module=module)
         try:
             importlib.import_module(module).add_arguments(p)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            p.set_defaults(_missing=True)
+        except Exception as e:  # noqa: BLE001 — one broken subcommand must not disable the rest
+            p.set_defaults(_missing=f"{type(e).__name__}: {e}")
     return parser
 
 
@@ -43,8 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    if getattr(args, "_missing", False):
-        print(f"tvlens {args.command}: not available in this build.", file=sys.stderr)
+    if getattr(args, "_missing", None):
+        print(
+            f"tvlens {args.command}: not available: importing {args._module} failed "
+            f"({args._missing}). Reinstall tvlens (pip install -e .) or report the error.",
+            file=sys.stderr,
+        )
         return 2
     try:
         return int(importlib.import_module(args._module).run(args) or 0)

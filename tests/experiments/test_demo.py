@@ -56,3 +56,12 @@ def test_train_command_and_resume(tmp_path, capsys):
 def test_bad_set_flag_is_named(capsys):
     assert main(["train", "--set", "nonsense", "--out", "/nonexistent/x"]) == 1
     assert "SECTION.FIELD=VALUE" in capsys.readouterr().err
+
+
+def test_a_broken_subcommand_does_not_disable_the_others(monkeypatch, capsys):
+    from tvlens import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "broken", ("tvlens._no_such_module", "a broken command"))
+    assert main(["broken"]) == 2
+    assert "tvlens._no_such_module" in capsys.readouterr().err
+    assert main(["train", "--set", "nonsense", "--out", "/nonexistent/x"]) == 1
