@@ -108,8 +108,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--steps", type=int, default=30, help="steps per timed round")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per contender")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     config = RunConfig.for_family("dice")
     tc, mc = config.train, config.model
