@@ -147,6 +147,9 @@ def test_group_scores_recombine_into_the_overall_td_and_carry_references(tiny_ru
         overall = knn_loo_accuracy(reps.reps[:, 1, pi], reps.labels)
         assert float((d["td"] * d["n"]).sum() / d["n"].sum()) == pytest.approx(overall)
     assert {"perf_oracle", "perf_bayes", "perf_learning", "perf_retrieval"} <= set(g.columns)
+    # gap to the retrieval reference = loss − its loss, with its loss = base · (1 − perf)
+    base = g["loss"] / (1 - g["performance"])
+    assert np.allclose(g["gap_retrieval"], g["loss"] - base * (1 - g["perf_retrieval"]))
     with pytest.raises(ValueError, match="not captured"):
         group_scores(reps, tiny_run.model, tiny_run.family, layer=7)
 

@@ -43,6 +43,8 @@ def test_decodability_experiment_end_to_end(tmp_path, capsys):
         "td_probe_vs_n_examples_spearman",
         "td_performance_r[class x n_examples]",
         "td_performance_r[class x n_examples, within n]",
+        "td_gap_retrieval_r[class x n_examples, within n]",
+        "td_icl_performance_r[checkpoints]",
         "td_vs_icl_loss_over_checkpoints_r",
         "td_half_step",
         "finetune_early_d_td_mean_over_layers",

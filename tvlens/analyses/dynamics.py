@@ -232,8 +232,11 @@ def group_scores(
 
     TD of a class is its leave-one-out kNN recall at ``layer``; performance is computed on
     the same prompts at the same query position. The references' performance
-    (``perf_<name>``, see :func:`reference_losses`) is given beside the model's.
-    Columns: layer, n_examples, group, td, loss, performance, perf_*, n.
+    (``perf_<name>``, see :func:`reference_losses`) is given beside the model's, and
+    ``gap_retrieval`` is the model's loss minus the retrieval reference's (the Bayes
+    predictor of the training mixture): classes differ in how hard they are even for Bayes,
+    which the raw performance mixes in. Columns: layer, n_examples, group, td, loss,
+    performance, perf_*, gap_retrieval, n.
     """
     if layer not in reps.layers:
         raise ValueError(f"layer {layer} was not captured; captured layers are {reps.layers}.")
@@ -258,6 +261,9 @@ def group_scores(
             }
             for name, ref in refs.items():
                 row[f"perf_{name}"] = _performance(float(ref[sel, pos].mean()), bg)
+            # excess loss over the exact posterior predictive of the training prior: how far
+            # the model is from Bayes on this class, free of the class's own difficulty
+            row["gap_retrieval"] = lg - float(refs["retrieval"][sel, pos].mean())
             row["n"] = int(sel.sum())
             rows.append(row)
     return pd.DataFrame(rows)

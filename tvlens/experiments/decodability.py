@@ -145,18 +145,21 @@ def write_figures(analyses: dict[str, pd.DataFrame], fig_dir: Path) -> list[Path
 
 def correlations(groups: pd.DataFrame, top: int) -> pd.DataFrame:
     """TD against ICL performance across classes × example counts (rows of ``groups``):
-    pooled, controlled for the number of examples, and across classes at ``top`` examples."""
+    pooled, controlled for the number of examples, and across classes at ``top`` examples;
+    and TD against the loss gap to the Bayes (retrieval) reference, controlled for the
+    number of examples (column ``y`` names the variable)."""
     rows = []
     layer = int(groups["layer"].iloc[0])
     with_ctx = groups[groups["n_examples"] >= 1]
-    for over, d, within in (
-        ("class x n_examples", with_ctx, None),
-        ("class x n_examples, within n", with_ctx, "n_examples"),
-        (f"class at n={top}", groups[groups["n_examples"] == top], None),
+    for y, over, d, within in (
+        ("performance", "class x n_examples", with_ctx, None),
+        ("performance", "class x n_examples, within n", with_ctx, "n_examples"),
+        ("performance", f"class at n={top}", groups[groups["n_examples"] == top], None),
+        ("gap_retrieval", "class x n_examples, within n", with_ctx, "n_examples"),
     ):
         for method in ("pearson", "spearman"):
-            res = td_performance_correlation(d, "td", "performance", method, within=within)
-            rows.append({"over": over, "layer": layer, "method": method, **res})
+            res = td_performance_correlation(d, "td", y, method, within=within)
+            rows.append({"y": y, "over": over, "layer": layer, "method": method, **res})
     return pd.DataFrame(rows)
 
 
@@ -248,7 +251,7 @@ def headline(
     for _, r in correlation.iterrows():
         rows.append(
             {
-                "quantity": f"td_performance_r[{r['over']}]",
+                "quantity": f"td_{r.get('y', 'performance')}_r[{r['over']}]",
                 "layer": r.get("layer"),
                 "n_examples": r.get("n_examples", np.nan),
                 "value": r["r"],
@@ -418,7 +421,8 @@ def run(args: argparse.Namespace) -> int:
         dyn_n = sorted({0, top // 4, top // 2, top})
         dynamics = decodability_dynamics(out, n_examples=dyn_n, **ev)
         em = emergence_correlation(dynamics)
-        correlation = pd.concat([correlation, em.assign(method="pearson")], ignore_index=True)
+        em = em.assign(method="pearson", y="icl_performance")
+        correlation = pd.concat([correlation, em], ignore_index=True)
         emergence = emergence_steps(dynamics)
 
     # 4. early vs late fine-tuning from an early checkpoint, same budget

@@ -154,7 +154,7 @@ def td_performance_scatter(df: pd.DataFrame) -> go.Figure:
 def correlation_table(df: pd.DataFrame) -> go.Figure:
     """The TD–performance correlations (r, p-value, number of points) as a table."""
     _require(df, ("over", "r", "p", "n"), "correlation")
-    cols = [c for c in ("over", "layer", "n_examples", "method", "r", "p", "n") if c in df]
+    cols = [c for c in ("y", "over", "layer", "n_examples", "method", "r", "p", "n") if c in df]
     cells = [[f"{v:.3g}" if isinstance(v, float) else str(v) for v in df[c]] for c in cols]
     fig = go.Figure(go.Table(header={"values": cols}, cells={"values": cells}))
     fig.update_layout(title="Correlation of TD with ICL performance", height=300)
