@@ -90,3 +90,20 @@ def test_two_modes_rejects_bad_jobs(tmp_path, capsys):
     argv = ["experiment", "two-modes", "--ks", "0", "--out", str(tmp_path / "e")]
     assert main(argv + TINY + ["--jobs", "0"]) == 1  # the last --jobs wins
     assert "jobs=0" in capsys.readouterr().err
+
+
+def test_r2_figures_keep_extreme_values_off_axis():
+    from tvlens.viz.geometry import ood_r2_vs_k
+
+    df = pd.DataFrame(
+        {
+            "log2_n_minor": [0, 0, 2, 2],
+            "layer": [0, 0, 0, 0],
+            "split": ["ood", "minor", "ood", "minor"],
+            "r2_affine": [0.8, -300.0, 0.3, -0.2],
+        }
+    )
+    fig = ood_r2_vs_k(df)
+    assert tuple(fig.layout.yaxis.range) == (-1.05, 1.05)
+    assert "1 value(s) below" in fig.layout.annotations[0].text
+    assert ood_r2_vs_k(df[df["r2_affine"] > -1]).layout.yaxis.range is None

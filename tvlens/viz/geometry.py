@@ -41,6 +41,25 @@ def _colour(split: str, i: int = 0) -> str:
     return SPLIT_COLOURS.get(split, PALETTE[i % len(PALETTE)])
 
 
+def _clip_r2_axis(fig: go.Figure, values: pd.Series, floor: float = -1.0) -> go.Figure:
+    """Keep an R² axis readable: values below ``floor`` (R² is unbounded below, e.g. for a
+    split holding a single task, whose states barely vary around their own mean) are drawn
+    off-axis and counted in a note."""
+    low = int((values < floor).sum())
+    if low:
+        fig.update_yaxes(range=[floor - 0.05, 1.05])
+        fig.add_annotation(
+            text=f"{low} value(s) below {floor} off the axis (see the table)",
+            xref="paper",
+            yref="paper",
+            x=0,
+            y=-0.18,
+            showarrow=False,
+            xanchor="left",
+        )
+    return fig
+
+
 def task_vector_norms(df: pd.DataFrame) -> go.Figure:
     """‖θ_k‖ per layer: major tasks as bars, minor tasks as their mean."""
     _require(df, ["layer", "task", "major", "theta_norm"], "task_vectors")
@@ -129,7 +148,7 @@ def simplex_r2_by_layer(df: pd.DataFrame) -> go.Figure:
         xaxis_title="layer",
         yaxis_title="R²",
     )
-    return fig
+    return _clip_r2_axis(fig, pd.concat([df["r2_task"], df["r2_affine"]]))
 
 
 def alignment_by_position(df: pd.DataFrame) -> go.Figure:
@@ -384,7 +403,7 @@ def geometry_over_training(df: pd.DataFrame) -> go.Figure:
     fig.update_layout(
         title="States on the major-task plane over training", yaxis_title="projection R²"
     )
-    return fig
+    return _clip_r2_axis(fig, df["r2_affine"])
 
 
 def ood_r2_vs_k(df: pd.DataFrame) -> go.Figure:
@@ -410,7 +429,7 @@ def ood_r2_vs_k(df: pd.DataFrame) -> go.Figure:
         xaxis_title="log2 N_minor (−1: none)",
         yaxis_title="projection R²",
     )
-    return fig
+    return _clip_r2_axis(fig, df["r2_affine"])
 
 
 def ablation_vs_k(df: pd.DataFrame) -> go.Figure:
