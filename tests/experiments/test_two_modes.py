@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import plotly.graph_objects as go
+import pytest
 
 from tvlens.cli import main
 from tvlens.experiments.two_modes import headline, load_tables
@@ -27,9 +28,10 @@ TINY = [
 ]  # fmt: skip
 
 
-def test_two_modes_sweep_end_to_end(tmp_path, capsys):
+@pytest.mark.parametrize("family", ["dice", "markov"])
+def test_two_modes_sweep_end_to_end(tmp_path, capsys, family):
     out = tmp_path / "exp"
-    argv = ["experiment", "two-modes", "--family", "dice", "--ks", "-1", "1", "--out", str(out)]
+    argv = ["experiment", "two-modes", "--family", family, "--ks", "-1", "1", "--out", str(out)]
     assert main(argv + TINY) == 0
     printed = capsys.readouterr().out
     assert "id_simplex_r2" in printed and "results:" in printed
