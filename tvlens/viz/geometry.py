@@ -91,27 +91,29 @@ def task_vector_norms(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def anova_r2_by_layer(df: pd.DataFrame) -> go.Figure:
-    """ANOVA R² by layer: task only (solid) and task + current token (dashed), per split."""
-    _require(df, ["layer", "split", "r2_task", "r2_task_token"], "anova_r2")
+def _split_lines_by_layer(
+    df: pd.DataFrame, solid: tuple[str, str], other: tuple[str, str], dash: str
+) -> go.Figure:
+    """Per split, column ``solid[0]`` as a solid line and ``other[0]`` in ``dash``, by layer."""
     fig = go.Figure()
     for i, split in enumerate(_splits(df)):
         g = df[df["split"] == split].sort_values("layer")
         c = _colour(split, i)
-        fig.add_scatter(
-            x=g["layer"],
-            y=g["r2_task"],
-            name=f"{split}: task",
-            line={"color": c},
-            mode="lines+markers",
-        )
-        fig.add_scatter(
-            x=g["layer"],
-            y=g["r2_task_token"],
-            name=f"{split}: task + token",
-            line={"color": c, "dash": "dash"},
-            mode="lines+markers",
-        )
+        for (col, label), style in ((solid, {}), (other, {"dash": dash})):
+            fig.add_scatter(
+                x=g["layer"],
+                y=g[col],
+                name=f"{split}: {label}",
+                line={"color": c, **style},
+                mode="lines+markers",
+            )
+    return fig
+
+
+def anova_r2_by_layer(df: pd.DataFrame) -> go.Figure:
+    """ANOVA R² by layer: task only (solid) and task + current token (dashed), per split."""
+    _require(df, ["layer", "split", "r2_task", "r2_task_token"], "anova_r2")
+    fig = _split_lines_by_layer(df, ("r2_task", "task"), ("r2_task_token", "task + token"), "dash")
     fig.update_layout(
         title="ANOVA R² of h ≈ μ + θ_task (+ ν_token), by layer",
         xaxis_title="layer",
@@ -124,24 +126,9 @@ def anova_r2_by_layer(df: pd.DataFrame) -> go.Figure:
 def simplex_r2_by_layer(df: pd.DataFrame) -> go.Figure:
     """Simplex R² (solid) and affine-plane projection R² (dotted) per split, by layer."""
     _require(df, ["layer", "split", "r2_task", "r2_affine"], "simplex_fit")
-    fig = go.Figure()
-    for i, split in enumerate(_splits(df)):
-        g = df[df["split"] == split].sort_values("layer")
-        c = _colour(split, i)
-        fig.add_scatter(
-            x=g["layer"],
-            y=g["r2_task"],
-            name=f"{split}: simplex R²",
-            line={"color": c},
-            mode="lines+markers",
-        )
-        fig.add_scatter(
-            x=g["layer"],
-            y=g["r2_affine"],
-            name=f"{split}: projection R²",
-            line={"color": c, "dash": "dot"},
-            mode="lines+markers",
-        )
+    fig = _split_lines_by_layer(
+        df, ("r2_task", "simplex R²"), ("r2_affine", "projection R²"), "dot"
+    )
     fig.add_hline(y=0, line={"color": "grey", "width": 1})
     fig.update_layout(
         title="R² of the states on the major-task simplex / plane, by layer",
