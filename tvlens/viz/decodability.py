@@ -17,6 +17,22 @@ from plotly.subplots import make_subplots
 SECTION = "Task decodability"
 
 
+def td_heatmap_trace(df: pd.DataFrame, x_label: str, showscale: bool = True) -> go.Heatmap:
+    """A layer × n_examples heatmap trace of mean TD on the [0, 1] scale (shared by LLM views)."""
+    piv = df.pivot_table(index="layer", columns="n_examples", values="td", aggfunc="mean")
+    return go.Heatmap(
+        z=piv.to_numpy(),
+        x=[str(v) for v in piv.columns],
+        y=[str(v) for v in piv.index],
+        zmin=0,
+        zmax=1,
+        colorscale="Viridis",
+        colorbar={"title": "TD"},
+        showscale=showscale,
+        hovertemplate=f"{x_label} %{{x}}<br>layer %{{y}}<br>TD %{{z:.3f}}<extra></extra>",
+    )
+
+
 def _require(df: pd.DataFrame, cols: tuple[str, ...], what: str) -> None:
     missing = [c for c in cols if c not in df.columns]
     if missing:
@@ -49,23 +65,9 @@ def decodability_heatmap(df: pd.DataFrame) -> go.Figure:
     )
     for r, target in enumerate(targets, start=1):
         for c, method in enumerate(methods, start=1):
-            d = df[(df["method"] == method) & (df["target"] == target)].pivot_table(
-                index="layer", columns="n_examples", values="td", aggfunc="mean"
-            )
+            d = df[(df["method"] == method) & (df["target"] == target)]
             fig.add_trace(
-                go.Heatmap(
-                    z=d.to_numpy(),
-                    x=[str(v) for v in d.columns],
-                    y=[str(v) for v in d.index],
-                    zmin=0,
-                    zmax=1,
-                    colorscale="Viridis",
-                    colorbar={"title": "TD"},
-                    showscale=r == 1 and c == 1,
-                    hovertemplate="examples %{x}<br>layer %{y}<br>TD %{z:.3f}<extra></extra>",
-                ),
-                row=r,
-                col=c,
+                td_heatmap_trace(d, "examples", showscale=r == 1 and c == 1), row=r, col=c
             )
             fig.update_xaxes(title_text="in-context examples", type="category", row=r, col=c)
         fig.update_yaxes(title_text="layer", row=r, col=1)

@@ -13,6 +13,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from tvlens.viz.decodability import td_heatmap_trace
+
 SECTION = "Pretrained LLM: ICL, task vectors, function vectors, decodability"
 _DASH = {"icl": "dash", "zero_shot": "dot"}
 
@@ -148,23 +150,8 @@ def td_heatmap(df: pd.DataFrame) -> go.Figure:
     titles = [f"{g} (chance {d[d['group'] == g]['chance'].mean():.2f})" for g in groups]
     fig = make_subplots(rows=1, cols=len(groups), subplot_titles=titles, shared_yaxes=True)
     for i, group in enumerate(groups, start=1):
-        piv = d[d["group"] == group].pivot_table(
-            index="layer", columns="n_examples", values="td", aggfunc="mean"
-        )
         fig.add_trace(
-            go.Heatmap(
-                z=piv.to_numpy(),
-                x=[str(c) for c in piv.columns],
-                y=[str(r) for r in piv.index],
-                zmin=0,
-                zmax=1,
-                colorscale="Viridis",
-                colorbar={"title": "TD"},
-                showscale=i == 1,
-                hovertemplate="shots %{x}<br>layer %{y}<br>TD %{z:.3f}<extra></extra>",
-            ),
-            row=1,
-            col=i,
+            td_heatmap_trace(d[d["group"] == group], "shots", showscale=i == 1), row=1, col=i
         )
         fig.update_xaxes(title_text="shots", type="category", row=1, col=i)
     fig.update_yaxes(title_text="layer", row=1, col=1)
