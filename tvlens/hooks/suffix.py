@@ -361,7 +361,35 @@ _SLICERS = {
     "position_ids": lambda t, p0: t[..., p0:],
     "cache_position": lambda t, p0: t[..., p0:],
 }
-_DROPPED = ("past_key_values", "past_key_value", "layer_past")
+#: HF cache arguments a block may receive. They are dropped from the recorded arguments (the
+#: suffix path passes its own cache). transformers >= 5.24 names the cache ``cache``; earlier 5.x
+#: releases name it ``past_key_values``.
+_WARNED: set[tuple[str, str, str]] = set()
+_DROPPED = ("past_key_values", "past_key_value", "layer_past", "cache")
+
+
+def _cache_kwarg(block: nn.Module) -> str:
+    """The name under which ``block``'s HF layer takes its KV cache (``cache`` from 5.24)."""
+    import inspect
+
+    try:
+        params = inspect.signature(unwrap(block).forward).parameters
+    except (TypeError, ValueError):
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_alias_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Hand TL's attention bridge a cache passed as ``cache=`` under ``past_key_values``.
+
+    TL 4.3's attention bridges read ``past_key_values`` (or ``layer_past``) only, while HF
+    decoder layers from transformers 5.24 forward the cache to attention as ``cache=``.
+    """
+    if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+        kwargs = dict(kwargs)
+        kwargs["past_key_values"] = kwargs.pop("cache")
+        return args, kwargs
+    return None
 
 
 class BridgeSuffixRunner:
@@ -384,6 +412,8 @@ class BridgeSuffixRunner:
         self.causal = getattr(bridge.cfg, "attention_dir", "causal") == "causal"
         adapter = getattr(bridge, "adapter", None)
         self._logit_transform = getattr(adapter, "apply_output_logits_transform", None)
+        self.cache_kwargs = [_cache_kwarg(block) for block in bridge.blocks]
+        self.refused: dict[str, str] = {}
 
     # ------------------------------------------------------------------ setup
     @torch.no_grad()
@@ -414,40 +444,82 @@ class BridgeSuffixRunner:
 
     @torch.no_grad()
     def prepare(self, inputs: Tensor, resid_pre0: Tensor, atol: float = 1e-5) -> Tensor:
-        """Record the unpatched run of ``inputs`` and decide which shortcuts are exact."""
+        """Record the unpatched run of ``inputs`` and decide which shortcuts are exact.
+
+        A refused shortcut is kept in :attr:`refused` (shortcut → reason) and logged once per
+        bridge class and reason at WARNING: the results stay exact, but a sweep that silently
+        lost its speed-up would be a bug.
+        """
         self.inputs = inputs
+        self.refused = {}
         reference = self._record(inputs)
         batch, seq = resid_pre0.shape[:2]
         recorder = _RecordingCache()
         try:
             replay = self._blocks(resid_pre0, 0, 0, 1, recorder, None)
             self.replay_ok = _close(replay, reference, atol)
+            if not self.replay_ok:
+                self._refuse(
+                    "replay", f"differs from the forward by {max_abs_diff(replay, reference):.2e}"
+                )
         except Exception as e:  # noqa: BLE001 - a capability probe; the fallback is exact
-            log.info("block replay unsupported on this bridge (%s); full forwards", e)
+            self._refuse("replay", f"{type(e).__name__}: {e}")
         if not self.replay_ok:
             return reference
         self.kv = recorder.kv
         try:
             stacked = self._blocks(_stack(resid_pre0, 2), 0, 0, 2, None, None)
             self.batch_ok = _close(stacked, _stack(reference, 2), atol)
+            if not self.batch_ok:
+                self._refuse("stacking", "stacked copies differ from the forward")
         except Exception as e:  # noqa: BLE001
-            log.info("stacking patches unsupported on this bridge (%s)", e)
-        unknown = [
-            k
-            for _, kwargs in self.block_args
-            for k, v in kwargs.items()
-            if torch.is_tensor(v) and k not in _SLICERS
-        ]
-        if self.causal and seq > 1 and len(self.kv) == self.n_layers and not unknown:
+            self._refuse("stacking", f"{type(e).__name__}: {e}")
+        unknown = sorted(
+            {
+                k
+                for _, kwargs in self.block_args
+                for k, v in kwargs.items()
+                if torch.is_tensor(v) and k not in _SLICERS
+            }
+        )
+        if not self.causal or seq < 2:
+            pass  # suffix runs need causal attention and at least two positions; not a refusal
+        elif len(self.kv) != self.n_layers:
+            self._refuse(
+                "suffix",
+                f"the attention of {self.n_layers - len(self.kv)} of {self.n_layers} blocks "
+                "did not use the KV cache it was handed",
+            )
+        elif unknown:
+            self._refuse("suffix", f"blocks take tensor arguments it cannot cut: {unknown}")
+        else:
             p0 = seq // 2
             try:
                 suffix = self._blocks(resid_pre0[:, p0:], 0, p0, 1, None, None)
                 self.suffix_ok = _close(suffix, reference[:, p0:], atol)
+                if not self.suffix_ok:
+                    self._refuse(
+                        "suffix",
+                        f"differs from the forward by {max_abs_diff(suffix, reference[:, p0:]):.2e}",
+                    )
             except Exception as e:  # noqa: BLE001
-                log.info("suffix runs unsupported on this bridge (%s)", e)
+                self._refuse("suffix", f"{type(e).__name__}: {e}")
         if not self.suffix_ok:
             self.kv = {}
         return reference
+
+    def _refuse(self, shortcut: str, reason: str) -> None:
+        self.refused[shortcut] = reason
+        key = (type(unwrap(self.bridge.blocks[0])).__name__, shortcut, reason)
+        if key not in _WARNED:
+            _WARNED.add(key)
+            log.warning(
+                "bridge patching engine: %s shortcut refused on %s (%s); results stay exact "
+                "but slower. Tested versions: see tvlens.versions.",
+                shortcut,
+                key[0],
+                reason,
+            )
 
     # ------------------------------------------------------------------ runs
     def _kwargs(self, i: int, p0: int, copies: int, cache: Any) -> tuple[tuple, dict]:
@@ -467,7 +539,7 @@ class BridgeSuffixRunner:
 
         out = {k: adapt(k, v) for k, v in kwargs.items()}
         if cache is not None:
-            out["past_key_values"] = cache
+            out[self.cache_kwargs[i]] = cache
         return tuple(adapt("", a) for a in args), out
 
     def _blocks(
@@ -481,10 +553,22 @@ class BridgeSuffixRunner:
     ) -> Tensor:
         if p0 and cache is None:
             cache = _PrefixCache(self.kv, p0, copies)
-        for i in range(start_layer, self.n_layers):
-            args, kwargs = self._kwargs(i, p0, copies, cache)
-            out = self.bridge.blocks[i](x, *args, **kwargs)
-            x = out[0] if isinstance(out, tuple) else out
+        handles = []
+        if cache is not None:
+            for i in range(start_layer, self.n_layers):
+                attn = getattr(self.bridge.blocks[i], "attn", None)
+                if isinstance(attn, nn.Module):
+                    handles.append(
+                        attn.register_forward_pre_hook(_cache_alias_hook, with_kwargs=True)
+                    )
+        try:
+            for i in range(start_layer, self.n_layers):
+                args, kwargs = self._kwargs(i, p0, copies, cache)
+                out = self.bridge.blocks[i](x, *args, **kwargs)
+                x = out[0] if isinstance(out, tuple) else out
+        finally:
+            for h in handles:
+                h.remove()
         if read_rows is not None:
             x = x[:, read_rows]
         logits = self.bridge.unembed(self.bridge.ln_final(x))
