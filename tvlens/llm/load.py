@@ -188,6 +188,9 @@ def load(
         )
     if device is None and n_devices is None and device_map is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    from tvlens.versions import check_versions
+
+    check_versions()
     try:
         bridge = TransformerBridge.boot_transformers(
             name,

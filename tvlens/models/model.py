@@ -139,6 +139,9 @@ class TaskModel(nn.Module):
     def bridge(self) -> TransformerBridge:
         """The TransformerBridge over the same weights (built on first use, in eval mode)."""
         if self._bridge is None:
+            from tvlens.versions import check_versions
+
+            check_versions()
             cfg = copy.deepcopy(self.tl_config)
             shadow = TaskNativeModel(cfg, d_in=self.d_in)
             _share_parameters(self.raw, shadow)
