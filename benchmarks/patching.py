@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     result = {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": info,
         "lengths": [bench_length(seq, args) for seq in args.lengths],
     }
