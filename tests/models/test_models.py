@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 from tiny import tiny_config
 
 from tvlens.models import CheckpointError, RunConfig, TaskModel, load_run, train
@@ -102,28 +103,51 @@ def test_checkpoint_round_trip_and_log_spacing(tmp_path):
 
 def test_corrupt_truncated_and_foreign_checkpoints_are_refused(tmp_path):
     stem = tmp_path / "ck" / "step_000001"
-    save_checkpoint(stem, {"w": torch.arange(1000.0)}, {"step": 1})
+    path = save_checkpoint(stem, {"w": torch.arange(1000.0)}, {"step": 1})
+    assert path == stem.with_suffix(".safetensors") and not stem.with_suffix(".json").exists()
     tensors, meta = load_checkpoint(stem)
     assert meta["step"] == 1 and torch.equal(tensors["w"], torch.arange(1000.0))
 
-    st = stem.with_suffix(".safetensors")
-    data = st.read_bytes()
-    st.write_bytes(data[: len(data) // 2])  # truncated
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(CheckpointError, match="truncated"):
         load_checkpoint(stem)
-    st.write_bytes(data[:-8] + b"\x00" * 8)  # flipped bytes
-    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+    path.write_bytes(data[:-8] + b"\x00" * 8)  # flipped tensor bytes
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+        load_checkpoint(stem)
+    # edited metadata (the step) is caught by the same hash
+    path.write_bytes(data.replace(b'\\"step\\": 1', b'\\"step\\": 7'))
+    assert path.read_bytes() != data
+    with pytest.raises(CheckpointError, match="edited"):
         load_checkpoint(stem)
 
-    foreign = tmp_path / "ck" / "other"
-    foreign.with_suffix(".json").write_text(json.dumps({"format": "pytorch"}))
+    foreign = tmp_path / "ck" / "other.safetensors"
+    save_file({"w": torch.zeros(3)}, foreign)
     with pytest.raises(CheckpointError, match="not a tvlens checkpoint"):
         load_checkpoint(foreign)
-    (tmp_path / "ck" / "bad.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not valid JSON"):
+    (tmp_path / "ck" / "bad.safetensors").write_bytes(
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}xxxxxx"
+    )
+    with pytest.raises(CheckpointError, match="corrupt header"):
         load_checkpoint(tmp_path / "ck" / "bad")
-    with pytest.raises(CheckpointError, match="missing"):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "ck" / "nothing_here")
+
+
+def test_format_1_checkpoints_still_load(tmp_path):
+    """A JSON sidecar with the tensor file's SHA-256 (format 1) is verified and read."""
+    import hashlib
+
+    stem = tmp_path / "step_000003"
+    save_file({"w": torch.arange(5.0)}, stem.with_suffix(".safetensors"))
+    sha = hashlib.sha256(stem.with_suffix(".safetensors").read_bytes()).hexdigest()
+    record = {"format": "tvlens-checkpoint", "format_version": 1, "sha256": sha, "step": 3}
+    stem.with_suffix(".json").write_text(json.dumps(record))
+    tensors, meta = load_checkpoint(stem)
+    assert meta["step"] == 3 and torch.equal(tensors["w"], torch.arange(5.0))
+    stem.with_suffix(".json").write_text(json.dumps({**record, "sha256": "0" * 64}))
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        load_checkpoint(stem)
 
 
 def test_mismatched_checkpoint_names_the_keys(tmp_path):
@@ -135,7 +159,7 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path):
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     config["model"]["d_model"] = 32
     (tmp_path / "run" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="different model config"):
+    with pytest.raises(CheckpointError, match=r"does not match the config recorded.*d_model"):
         load_run(tmp_path / "run")
 
 

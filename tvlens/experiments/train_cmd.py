@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 from tvlens.models import RunConfig, train
+from tvlens.models.config import load_config_dict
 from tvlens.models.evaluate import default_bands, reference_table
 from tvlens.tasks import FAMILIES
+from tvlens.tasks.base import ConfigError
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,11 +33,22 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace, **defaults: dict) -> RunConfig:
-    """A RunConfig from ``--config`` or ``--family`` plus flag and ``--set`` overrides."""
+    """A RunConfig from ``--config`` or ``--family`` plus flag and ``--set`` overrides.
+
+    Every value is type- and range-checked before anything runs; errors name the file or
+    the ``SECTION.FIELD`` and the fix (:class:`~tvlens.tasks.base.ConfigError`).
+    """
     if args.config:
-        base = json.loads(Path(args.config).read_text())
+        base = load_config_dict(args.config)
+        where = f"--config {args.config}"
     else:
+        if args.family not in FAMILIES:
+            raise ConfigError(
+                f"--family {args.family!r} is not a known task family; choose one of "
+                f"{sorted(FAMILIES)}."
+            )
         base = RunConfig.for_family(args.family, **defaults).to_dict()
+        where = f"--family {args.family}"
     flags = {
         ("family", "k"): args.k,
         ("train", "steps"): args.steps,
@@ -48,20 +61,39 @@ def config_from_args(args: argparse.Namespace, **defaults: dict) -> RunConfig:
     }
     for (section, field), value in flags.items():
         if value is not None:
-            base[section][field] = value
+            _section(base, section, where)[field] = value
     for item in args.set:
         key, sep, value = item.partition("=")
         section, dot, field = key.partition(".")
-        if not sep or not dot or section not in base:
-            raise ValueError(
+        if not sep or not dot or section not in SECTIONS or not field:
+            raise ConfigError(
                 f"--set {item!r} must look like SECTION.FIELD=VALUE with SECTION one of "
-                f"{sorted(base)}."
+                f"{list(SECTIONS)}, e.g. --set model.n_heads=2."
             )
         try:
-            base[section][field] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            base[section][field] = value
-    return RunConfig.from_dict(base)
+            parsed = value  # a bare word such as cuda or rotary is a string
+        _section(base, section, where)[field] = parsed
+    try:
+        return RunConfig.from_dict(base)
+    except TypeError as e:  # a family's own config refused a field
+        raise ConfigError(f"{where}: {e}") from None
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if args.config else str(e)) from None
+
+
+SECTIONS = ("family", "model", "train")
+
+
+def _section(base: dict, section: str, where: str) -> dict:
+    sec = base.setdefault(section, {})
+    if not isinstance(sec, dict):
+        raise ConfigError(
+            f"{where}: config section {section!r} must be a JSON object of fields; got "
+            f"{'null' if sec is None else type(sec).__name__}."
+        )
+    return sec
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -54,6 +54,7 @@ from tvlens.experiments.train_cmd import add_config_arguments, config_from_args
 from tvlens.models import Run, RunConfig, eval_batches, list_checkpoints, load_run, train
 from tvlens.models.checkpoint import atomic_write_text
 from tvlens.tasks.base import Batch
+from tvlens.models.train import has_resume_state
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ def train_or_load(config: RunConfig, run_dir: Path, retrain: bool = False) -> Ru
         if config.train.steps in list_checkpoints(run_dir):
             log.info("reusing trained run %s", run_dir)
             return load_run(run_dir, config.train.steps)
-        if (run_dir / "checkpoints" / "resume.json").exists():
+        if has_resume_state(run_dir):
             log.info("resuming %s", run_dir)
             return train(config, run_dir, resume=True, progress=False)
         shutil.rmtree(run_dir)  # a config.json but no usable state: start over

@@ -4,12 +4,21 @@ from tvlens.models.checkpoint import CheckpointError, load_checkpoint, save_chec
 from tvlens.models.config import FAMILY_DEFAULTS, ModelConfig, RunConfig, TrainConfig
 from tvlens.models.evaluate import References, eval_batches, predict, reference_table
 from tvlens.models.model import TaskModel
-from tvlens.models.train import Run, checkpoint_schedule, list_checkpoints, load_run, train
+from tvlens.models.train import (
+    NonFiniteLossError,
+    Run,
+    checkpoint_schedule,
+    has_resume_state,
+    list_checkpoints,
+    load_run,
+    train,
+)
 
 __all__ = [
     "FAMILY_DEFAULTS",
     "CheckpointError",
     "ModelConfig",
+    "NonFiniteLossError",
     "References",
     "Run",
     "RunConfig",
@@ -17,6 +26,7 @@ __all__ = [
     "TrainConfig",
     "checkpoint_schedule",
     "eval_batches",
+    "has_resume_state",
     "list_checkpoints",
     "load_checkpoint",
     "load_run",

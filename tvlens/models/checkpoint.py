@@ -1,51 +1,45 @@
-"""Checkpoints: safetensors for tensors, JSON for everything else, written atomically.
+"""Checkpoints: one self-verifying safetensors file each, written atomically.
 
-A checkpoint ``step_000123`` is two files: ``step_000123.safetensors`` and
-``step_000123.json``. The JSON is written last and records the SHA-256 of the tensor file,
-so a checkpoint exists only once both are complete, and truncation or corruption is
-detected on load. Nothing is ever unpickled.
+A checkpoint ``step_000123.safetensors`` holds the tensors and, in the safetensors header
+metadata, everything else as JSON (step, config, ...) plus a SHA-256 over the tensor
+header, that JSON and the tensor bytes. It is written to a temporary file, fsync-ed and
+renamed into place (:mod:`tvlens.io`), so a checkpoint is one atomic unit: it exists
+completely or not at all, and truncation, byte flips or edited metadata are detected on
+load. Nothing is ever unpickled.
+
+Format version 1 (tensors in ``NAME.safetensors`` plus a ``NAME.json`` sidecar carrying the
+hash) is still read, so older run directories keep loading.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
+import struct
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 from torch import Tensor
 
+from tvlens.io import atomic_write_bytes, save_text
+
 FORMAT = "tvlens-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+SUFFIX = ".safetensors"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, truncated or from another model."""
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file and an atomic rename."""
-    _atomic_write_bytes(Path(path), text.encode())
+    """Write ``text`` to ``path`` atomically (kept for callers; see :func:`tvlens.io.save_text`)."""
+    save_text(path, text)
 
 
 def _sha256(path: Path) -> str:
@@ -56,69 +50,153 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(stem: Path, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:
-    """Write ``stem.safetensors`` then ``stem.json`` atomically; return the JSON path."""
-    stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    st_path = stem.with_suffix(".safetensors")
-    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=stem.parent, prefix=f".{st_path.name}.", suffix=".tmp")
-    os.close(fd)
+def _split(blob: bytes, where: Path) -> tuple[dict[str, Any], bytes]:
+    """The safetensors header (as a dict) and the tensor byte buffer of ``blob``."""
+    if len(blob) < 8:
+        raise CheckpointError(f"{where} is truncated ({len(blob)} bytes); use another step.")
+    (n,) = struct.unpack("<Q", blob[:8])
+    if n > len(blob) - 8:
+        raise CheckpointError(f"{where} is truncated (header of {n} bytes cut off).")
     try:
-        save_file(contiguous, tmp, metadata={"format": FORMAT})
-        os.replace(tmp, st_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    record = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "tensors": st_path.name,
-        "sha256": _sha256(st_path),
-        **meta,
-    }
-    json_path = stem.with_suffix(".json")
-    atomic_write_text(json_path, json.dumps(record, indent=2))
-    return json_path
+        header = json.loads(blob[8 : 8 + n])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{where} has a corrupt header ({e}); use another step.") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{where} has a corrupt header; use another step.")
+    return header, blob[8 + n :]
 
 
-def load_checkpoint(stem: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read and verify a checkpoint; raise :class:`CheckpointError` with the fix on failure."""
+def _digest(header: Mapping[str, Any], meta_json: str, data: bytes) -> str:
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    h = hashlib.sha256(json.dumps(tensors, sort_keys=True).encode())
+    h.update(b"\0" + meta_json.encode() + b"\0")
+    h.update(data)
+    return h.hexdigest()
+
+
+def checkpoint_path(stem: Path | str) -> Path:
+    """``stem`` (with or without a suffix) as the checkpoint's ``.safetensors`` path."""
     stem = Path(stem)
-    if stem.suffix in (".json", ".safetensors"):
+    if stem.suffix in (".json", SUFFIX):
         stem = stem.with_suffix("")
-    json_path, st_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-    if not json_path.exists():
+    return stem.with_suffix(SUFFIX)
+
+
+def save_checkpoint(stem: Path, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:
+    """Write ``stem.safetensors`` (tensors + ``meta`` + SHA-256) atomically; return its path.
+
+    Any legacy ``stem.json`` sidecar is removed afterwards, so the directory never holds
+    two versions of one checkpoint.
+    """
+    path = checkpoint_path(stem)
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    meta_json = json.dumps(dict(meta), sort_keys=True, allow_nan=False)
+    base = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "meta": meta_json}
+    header, data = _split(st_save(contiguous, metadata=base), path)
+    digest = _digest(header, meta_json, data)
+    blob = st_save(contiguous, metadata={**base, "sha256": digest})
+    atomic_write_bytes(path, blob)
+    path.with_suffix(".json").unlink(missing_ok=True)
+    return path
+
+
+def read_meta(stem: Path | str) -> dict[str, Any]:
+    """The verified metadata of a checkpoint, without building its tensors."""
+    return load_checkpoint(stem, tensors=False)[1]
+
+
+def checkpoint_sha256(stem: Path | str) -> str:
+    """The SHA-256 a checkpoint records for itself (v1: the tensor file's hash)."""
+    return read_meta(stem)["sha256"]
+
+
+def load_checkpoint(
+    stem: Path | str, *, tensors: bool = True
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read and verify a checkpoint; raise :class:`CheckpointError` with the fix on failure.
+
+    Returns ``(tensors, meta)``; ``meta`` carries ``sha256``. With ``tensors=False`` the
+    file is still verified but no tensors are built (``{}`` is returned for them).
+    """
+    path = checkpoint_path(stem)
+    sidecar = path.with_suffix(".json").exists()
+    if not path.exists():
+        if sidecar:
+            raise CheckpointError(f"{path} is missing; the checkpoint is incomplete.")
         raise CheckpointError(
-            f"no checkpoint at {stem} ({json_path.name} is missing); an interrupted save "
-            "leaves no JSON — point at another step or retrain."
+            f"no checkpoint at {path}; an interrupted save leaves none — point at another "
+            "step or retrain."
         )
+    blob = path.read_bytes()
+    try:
+        header, data = _split(blob, path)
+        info = header.get("__metadata__") or {}
+    except CheckpointError:
+        if sidecar:
+            return _load_v1(path, tensors)
+        raise
+    if sidecar and info.get("format_version") != str(FORMAT_VERSION):
+        return _load_v1(path, tensors)
+    if info.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a tvlens checkpoint (format={info.get('format')!r}); load it "
+            "with the tool that wrote it."
+        )
+    try:
+        version = int(info.get("format_version", "0"))
+    except ValueError:
+        version = -1
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format version {info.get('format_version')!r}; this "
+            f"tvlens reads {FORMAT_VERSION} — upgrade tvlens or retrain."
+        )
+    meta_json = info.get("meta", "")
+    if _digest(header, meta_json, data) != info.get("sha256"):
+        raise CheckpointError(
+            f"{path} does not match the SHA-256 it records: the file is truncated, corrupt "
+            "or was edited. Use another checkpoint step or retrain."
+        )
+    try:
+        meta = json.loads(meta_json)
+        out = st_load(blob) if tensors else {}
+    except (json.JSONDecodeError, SafetensorError, ValueError) as e:
+        raise CheckpointError(f"{path} could not be read as safetensors ({e}).") from e
+    meta["sha256"] = info["sha256"]
+    return out, meta
+
+
+def _load_v1(path: Path, tensors: bool) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    json_path = path.with_suffix(".json")
     try:
         meta = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{json_path} is not valid JSON ({e}); the file is corrupt.") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        fmt = meta.get("format") if isinstance(meta, dict) else None
         raise CheckpointError(
-            f"{json_path} is not a tvlens checkpoint (format={meta.get('format') if isinstance(meta, dict) else None!r}); "
-            "load it with the tool that wrote it."
+            f"{json_path} is not a tvlens checkpoint (format={fmt!r}); load it with the tool "
+            "that wrote it."
         )
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    if meta.get("format_version", 0) != 1:
         raise CheckpointError(
-            f"{json_path} has format version {meta['format_version']}, newer than this tvlens "
-            f"({FORMAT_VERSION}); upgrade tvlens."
+            f"{json_path} has format version {meta.get('format_version')!r}, but a JSON "
+            "sidecar belongs to version 1; the checkpoint is mixed up — retrain."
         )
-    if not st_path.exists():
-        raise CheckpointError(f"{st_path} is missing; the checkpoint is incomplete.")
-    if _sha256(st_path) != meta.get("sha256"):
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing; the checkpoint is incomplete.")
+    if _sha256(path) != meta.get("sha256"):
         raise CheckpointError(
-            f"{st_path} does not match the SHA-256 recorded in {json_path.name}: the file is "
+            f"{path} does not match the SHA-256 recorded in {json_path.name}: the file is "
             "truncated or corrupt. Use another checkpoint step or retrain."
         )
+    if not tensors:
+        return {}, meta
     try:
-        tensors = load_file(st_path)
+        blob = path.read_bytes()
+        return st_load(blob), meta
     except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{st_path} could not be read as safetensors ({e}).") from e
-    return tensors, meta
+        raise CheckpointError(f"{path} could not be read as safetensors ({e}).") from e
 
 
 def load_module_state(module: torch.nn.Module, tensors: Mapping[str, Tensor], where: str) -> None:

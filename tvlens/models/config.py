@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from tvlens.tasks.base import ConfigError, FamilyConfig
+from tvlens.validation import check_fields
 
 #: Family-specific defaults applied by :meth:`RunConfig.for_family` (SCIENCE.md, section A).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -33,13 +34,14 @@ class ModelConfig:
     d_model: int = 64
     n_heads: int = 4
     d_mlp: int = 256
-    positional: str = "rotary"
-    normalization: str = "LN"
+    positional: Literal["rotary", "standard"] = "rotary"
+    normalization: Literal["LN", "RMS", "LNPre", "RMSPre"] = "LN"
     act_fn: str = "gelu"
     n_ctx: int | None = None
     seed: int = 0
 
     def validate(self, seq_len: int | None = None, d_in: int | None = None) -> None:
+        check_fields(self, "model")
         for name in ("n_layers", "d_model", "n_heads", "d_mlp"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1.")
@@ -94,6 +96,7 @@ class TrainConfig:
     device: str = "cpu"
 
     def validate(self) -> None:
+        check_fields(self, "train")
         for name in ("steps", "batch_size", "eval_every", "eval_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"train.{name}={getattr(self, name)} must be >= 1.")
@@ -103,6 +106,20 @@ class TrainConfig:
             raise ConfigError(f"train.warmup_frac={self.warmup_frac} must lie in [0, 1).")
         if self.n_checkpoints < 0:
             raise ConfigError(f"train.n_checkpoints={self.n_checkpoints} must be >= 0.")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise ConfigError(
+                    f"train.{name}={getattr(self, name)} must be >= 0 (0 turns it off)."
+                )
+        try:
+            import torch
+
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise ConfigError(
+                f"train.device={self.device!r} is not a torch device; use 'cpu', 'cuda', "
+                "'cuda:0' or 'mps'."
+            ) from None
 
 
 @dataclass
@@ -125,6 +142,17 @@ class RunConfig:
     def validate(self) -> None:
         from tvlens.tasks import FAMILIES
 
+        for name, kind in (
+            ("family", FamilyConfig),
+            ("model", ModelConfig),
+            ("train", TrainConfig),
+        ):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(
+                    f"config section {name!r} must be a {kind.__name__}; got "
+                    f"{type(getattr(self, name)).__name__}."
+                )
+        check_fields(self.family, "family")
         self.family.validate()
         self.train.validate()
         regression = FAMILIES[self.family.name].kind == "regression"
@@ -137,8 +165,22 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """A validated config from a JSON-like dict; missing sections take their defaults."""
+        if not isinstance(d, dict):
+            raise ConfigError(
+                f"a config must be a JSON object with sections family, model and train; got "
+                f"{'null' if d is None else type(d).__name__}. Start from a run's config.json "
+                "or `RunConfig.for_family(name).to_dict()`."
+            )
+
         def build(kind: type, name: str) -> Any:
-            raw = dict(d.get(name, {}))
+            raw = d.get(name, {})
+            if not isinstance(raw, dict):
+                raise ConfigError(
+                    f"config section {name!r} must be a JSON object of fields; got "
+                    f"{'null' if raw is None else type(raw).__name__}."
+                )
+            raw = dict(raw)
             known = {f.name for f in fields(kind)}
             unknown = sorted(set(raw) - known)
             if unknown:
@@ -158,11 +200,42 @@ class RunConfig:
         )
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(self.to_dict(), indent=2))
+        """Write the config as JSON, atomically (the mode follows the umask)."""
+        from tvlens.io import save_json
+
+        save_json(path, self.to_dict())
 
     @classmethod
-    def load(cls, path: Path) -> RunConfig:
+    def load(cls, path: Path | str) -> RunConfig:
+        """Read and validate a config JSON; every error names ``path`` and the fix."""
+        d = load_config_dict(path)
         try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path} is not valid JSON ({e}); fix or regenerate it.") from e
+            return cls.from_dict(d)
+        except (ConfigError, TypeError) as e:  # TypeError: a family's own config refused
+            raise ConfigError(f"{path}: {e}") from None
+
+
+def load_config_dict(path: Path | str) -> dict[str, Any]:
+    """The JSON object in config file ``path``, with errors that name the file and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"{path} is a directory, not a config file; pass a config JSON such as "
+            f"{path / 'config.json'}."
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; check the path.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path} ({e}).") from None
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON ({e}); fix or regenerate it.") from None
+    if not isinstance(d, dict):
+        raise ConfigError(
+            f"{path} must hold a JSON object with sections family, model and train; it holds "
+            f"{'null' if d is None else type(d).__name__}. Start from a run's config.json."
+        )
+    return d

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,23 +20,29 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from tvlens.io import run_lock, save_csv, save_json
 from tvlens.models.checkpoint import (
     CheckpointError,
-    atomic_write_text,
+    checkpoint_path,
     load_checkpoint,
     load_module_state,
+    read_meta,
     save_checkpoint,
 )
 from tvlens.models.config import RunConfig
 from tvlens.models.evaluate import References, eval_batches, reference_table
 from tvlens.models.model import TaskModel
 from tvlens.tasks import make_family
-from tvlens.tasks.base import Batch, TaskFamily
+from tvlens.tasks.base import Batch, ConfigError, TaskFamily
 
 log = logging.getLogger(__name__)
 
 CKPT_DIR = "checkpoints"
 RESUME = "resume"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss (or gradient norm) became NaN or infinite."""
 
 
 @dataclass
@@ -48,6 +55,12 @@ class Run:
     model: TaskModel
     step: int
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
+    sha256: str | None = None  # of the checkpoint loaded (None: trained in this process)
+
+    @property
+    def source(self) -> dict:
+        """Where results computed from this run come from: step and checkpoint hash."""
+        return {"step": self.step, "checkpoint_sha256": self.sha256}
 
     @property
     def bridge(self):
@@ -88,14 +101,28 @@ def train_step(
     lr: float,
     grad_clip: float,
 ) -> torch.Tensor:
-    """One optimisation step of ``module`` on ``batch``; returns the (detached) loss."""
+    """One optimisation step of ``module`` on ``batch``; returns the (detached) loss.
+
+    Raises :class:`NonFiniteLossError` before updating any weight when the loss or the
+    gradient norm is NaN or infinite, so the module keeps its last finite state.
+    """
     for group in opt.param_groups:
         group["lr"] = lr
     loss = family.loss(module(batch.inputs), batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    params = [p for p in module.parameters() if p.grad is not None]
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    else:
+        norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in params])
+        )
+    if not bool(torch.isfinite(loss) & torch.isfinite(norm)):
+        opt.zero_grad(set_to_none=True)
+        raise NonFiniteLossError(
+            f"the loss became {loss.item()} (gradient norm {norm.item()}) at lr={lr:g}."
+        )
     opt.step()
     return loss.detach()
 
@@ -104,9 +131,70 @@ def _ckpt_stem(run_dir: Path, name: str | int) -> Path:
     return run_dir / CKPT_DIR / (f"step_{name:06d}" if isinstance(name, int) else name)
 
 
-def list_checkpoints(run_dir: Path) -> list[int]:
-    """Steps of the complete weight checkpoints in ``run_dir``."""
-    return sorted(int(p.stem.split("_")[1]) for p in (Path(run_dir) / CKPT_DIR).glob("step_*.json"))
+def list_checkpoints(run_dir: Path | str) -> list[int]:
+    """Steps of the weight checkpoints present in ``run_dir`` (not yet verified)."""
+    ck = Path(run_dir) / CKPT_DIR
+    names = {p.stem for p in ck.glob("step_*.safetensors")}
+    names |= {p.stem for p in ck.glob("step_*.json")}  # format 1: a JSON sidecar per step
+    return sorted(int(n.split("_")[1]) for n in names if n.split("_")[1].isdigit())
+
+
+def resume_path(run_dir: Path | str) -> Path:
+    """Where a run's resume state lives: one atomic file (weights, optimiser, metrics, index)."""
+    return checkpoint_path(_ckpt_stem(Path(run_dir), RESUME))
+
+
+def has_resume_state(run_dir: Path | str) -> bool:
+    """Whether ``run_dir`` holds a resume state (format 2, or format 1's JSON sidecar)."""
+    p = resume_path(run_dir)
+    return p.exists() or p.with_suffix(".json").exists()
+
+
+def recorded_checkpoints(run_dir: Path | str) -> dict[int, str] | None:
+    """The weight checkpoints (step → SHA-256) the run's resume state records, or ``None``.
+
+    The resume state is written after every checkpoint it lists, so this is the run's own
+    account of what it saved; a listed step missing from disk was deleted afterwards.
+    Format-1 resume states carry no index (``None``).
+    """
+    if not has_resume_state(run_dir):
+        return None
+    meta = read_meta(_ckpt_stem(Path(run_dir), RESUME))
+    if "checkpoints" not in meta:
+        return None
+    return {int(k): v for k, v in meta["checkpoints"].items()}
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where nested dicts ``a`` and ``b`` differ."""
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(k, "<missing>"), b.get(k, "<missing>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} vs {vb!r}")
+    return out
+
+
+def _jsonable(config: RunConfig) -> dict:
+    return json.loads(json.dumps(config.to_dict()))
+
+
+def _check_device(device: str) -> None:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"train.device={device!r} but this machine has no usable CUDA GPU "
+            "(torch.cuda.is_available() is False); use --device cpu (train.device=cpu)."
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"train.device={device!r} but only {torch.cuda.device_count()} CUDA device(s) "
+            "exist; pick an index below that."
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device={device!r} but MPS is not available; use cpu.")
 
 
 def _optim_tensors(opt: torch.optim.Optimizer) -> tuple[dict, list]:
@@ -130,7 +218,7 @@ def _restore_optim(opt: torch.optim.Optimizer, tensors: dict, groups: list) -> N
 
 def _write_metrics(run_dir: Path, rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
-    atomic_write_text(run_dir / "metrics.csv", df.to_csv(index=False))
+    save_csv(run_dir / "metrics.csv", df)
     return df
 
 
@@ -144,10 +232,23 @@ def train(
 ) -> Run:
     """Train a model on ``config.family`` and save metrics and checkpoints in ``run_dir``.
 
-    ``stop_at`` ends the loop early (after saving the resume state), which is how tests
-    interrupt a run; ``resume=True`` then continues it.
+    The run holds an exclusive lock on ``run_dir`` throughout, so a second writer is
+    refused. The resume state (``checkpoints/resume.safetensors``: weights, optimiser,
+    metrics rows and the index of weight checkpoints) is one file written last at every
+    evaluation, so a ``kill -9`` at any moment leaves a state that ``resume=True``
+    continues bit for bit. ``stop_at`` ends the loop early (after saving the resume
+    state), which is how tests interrupt a run. A non-finite loss stops training with
+    :class:`NonFiniteLossError`.
     """
     run_dir = Path(run_dir)
+    _check_device(config.train.device)
+    with run_lock(run_dir, f"tvlens train, pid {os.getpid()}"):
+        return _train_locked(config, run_dir, resume, progress, stop_at)
+
+
+def _train_locked(
+    config: RunConfig, run_dir: Path, resume: bool, progress: bool, stop_at: int | None
+) -> Run:
     tc = config.train
     torch.manual_seed(tc.seed)
     family = make_family(config.family)
@@ -155,48 +256,72 @@ def train(
     opt = torch.optim.AdamW(
         model.raw.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98)
     )
-    start, rows = 0, []
+    start, rows, index = 0, [], {}
     cfg_path = run_dir / "config.json"
+    wanted = _jsonable(config)
+    resumed = False
     if resume:
-        if not cfg_path.exists():
-            raise CheckpointError(f"cannot resume: {cfg_path} is missing. Start a fresh run.")
-        saved = RunConfig.load(cfg_path)
-        if saved.to_dict() != config.to_dict():
-            raise CheckpointError(
-                f"cannot resume {run_dir}: its config.json differs from the requested config. "
-                "Resume with the saved config (tvlens train --resume RUN_DIR) or use a new dir."
+        if cfg_path.exists():
+            saved = RunConfig.load(cfg_path)
+            diff = config_diff(_jsonable(saved), wanted)
+            if diff:
+                raise CheckpointError(
+                    f"cannot resume {run_dir}: its config.json differs from the requested "
+                    f"config ({'; '.join(diff[:5])}). Resume with the saved config "
+                    "(tvlens train --resume --out RUN_DIR) or use a new directory."
+                )
+        if has_resume_state(run_dir):
+            tensors, meta = load_checkpoint(_ckpt_stem(run_dir, RESUME))
+            recorded = meta.get("config")
+            if recorded is not None and config_diff(recorded, wanted):
+                raise CheckpointError(
+                    f"cannot resume {run_dir}: its resume state was written by a different "
+                    f"config ({'; '.join(config_diff(recorded, wanted)[:5])}); config.json "
+                    "was edited or the directory mixes two runs. Train into a new directory."
+                )
+            load_module_state(
+                model.raw,
+                {k[4:]: v for k, v in tensors.items() if k.startswith("raw.")},
+                "resume checkpoint",
             )
-        tensors, meta = load_checkpoint(_ckpt_stem(run_dir, RESUME))
-        load_module_state(
-            model.raw,
-            {k[4:]: v for k, v in tensors.items() if k.startswith("raw.")},
-            "resume checkpoint",
+            _restore_optim(opt, tensors, meta["param_groups"])
+            start = int(meta["step"])
+            if "metrics" in meta:
+                rows = list(meta["metrics"])
+            elif (run_dir / "metrics.csv").exists():  # format 1 kept metrics beside it
+                prev = pd.read_csv(run_dir / "metrics.csv")
+                rows = prev[prev["step"] <= start].to_dict("records")
+            index = {int(k): v for k, v in meta.get("checkpoints", {}).items()}
+            resumed = True
+            log.info("resumed %s at step %d", run_dir, start)
+        else:
+            later = [s for s in list_checkpoints(run_dir) if s > 0]
+            if later:
+                raise CheckpointError(
+                    f"cannot resume {run_dir}: it holds weight checkpoints up to step "
+                    f"{later[-1]} but no resume state (checkpoints/resume.safetensors). Load "
+                    "it with load_run, or train into a new directory."
+                )
+            log.info("no resume state in %s yet; starting it from step 0", run_dir)
+    elif cfg_path.exists() or list_checkpoints(run_dir) or has_resume_state(run_dir):
+        raise FileExistsError(
+            f"{run_dir} already holds a run; pass resume=True (--resume) to continue it "
+            "or choose a new run directory."
         )
-        _restore_optim(opt, tensors, meta["param_groups"])
-        start = int(meta["step"])
-        if (run_dir / "metrics.csv").exists():
-            prev = pd.read_csv(run_dir / "metrics.csv")
-            rows = prev[prev["step"] <= start].to_dict("records")
-        log.info("resumed %s at step %d", run_dir, start)
-    else:
-        if list_checkpoints(run_dir) or (run_dir / "metrics.csv").exists():
-            raise FileExistsError(
-                f"{run_dir} already holds a run; pass resume=True (--resume) to continue it "
-                "or choose a new run directory."
-            )
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(cfg_path, json.dumps(config.to_dict(), indent=2))
+    if not cfg_path.exists():
+        save_json(cfg_path, config.to_dict())
 
     ckpt_steps = set(checkpoint_schedule(tc.steps, tc.n_checkpoints))
     batches = eval_batches(family, tc.eval_size, tc.seed)
     refs = {s: References(family, b) for s, b in batches.items()}
 
     def save_weights(step: int) -> None:
-        save_checkpoint(
+        path = save_checkpoint(
             _ckpt_stem(run_dir, step),
             model.raw.state_dict(),
-            {"step": step, "kind": "weights", "config": config.to_dict()},
+            {"step": step, "kind": "weights", "config": wanted},
         )
+        index[step] = read_meta(path)["sha256"]
 
     def evaluate(step: int) -> None:
         table = reference_table(model, family, batches, refs=refs)
@@ -204,16 +329,26 @@ def train(
             rows.append({"step": step, "lr": lr_at(max(step - 1, 0), tc), **r})
 
     def save_resume(step: int) -> None:
+        """The run's one atomic unit, written last: everything needed to continue."""
         ot, groups = _optim_tensors(opt)
         tensors = {f"raw.{k}": v for k, v in model.raw.state_dict().items()} | ot
-        save_checkpoint(
-            _ckpt_stem(run_dir, RESUME), tensors, {"step": step, "param_groups": groups}
-        )
+        meta = {
+            "step": step,
+            "kind": "resume",
+            "param_groups": groups,
+            "config": wanted,
+            "metrics": rows,
+            "checkpoints": {str(k): v for k, v in sorted(index.items())},
+        }
+        save_checkpoint(_ckpt_stem(run_dir, RESUME), tensors, meta)
 
-    if start == 0:
+    if resumed:
+        _write_metrics(run_dir, rows)  # metrics.csv may run ahead of the state it resumed
+    else:
         save_weights(0)
         evaluate(0)
         _write_metrics(run_dir, rows)
+        save_resume(0)
 
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     model.raw.train()
@@ -225,26 +360,45 @@ def train(
         total=tc.steps,
         mininterval=2.0,
     )
+    last_saved = start
     for step in bar:
         batch = family.sample("train", tc.batch_size, seed=tc.seed, step=step).to(tc.device)
-        loss = train_step(model.raw, opt, family, batch, lr=lr_at(step, tc), grad_clip=tc.grad_clip)
+        try:
+            loss = train_step(
+                model.raw, opt, family, batch, lr=lr_at(step, tc), grad_clip=tc.grad_clip
+            )
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(
+                f"training {run_dir} stopped at step {step}: {e} The resume state at step "
+                f"{last_saved} and every checkpoint before it are kept. Lower train.lr "
+                f"(now {tc.lr}) or set train.grad_clip (now {tc.grad_clip}), then train into "
+                "a new directory."
+            ) from None
         done = step + 1
+        if done in ckpt_steps:
+            save_weights(done)
         if done % tc.eval_every == 0 or done == tc.steps:
             evaluate(done)
             _write_metrics(run_dir, rows)
             save_resume(done)
+            last_saved = done
             model.raw.train()
             bar.set_postfix(loss=f"{loss.item():.4f}")
-        if done in ckpt_steps:
-            save_weights(done)
-    if end < tc.steps and end % tc.eval_every:
+    if end < tc.steps and end % tc.eval_every and end > start:
         save_resume(end)
     model.eval()
     return Run(run_dir, config, family, model, end, pd.DataFrame(rows))
 
 
 def load_run(run_dir: Path | str, step: int | None = None) -> Run:
-    """Load a run directory at checkpoint ``step`` (default: the latest)."""
+    """Load a run directory at checkpoint ``step`` (default: the latest the run recorded).
+
+    The config in ``config.json`` must equal the one recorded in the checkpoint, and the
+    checkpoint must be the one the run's resume state lists for that step; otherwise the
+    directory is mixed up and :class:`CheckpointError` says how. Without ``step``, a
+    recorded checkpoint missing from disk is an error, never a silent fall-back to an older
+    step. The step loaded is logged and kept in ``Run.step``.
+    """
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
@@ -254,6 +408,23 @@ def load_run(run_dir: Path | str, step: int | None = None) -> Run:
         )
     config = RunConfig.load(cfg_path)
     steps = list_checkpoints(run_dir)
+    try:
+        recorded = recorded_checkpoints(run_dir)
+    except CheckpointError as e:
+        log.warning("%s; checkpoints in %s cannot be cross-checked against it", e, run_dir)
+        recorded = None
+    if recorded:
+        missing = sorted(set(recorded) - set(steps))
+        if step is None and missing:
+            older = [s for s in steps if s < missing[-1]]
+            raise CheckpointError(
+                f"{run_dir}: checkpoint step(s) {missing} recorded by the run are missing from "
+                f"{run_dir / CKPT_DIR}; refusing to fall back to an older step silently. Pass "
+                f"step=N (--step N) explicitly{f' (available: {older})' if older else ''}, "
+                "or retrain."
+            )
+        if step is None:
+            step = max(recorded)
     if not steps:
         raise CheckpointError(f"{run_dir} holds no complete checkpoint; train or resume it.")
     step = steps[-1] if step is None else step
@@ -262,13 +433,28 @@ def load_run(run_dir: Path | str, step: int | None = None) -> Run:
     family = make_family(config.family)
     model = TaskModel(config.model, family)
     tensors, meta = load_checkpoint(_ckpt_stem(run_dir, step))
-    if meta.get("config", {}).get("model") != config.to_dict()["model"]:
+    if int(meta.get("step", step)) != step:
         raise CheckpointError(
-            f"checkpoint step {step} was saved with a different model config than "
-            f"{cfg_path}; the run directory is mixed up — retrain it."
+            f"{_ckpt_stem(run_dir, step)} holds step {meta.get('step')}, not {step}; the "
+            "file was renamed or copied from elsewhere — retrain or restore it."
+        )
+    if recorded and step in recorded and recorded[step] != meta["sha256"]:
+        raise CheckpointError(
+            f"checkpoint step {step} in {run_dir} is not the one this run saved (its SHA-256 "
+            "differs from the resume state's record): the directory mixes files from two "
+            "runs. Retrain it, or check it with `tvlens check`."
+        )
+    diff = config_diff(meta.get("config") or {}, _jsonable(config))
+    if diff:
+        raise CheckpointError(
+            f"{cfg_path} does not match the config recorded in checkpoint step {step} "
+            f"({'; '.join(diff[:5])}): config.json was edited or belongs to another run. "
+            "Restore the original config.json (the checkpoint's own copy is shown by "
+            "`tvlens check RUN_DIR`) or retrain."
         )
     load_module_state(model.raw, tensors, f"checkpoint step {step}")
     model.eval()
+    log.info("loaded %s at step %d (checkpoints: %s)", run_dir, step, steps)
     metrics_path = run_dir / "metrics.csv"
     metrics = pd.read_csv(metrics_path) if metrics_path.exists() else pd.DataFrame()
-    return Run(run_dir, config, family, model, step, metrics)
+    return Run(run_dir, config, family, model, step, metrics, sha256=meta["sha256"])
