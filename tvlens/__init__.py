@@ -4,91 +4,57 @@ The public API in one place. Tasks own their exact references (``make_family``);
 on the raw module and analyse through the bridge (``train``, ``load_run``); hooks speak
 TransformerLens hook names; analyses return tidy DataFrames; ``write_report`` turns any run
 directory into one offline HTML page. Pretrained models live in :mod:`tvlens.llm`.
+
+Every name is imported on first use (PEP 562), so ``import tvlens`` and ``tvlens --help``
+stay cheap: no torch, TransformerLens or transformers until a command needs them.
 """
 
-from tvlens.analyses import (
-    analyse_decodability,
-    analyse_patching,
-    anova_r2,
-    convexity_table,
-    decodability_table,
-    fit_beta,
-    mode_diagnostic,
-    patch_sweep,
-    principal_angles,
-    project_simplex,
-    projection_r2,
-    simplex_fit,
-    steering_hook,
-    steering_table,
-    subspace_ablation,
-    task_decodability,
-    task_vectors,
-)
-from tvlens.hooks import (
-    add_hook,
-    capture,
-    capture_means,
-    hook_name,
-    patch_hook,
-    project_out_hook,
-    replace_subspace_hook,
-)
-from tvlens.models import (
-    CheckpointError,
-    ModelConfig,
-    Run,
-    RunConfig,
-    TaskModel,
-    TrainConfig,
-    load_run,
-    reference_table,
-    train,
-)
-from tvlens.tasks import FAMILIES, Batch, ConfigError, FamilyConfig, TaskFamily, make_family
-from tvlens.viz.report import write_report
+from tvlens._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "FAMILIES",
-    "Batch",
-    "CheckpointError",
-    "ConfigError",
-    "FamilyConfig",
-    "ModelConfig",
-    "Run",
-    "RunConfig",
-    "TaskFamily",
-    "TaskModel",
-    "TrainConfig",
-    "add_hook",
-    "analyse_decodability",
-    "analyse_patching",
-    "anova_r2",
-    "capture",
-    "capture_means",
-    "convexity_table",
-    "decodability_table",
-    "fit_beta",
-    "hook_name",
-    "load_run",
-    "make_family",
-    "mode_diagnostic",
-    "patch_hook",
-    "patch_sweep",
-    "principal_angles",
-    "project_out_hook",
-    "project_simplex",
-    "projection_r2",
-    "reference_table",
-    "replace_subspace_hook",
-    "simplex_fit",
-    "steering_hook",
-    "steering_table",
-    "subspace_ablation",
-    "task_decodability",
-    "task_vectors",
-    "train",
-    "write_report",
-]
+_EXPORTS = {
+    "analyse_decodability": "tvlens.analyses",
+    "analyse_patching": "tvlens.analyses",
+    "anova_r2": "tvlens.analyses",
+    "convexity_table": "tvlens.analyses",
+    "decodability_table": "tvlens.analyses",
+    "fit_beta": "tvlens.analyses",
+    "mode_diagnostic": "tvlens.analyses",
+    "patch_sweep": "tvlens.analyses",
+    "principal_angles": "tvlens.analyses",
+    "project_simplex": "tvlens.analyses",
+    "projection_r2": "tvlens.analyses",
+    "simplex_fit": "tvlens.analyses",
+    "steering_hook": "tvlens.analyses",
+    "steering_table": "tvlens.analyses",
+    "subspace_ablation": "tvlens.analyses",
+    "task_decodability": "tvlens.analyses",
+    "task_vectors": "tvlens.analyses",
+    "add_hook": "tvlens.hooks",
+    "capture": "tvlens.hooks",
+    "capture_means": "tvlens.hooks",
+    "hook_name": "tvlens.hooks",
+    "patch_hook": "tvlens.hooks",
+    "project_out_hook": "tvlens.hooks",
+    "replace_subspace_hook": "tvlens.hooks",
+    "CheckpointError": "tvlens.models",
+    "ModelConfig": "tvlens.models",
+    "Run": "tvlens.models",
+    "RunConfig": "tvlens.models",
+    "TaskModel": "tvlens.models",
+    "TrainConfig": "tvlens.models",
+    "load_run": "tvlens.models",
+    "reference_table": "tvlens.models",
+    "train": "tvlens.models",
+    "FAMILIES": "tvlens.tasks",
+    "Batch": "tvlens.tasks",
+    "ConfigError": "tvlens.tasks",
+    "FamilyConfig": "tvlens.tasks",
+    "TaskFamily": "tvlens.tasks",
+    "make_family": "tvlens.tasks",
+    "write_report": "tvlens.viz.report",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

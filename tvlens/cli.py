@@ -1,7 +1,9 @@
 """The ``tvlens`` command.
 
 Each subcommand lives in its own module, which defines ``add_arguments(parser)`` and
-``run(args) -> int``; this file only registers them, so importing the CLI stays cheap.
+``run(args) -> int``; this file only registers them. Only the module of the subcommand on the
+command line is imported (none for ``tvlens --help``), so the CLI starts in well under a
+second whatever the subcommands import.
 """
 
 from __future__ import annotations
@@ -18,16 +20,29 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("tvlens.experiments.registry", "run a named experiment (two-modes, ...)"),
     "llm": ("tvlens.llm.cli", "task vectors and decodability on a pretrained LLM"),
     "report": ("tvlens.viz.report_cmd", "write an offline HTML report for a run directory"),
+    "check": ("tvlens.check_cmd", "verify a run directory's checkpoints, resume state, analyses"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (the first word that is one), if any."""
+    return next((a for a in argv if a in COMMANDS), None)
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``tvlens`` parser; subcommand options are added only for the one in ``argv``.
+
+    With ``argv=None`` every subcommand's options are added (imports them all).
+    """
     parser = argparse.ArgumentParser(prog="tvlens", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = None if argv is None else _chosen(argv)
     for name, (module, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_)
         p.set_defaults(_module=module)
+        if argv is not None and name != chosen:
+            continue
         try:
             importlib.import_module(module).add_arguments(p)
         except Exception as e:  # noqa: BLE001 — one broken subcommand must not disable the rest
@@ -36,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",

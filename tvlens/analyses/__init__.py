@@ -1,69 +1,43 @@
 """Analyses: task vectors, geometry, decodability, patching, steering."""
 
-from tvlens.analyses.decodability import (
-    analyse_decodability,
-    collect_representations,
-    decodability_table,
-    knn_loo_accuracy,
-    probe_accuracy,
-    task_decodability,
-)
-from tvlens.analyses.dynamics import (
-    decodability_dynamics,
-    emergence_correlation,
-    td_and_loss,
-    td_performance_correlation,
-)
-from tvlens.analyses.finetune import compare_finetuning
-from tvlens.analyses.geometry import (
-    BetaFit,
-    fit_beta,
-    geometry_points,
-    principal_angle_table,
-    principal_angles,
-    project_simplex,
-    projection_r2,
-    simplex_fit,
-    simplex_table,
-    subspace_ablation,
-)
-from tvlens.analyses.modes import mode_diagnostic, mode_heatmap_table, mode_scores
-from tvlens.analyses.patching import analyse_patching, patch_sweep, recovered
-from tvlens.analyses.steering import convexity_table, steering_hook, steering_table
-from tvlens.analyses.task_vectors import TaskVectors, anova_r2, task_vectors
+from tvlens._lazy import lazy_exports
 
-__all__ = [
-    "BetaFit",
-    "TaskVectors",
-    "analyse_decodability",
-    "analyse_patching",
-    "anova_r2",
-    "collect_representations",
-    "compare_finetuning",
-    "convexity_table",
-    "decodability_dynamics",
-    "decodability_table",
-    "emergence_correlation",
-    "fit_beta",
-    "geometry_points",
-    "knn_loo_accuracy",
-    "mode_diagnostic",
-    "mode_heatmap_table",
-    "mode_scores",
-    "patch_sweep",
-    "principal_angle_table",
-    "principal_angles",
-    "probe_accuracy",
-    "project_simplex",
-    "projection_r2",
-    "recovered",
-    "simplex_fit",
-    "simplex_table",
-    "steering_hook",
-    "steering_table",
-    "subspace_ablation",
-    "task_decodability",
-    "task_vectors",
-    "td_and_loss",
-    "td_performance_correlation",
-]
+_EXPORTS = {
+    "analyse_decodability": "tvlens.analyses.decodability",
+    "collect_representations": "tvlens.analyses.decodability",
+    "decodability_table": "tvlens.analyses.decodability",
+    "knn_loo_accuracy": "tvlens.analyses.decodability",
+    "probe_accuracy": "tvlens.analyses.decodability",
+    "task_decodability": "tvlens.analyses.decodability",
+    "analyse_dynamics": "tvlens.analyses.dynamics",
+    "decodability_dynamics": "tvlens.analyses.dynamics",
+    "emergence_correlation": "tvlens.analyses.dynamics",
+    "td_and_loss": "tvlens.analyses.dynamics",
+    "td_performance_correlation": "tvlens.analyses.dynamics",
+    "compare_finetuning": "tvlens.analyses.finetune",
+    "BetaFit": "tvlens.analyses.geometry",
+    "fit_beta": "tvlens.analyses.geometry",
+    "geometry_points": "tvlens.analyses.geometry",
+    "principal_angle_table": "tvlens.analyses.geometry",
+    "principal_angles": "tvlens.analyses.geometry",
+    "project_simplex": "tvlens.analyses.geometry",
+    "projection_r2": "tvlens.analyses.geometry",
+    "simplex_fit": "tvlens.analyses.geometry",
+    "simplex_table": "tvlens.analyses.geometry",
+    "subspace_ablation": "tvlens.analyses.geometry",
+    "mode_diagnostic": "tvlens.analyses.modes",
+    "mode_heatmap_table": "tvlens.analyses.modes",
+    "mode_scores": "tvlens.analyses.modes",
+    "analyse_patching": "tvlens.analyses.patching",
+    "patch_sweep": "tvlens.analyses.patching",
+    "recovered": "tvlens.analyses.patching",
+    "convexity_table": "tvlens.analyses.steering",
+    "steering_hook": "tvlens.analyses.steering",
+    "steering_table": "tvlens.analyses.steering",
+    "TaskVectors": "tvlens.analyses.task_vectors",
+    "anova_r2": "tvlens.analyses.task_vectors",
+    "task_vectors": "tvlens.analyses.task_vectors",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

@@ -49,8 +49,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tvlens.analyses.common import analyses_dir, save_tables
 from tvlens.hooks import capture, hook_name
-from tvlens.models.checkpoint import atomic_write_text
 from tvlens.tasks.base import Batch, TaskFamily, derive_seed
 
 log = logging.getLogger(__name__)
@@ -646,31 +646,21 @@ def task_decodability(
     return df
 
 
-def save_analysis(df: pd.DataFrame, out_dir: Path | str, name: str) -> Path:
-    """Write ``df`` to ``out_dir/<name>.csv`` atomically (the report reads these)."""
-    path = Path(out_dir) / f"{name}.csv"
-    atomic_write_text(path, df.to_csv(index=False))
-    log.info("wrote %s", path)
-    return path
-
-
 def analyse_decodability(
     run: Any,
     out_dir: Path | str | None = None,
     *,
-    dynamics: bool = True,
+    seed: int = 0,
     n_examples: Sequence[int] | None = None,
     methods: Sequence[Method] = METHODS,
     n: int | None = None,
-    seed: int = 0,
 ) -> dict[str, pd.DataFrame]:
-    """TD of a trained :class:`~tvlens.models.Run` (and, with ``dynamics``, TD and ICL loss
-    at every checkpoint); writes ``analyses/decodability.csv`` and
-    ``analyses/decodability_dynamics.csv``. ``out_dir`` defaults to ``run.dir/analyses``.
-    """
-    from tvlens.analyses.dynamics import decodability_dynamics
+    """TD of a trained :class:`~tvlens.models.Run` at its current step; writes
+    ``analyses/decodability.csv``. ``out_dir`` defaults to ``run.dir/analyses``.
 
-    out = Path(out_dir) if out_dir is not None else Path(run.dir) / "analyses"
+    TD and ICL loss over the run's checkpoints are
+    :func:`tvlens.analyses.dynamics.analyse_dynamics` (its own registry entry).
+    """
     df = task_decodability(
         run.model,
         run.family,
@@ -682,10 +672,5 @@ def analyse_decodability(
     )
     df.insert(0, "step", run.step)
     result = {"decodability": df}
-    if dynamics and len(run.checkpoint_steps()) > 1:
-        result["decodability_dynamics"] = decodability_dynamics(
-            run.dir, n=n, seed=seed, progress=False
-        )
-    for name, frame in result.items():
-        save_analysis(frame, out, name)
+    save_tables(result, analyses_dir(run, out_dir))
     return result

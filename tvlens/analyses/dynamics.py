@@ -29,6 +29,7 @@ from scipy import stats
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tvlens.analyses.common import analyses_dir, save_tables
 from tvlens.analyses.decodability import (
     DEFAULT_K,
     Label,
@@ -177,6 +178,26 @@ def decodability_dynamics(
         df.insert(0, "step", step)
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+def analyse_dynamics(
+    run: Any,
+    out_dir: Path | str | None = None,
+    *,
+    seed: int = 0,
+    n: int | None = None,
+) -> dict[str, pd.DataFrame]:
+    """TD and ICL loss at every checkpoint of a trained run (:func:`decodability_dynamics`);
+    writes ``analyses/decodability_dynamics.csv``. A run with a single checkpoint has no
+    dynamics: the result is then empty and nothing is written."""
+    if len(run.checkpoint_steps()) <= 1:
+        log.info("%s has one checkpoint: no decodability dynamics", run.dir)
+        return {}
+    result = {
+        "decodability_dynamics": decodability_dynamics(run.dir, n=n, seed=seed, progress=False)
+    }
+    save_tables(result, analyses_dir(run, out_dir))
+    return result
 
 
 # ---------------------------------------------------------------------- correlations

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from tvlens.analyses.common import save_analysis
 from tvlens.analyses.decodability import (
     DEFAULT_K,
     DEFAULT_PER_CLASS,
@@ -42,7 +43,6 @@ from tvlens.analyses.decodability import (
     labels_for,
     max_examples,
     n_label_classes,
-    save_analysis,
 )
 from tvlens.analyses.dynamics import (
     decodability_dynamics,

@@ -81,7 +81,7 @@ def analyse(run: Run) -> dict[str, float]:
     Geometry, alignment, ablation, steering and the mode diagnostic (SCIENCE.md A), a
     denoising patching sweep, and task decodability over layers, context and checkpoints.
     """
-    from tvlens.analyses import analyse_decodability, analyse_patching
+    from tvlens.analyses import analyse_decodability, analyse_dynamics, analyse_patching
     from tvlens.experiments.two_modes import analyse_run
 
     seconds = {}
@@ -89,6 +89,7 @@ def analyse(run: Run) -> dict[str, float]:
         ("geometry_steering_modes", analyse_run),
         ("patching", analyse_patching),
         ("decodability", analyse_decodability),
+        ("dynamics", analyse_dynamics),
     ):
         t0 = time.perf_counter()
         log.info("analysis: %s", name)

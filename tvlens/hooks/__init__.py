@@ -1,44 +1,27 @@
 """Capture, patch and steer hooks over TransformerLens hook names."""
 
-from tvlens.hooks.core import (
-    RESID_POINTS,
-    StreamingMean,
-    add_hook,
-    capture,
-    capture_means,
-    check_hook_names,
-    hook_name,
-    orthonormal_basis,
-    patch_hook,
-    project_out_hook,
-    replace_subspace_hook,
-    resolve_positions,
-)
-from tvlens.hooks.rowwise import (
-    add_rows_hook,
-    patch_head_rows_hook,
-    patch_rows_hook,
-    store_rows_hook,
-)
-from tvlens.hooks.suffix import BridgeSuffixRunner, NativeSuffixRunner
+from tvlens._lazy import lazy_exports
 
-__all__ = [
-    "BridgeSuffixRunner",
-    "NativeSuffixRunner",
-    "RESID_POINTS",
-    "StreamingMean",
-    "add_hook",
-    "add_rows_hook",
-    "capture",
-    "capture_means",
-    "check_hook_names",
-    "hook_name",
-    "orthonormal_basis",
-    "patch_head_rows_hook",
-    "patch_hook",
-    "patch_rows_hook",
-    "project_out_hook",
-    "replace_subspace_hook",
-    "resolve_positions",
-    "store_rows_hook",
-]
+_EXPORTS = {
+    "RESID_POINTS": "tvlens.hooks.core",
+    "StreamingMean": "tvlens.hooks.core",
+    "add_hook": "tvlens.hooks.core",
+    "capture": "tvlens.hooks.core",
+    "capture_means": "tvlens.hooks.core",
+    "check_hook_names": "tvlens.hooks.core",
+    "hook_name": "tvlens.hooks.core",
+    "orthonormal_basis": "tvlens.hooks.core",
+    "patch_hook": "tvlens.hooks.core",
+    "project_out_hook": "tvlens.hooks.core",
+    "replace_subspace_hook": "tvlens.hooks.core",
+    "resolve_positions": "tvlens.hooks.core",
+    "add_rows_hook": "tvlens.hooks.rowwise",
+    "patch_head_rows_hook": "tvlens.hooks.rowwise",
+    "patch_rows_hook": "tvlens.hooks.rowwise",
+    "store_rows_hook": "tvlens.hooks.rowwise",
+    "BridgeSuffixRunner": "tvlens.hooks.suffix",
+    "NativeSuffixRunner": "tvlens.hooks.suffix",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+
+__all__ = sorted(_EXPORTS)

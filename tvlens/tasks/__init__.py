@@ -1,39 +1,28 @@
-"""Latent-task families, samplers and exact Bayesian references."""
+"""Latent-task families, samplers and exact Bayesian references.
 
-from tvlens.tasks.base import SPLITS, Batch, ConfigError, FamilyConfig, TaskFamily, derive_seed
-from tvlens.tasks.dice import Dice
-from tvlens.tasks.linreg import LinReg
-from tvlens.tasks.markov import Markov
-from tvlens.tasks.sparse_linreg import SparseLinReg
+``registry`` maps family names to their classes (``FAMILIES``, imported on first lookup);
+``base`` holds the family interface, ``FamilyConfig``, ``Batch`` and ``make_family``; each
+family (``dice``, ``markov``, ``linreg``, ``sparse_linreg``) lives in its own module. Names
+are re-exported lazily so that ``import tvlens.tasks`` imports no torch.
+"""
 
-FAMILIES: dict[str, type[TaskFamily]] = {
-    "dice": Dice,
-    "markov": Markov,
-    "linreg": LinReg,
-    "sparse_linreg": SparseLinReg,
+from tvlens._lazy import lazy_exports
+from tvlens.tasks.registry import FAMILIES as FAMILIES
+from tvlens.tasks.registry import register_family as register_family
+
+_EXPORTS = {
+    "SPLITS": "tvlens.tasks.base",
+    "Batch": "tvlens.tasks.base",
+    "ConfigError": "tvlens.tasks.base",
+    "FamilyConfig": "tvlens.tasks.base",
+    "TaskFamily": "tvlens.tasks.base",
+    "derive_seed": "tvlens.tasks.base",
+    "make_family": "tvlens.tasks.base",
+    "Dice": "tvlens.tasks.dice",
+    "LinReg": "tvlens.tasks.linreg",
+    "Markov": "tvlens.tasks.markov",
+    "SparseLinReg": "tvlens.tasks.sparse_linreg",
 }
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
-
-def make_family(config: FamilyConfig | None = None, **overrides) -> TaskFamily:
-    """Build a task family from a config (or keyword overrides of the default config)."""
-    from dataclasses import replace
-
-    config = replace(config or FamilyConfig(), **overrides)
-    config.validate()
-    return FAMILIES[config.name](config)
-
-
-__all__ = [
-    "FAMILIES",
-    "SPLITS",
-    "Batch",
-    "ConfigError",
-    "Dice",
-    "FamilyConfig",
-    "LinReg",
-    "Markov",
-    "SparseLinReg",
-    "TaskFamily",
-    "derive_seed",
-    "make_family",
-]
+__all__ = sorted([*_EXPORTS, "FAMILIES", "register_family"])

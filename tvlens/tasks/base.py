@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tvlens.tasks.registry import FAMILIES
+
 Split = Literal["train", "major", "minor", "ood"]
 SPLITS: tuple[str, ...] = ("train", "major", "minor", "ood")
 
@@ -92,8 +94,6 @@ class FamilyConfig:
     extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
-        from tvlens.tasks import FAMILIES  # local: the registry imports the families
-
         if self.name not in FAMILIES:
             raise ConfigError(
                 f"family.name={self.name!r} is not a known task family; "
@@ -341,3 +341,12 @@ class TaskFamily(ABC):
             f"{type(self).__name__}(n_major={c.n_major}, n_minor={self.n_minor}, "
             f"p_minor={c.p_minor}, seq_len={c.seq_len})"
         )
+
+
+def make_family(config: FamilyConfig | None = None, **overrides) -> TaskFamily:
+    """Build a task family from a config (or keyword overrides of the default config)."""
+    from dataclasses import replace
+
+    config = replace(config or FamilyConfig(), **overrides)
+    config.validate()
+    return FAMILIES[config.name](config)

@@ -14,6 +14,8 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from tvlens.viz.common import require_columns
+
 SECTION = "Task decodability"
 
 
@@ -34,11 +36,7 @@ def td_heatmap_trace(df: pd.DataFrame, x_label: str, showscale: bool = True) -> 
 
 
 def _require(df: pd.DataFrame, cols: tuple[str, ...], what: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} table lacks column(s) {missing}; has {list(df.columns)}.")
-    if df.empty:
-        raise ValueError(f"{what} table is empty.")
+    require_columns(df, cols, what)
 
 
 def decodability_heatmap(df: pd.DataFrame) -> go.Figure:

@@ -12,23 +12,16 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
+from tvlens.viz.common import PALETTE, SPLIT_COLOURS, require_columns
+from tvlens.viz.common import write_figures as _write_figures
+
 SECTION = "Task-vector geometry and the two modes"
-SPLIT_COLOURS = {"major": "#1f77b4", "minor": "#2ca02c", "ood": "#d62728", "vertex": "#000000"}
-PALETTE = qualitative.Plotly
 
 
 def _require(df: pd.DataFrame, cols: Iterable[str], what: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"{what} table lacks column(s) {missing}; pass the analyses/{what}.csv written by "
-            "tvlens.experiments.two_modes.analyse_run."
-        )
-    if df.empty:
-        raise ValueError(f"the {what} table is empty; nothing to draw.")
+    require_columns(df, cols, what, "tvlens.analyses.geometry.analyse_geometry")
 
 
 def _splits(df: pd.DataFrame) -> list[str]:
@@ -491,18 +484,9 @@ FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure]] = {
 def write_figures(
     tables: dict[str, pd.DataFrame], fig_dir: Path | str, prefix: str = ""
 ) -> list[Path]:
-    """Write ``fig_dir/<prefix><name>.html`` for every table with a registered figure
-    (here or in :mod:`tvlens.viz.steering`); plotly.js is written once beside them, so the
-    pages open offline."""
-    from tvlens.viz.steering import FIGURES as STEERING
+    """Write ``fig_dir/<prefix><name>.html`` for every table with a figure registered here.
 
-    registry = {**FIGURES, **STEERING}
-    fig_dir = Path(fig_dir)
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, df in tables.items():
-        if name in registry:
-            path = fig_dir / f"{prefix}{name}.html"
-            registry[name](df).write_html(path, include_plotlyjs="directory")
-            paths.append(path)
-    return paths
+    Deprecated: use :func:`tvlens.viz.common.write_figures` with the figures you want
+    (steering's are in :mod:`tvlens.viz.steering`).
+    """
+    return _write_figures(tables, fig_dir, FIGURES, prefix)

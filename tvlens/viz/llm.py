@@ -13,6 +13,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from tvlens.viz.common import require_columns
 from tvlens.viz.decodability import td_heatmap_trace
 
 SECTION = "Pretrained LLM: ICL, task vectors, function vectors, decodability"
@@ -20,11 +21,7 @@ _DASH = {"icl": "dash", "zero_shot": "dot"}
 
 
 def _require(df: pd.DataFrame, cols: tuple[str, ...], what: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} table lacks column(s) {missing}; has {list(df.columns)}.")
-    if df.empty:
-        raise ValueError(f"{what} table is empty.")
+    require_columns(df, cols, what)
 
 
 def _colors(keys: list) -> dict:

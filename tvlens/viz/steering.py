@@ -14,9 +14,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tvlens.viz.geometry import PALETTE, _require
+from tvlens.viz.common import PALETTE, require_columns
 
 SECTION = "Steering along the task simplex"
+
+
+def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
+    require_columns(df, cols, what, "tvlens.analyses.steering.analyse_steering")
 
 
 def steering_accuracy(df: pd.DataFrame) -> go.Figure:
