@@ -16,13 +16,20 @@ A run directory has one writer at a time: :func:`run_lock` takes an exclusive
 ``fcntl.flock`` on ``DIR/.tvlens.lock`` and refuses a second writer with
 :class:`RunLockedError`, naming the process that holds it. Temporaries left behind by a
 killed writer are removed by :func:`clean_stale_tmp` when the lock is taken.
+
+Results can say where they came from: ``save_csv(path, df, source={"step": 1500, ...})``
+records ``source`` and the file's SHA-256 in ``provenance.json`` beside it, and logs a
+warning when it overwrites a file that came from a different source (another
+checkpoint), so that never happens silently. ``tvlens check`` reads these records.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -35,19 +42,24 @@ import pandas as pd
 
 __all__ = [
     "LOCK_NAME",
+    "PROVENANCE",
     "DiskFullError",
     "RunLockedError",
     "atomic_path",
     "atomic_write_bytes",
     "clean_stale_tmp",
     "fsync_dir",
+    "read_provenance",
     "run_lock",
     "save_csv",
     "save_json",
     "save_text",
 ]
 
+log = logging.getLogger(__name__)
+
 LOCK_NAME = ".tvlens.lock"
+PROVENANCE = "provenance.json"
 _TMP_RE = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _HELD: dict[Path, int] = {}  # run directories this process has locked -> nesting depth
@@ -146,20 +158,48 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     return path
 
 
-def save_text(path: Path | str, text: str) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def save_text(path: Path | str, text: str, *, source: dict | None = None) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically; ``source`` records its provenance."""
+    path = Path(path)
+    if source is None:
+        return atomic_write_bytes(path, text.encode("utf-8"))
+    prov = read_provenance(path.parent)
+    old = prov.get(path.name, {}).get("source")
+    if path.exists() and old is not None and old != source:
+        log.warning(
+            "overwriting %s (computed from %s) with one computed from %s", path, old, source
+        )
+    data = text.encode("utf-8")
+    atomic_write_bytes(path, data)
+    prov[path.name] = {"source": source, "sha256": hashlib.sha256(data).hexdigest()}
+    save_json(path.parent / PROVENANCE, prov, sort_keys=True)
+    return path
 
 
-def save_json(path: Path | str, obj: Any, **dumps_kwargs: Any) -> Path:
+def save_json(
+    path: Path | str, obj: Any, *, source: dict | None = None, **dumps_kwargs: Any
+) -> Path:
     """Write ``obj`` as indented JSON (``allow_nan=False``: NaN is not JSON) atomically."""
     kwargs = {"indent": 2, "allow_nan": False, **dumps_kwargs}
-    return save_text(path, json.dumps(obj, **kwargs) + "\n")
+    return save_text(path, json.dumps(obj, **kwargs) + "\n", source=source)
 
 
-def save_csv(path: Path | str, df: pd.DataFrame) -> Path:
-    """Write ``df`` as CSV without the index, atomically."""
-    return save_text(path, df.to_csv(index=False))
+def save_csv(path: Path | str, df: pd.DataFrame, *, source: dict | None = None) -> Path:
+    """Write ``df`` as CSV without the index, atomically; ``source`` records its provenance."""
+    return save_text(path, df.to_csv(index=False), source=source)
+
+
+def read_provenance(directory: Path | str) -> dict[str, dict]:
+    """``DIR/provenance.json`` (file name → ``{"source": ..., "sha256": ...}``), or ``{}``."""
+    p = Path(directory) / PROVENANCE
+    if not p.exists():
+        return {}
+    try:
+        prov = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        log.warning("%s is unreadable (%s); starting a new provenance record", p, e)
+        return {}
+    return prov if isinstance(prov, dict) else {}
 
 
 def clean_stale_tmp(directory: Path | str, *, min_age_s: float = 0.0) -> list[Path]:

@@ -90,7 +90,7 @@ def save_checkpoint(stem: Path, tensors: Mapping[str, Tensor], meta: Mapping[str
     """
     path = checkpoint_path(stem)
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    meta_json = json.dumps(dict(meta), sort_keys=True, allow_nan=False)
+    meta_json = json.dumps(dict(meta))
     base = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "meta": meta_json}
     header, data = _split(st_save(contiguous, metadata=base), path)
     digest = _digest(header, meta_json, data)

@@ -419,9 +419,9 @@ def load_run(run_dir: Path | str, step: int | None = None) -> Run:
             older = [s for s in steps if s < missing[-1]]
             raise CheckpointError(
                 f"{run_dir}: checkpoint step(s) {missing} recorded by the run are missing from "
-                f"{run_dir / CKPT_DIR}; refusing to fall back to an older step silently. Pass "
-                f"step=N (--step N) explicitly{f' (available: {older})' if older else ''}, "
-                "or retrain."
+                f"{run_dir / CKPT_DIR}; refusing to fall back to an older step silently. Load "
+                f"one explicitly with load_run(run_dir, step=N)"
+                f"{f' (available: {older})' if older else ''}, or retrain."
             )
         if step is None:
             step = max(recorded)
