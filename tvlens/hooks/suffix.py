@@ -79,6 +79,17 @@ def _close(a: Tensor, b: Tensor, atol: float) -> bool:
     return a.shape == b.shape and max_abs_diff(a, b) <= atol * max(1.0, float(b.abs().max()))
 
 
+def _read(x: Tensor, rows: Tensor | None) -> Tensor:
+    """Positions ``rows`` of ``x`` ``[n, S, ...]``: ``[R]`` shared by every row, or
+    ``[n, R]`` per row (e.g. each prompt's own query token)."""
+    if rows is None:
+        return x
+    if rows.dim() == 1:
+        return x[:, rows]
+    idx = rows.to(x.device).reshape(*rows.shape, *([1] * (x.dim() - 2)))
+    return x.gather(1, idx.expand(*rows.shape, *x.shape[2:]))
+
+
 def _stack(x: Tensor, copies: int) -> Tensor:
     """``copies`` copies of ``x`` along dim 0, patch-major (copy k holds rows k·B..)."""
     return x if copies == 1 else x.repeat(copies, *([1] * (x.dim() - 1)))
@@ -417,7 +428,7 @@ class BridgeSuffixRunner:
 
     # ------------------------------------------------------------------ setup
     @torch.no_grad()
-    def _record(self, inputs: Tensor) -> Tensor:
+    def _record(self, inputs: Tensor, positions: Tensor | None = None) -> Tensor:
         records: dict[int, tuple[tuple, dict]] = {}
 
         def recorder(i: int):
@@ -433,7 +444,10 @@ class BridgeSuffixRunner:
             for i, block in enumerate(self.bridge.blocks)
         ]
         try:
-            logits = self.bridge(inputs)
+            if positions is None:
+                logits = self.bridge(inputs)
+            else:  # HF's logits_to_keep: unembed the checked positions only
+                logits = self.bridge(inputs, logits_to_keep=positions.to(inputs.device))
         finally:
             for h in handles:
                 h.remove()
@@ -443,8 +457,18 @@ class BridgeSuffixRunner:
         return logits
 
     @torch.no_grad()
-    def prepare(self, inputs: Tensor, resid_pre0: Tensor, atol: float = 1e-5) -> Tensor:
+    def prepare(
+        self,
+        inputs: Tensor,
+        resid_pre0: Tensor,
+        atol: float = 1e-5,
+        positions: Tensor | None = None,
+    ) -> Tensor:
         """Record the unpatched run of ``inputs`` and decide which shortcuts are exact.
+
+        ``positions`` (sorted absolute indices, HF bridges only) limits the returned logits
+        and every check to those positions, so a large vocabulary is unembedded there only;
+        the suffix check then starts at the first of them (at least position 1).
 
         A refused shortcut is kept in :attr:`refused` (shortcut → reason) and logged once per
         bridge class and reason at WARNING: the results stay exact, but a sweep that silently
@@ -452,11 +476,11 @@ class BridgeSuffixRunner:
         """
         self.inputs = inputs
         self.refused = {}
-        reference = self._record(inputs)
+        reference = self._record(inputs, positions)
         batch, seq = resid_pre0.shape[:2]
         recorder = _RecordingCache()
         try:
-            replay = self._blocks(resid_pre0, 0, 0, 1, recorder, None)
+            replay = self._blocks(resid_pre0, 0, 0, 1, recorder, positions)
             self.replay_ok = _close(replay, reference, atol)
             if not self.replay_ok:
                 self._refuse(
@@ -468,7 +492,7 @@ class BridgeSuffixRunner:
             return reference
         self.kv = recorder.kv
         try:
-            stacked = self._blocks(_stack(resid_pre0, 2), 0, 0, 2, None, None)
+            stacked = self._blocks(_stack(resid_pre0, 2), 0, 0, 2, None, positions)
             self.batch_ok = _close(stacked, _stack(reference, 2), atol)
             if not self.batch_ok:
                 self._refuse("stacking", "stacked copies differ from the forward")
@@ -493,14 +517,18 @@ class BridgeSuffixRunner:
         elif unknown:
             self._refuse("suffix", f"blocks take tensor arguments it cannot cut: {unknown}")
         else:
-            p0 = seq // 2
+            p0, read, ref = seq // 2, None, reference[:, seq // 2 :]
+            if positions is not None:
+                p0 = max(1, min(p0, int(positions.min())))
+                later = positions >= p0
+                read, ref = positions[later] - p0, reference[:, later]
             try:
-                suffix = self._blocks(resid_pre0[:, p0:], 0, p0, 1, None, None)
-                self.suffix_ok = _close(suffix, reference[:, p0:], atol)
+                suffix = self._blocks(resid_pre0[:, p0:], 0, p0, 1, None, read)
+                self.suffix_ok = _close(suffix, ref, atol)
                 if not self.suffix_ok:
                     self._refuse(
                         "suffix",
-                        f"differs from the forward by {max_abs_diff(suffix, reference[:, p0:]):.2e}",
+                        f"differs from the forward by {max_abs_diff(suffix, ref):.2e}",
                     )
             except Exception as e:  # noqa: BLE001
                 self._refuse("suffix", f"{type(e).__name__}: {e}")
@@ -569,8 +597,7 @@ class BridgeSuffixRunner:
         finally:
             for h in handles:
                 h.remove()
-        if read_rows is not None:
-            x = x[:, read_rows]
+        x = _read(x, read_rows)
         logits = self.bridge.unembed(self.bridge.ln_final(x))
         return logits if self._logit_transform is None else self._logit_transform(logits)
 
@@ -588,7 +615,9 @@ class BridgeSuffixRunner:
 
         With block replay, ``resid`` (``[copies · batch, T - p0, d]``) enters block
         ``start_layer`` at positions ``p0..``; otherwise the whole bridge runs on the inputs
-        (``resid`` is ignored) and hooks see all positions.
+        (``resid`` is ignored) and hooks see all positions. ``read_rows`` (relative to p0)
+        selects the positions unembedded: ``[R]`` for every row or ``[copies · batch, R]``
+        per row.
         """
         if copies > 1 and not self.batch_ok:
             raise ValueError("this bridge does not support stacked patches; use copies=1.")
@@ -597,5 +626,5 @@ class BridgeSuffixRunner:
         with self.bridge.hooks(fwd_hooks=list(fwd_hooks)):
             if not self.replay_ok:
                 logits = self.bridge(self.inputs)
-                return logits if read_rows is None else logits[:, read_rows]
+                return _read(logits, read_rows)
             return self._blocks(resid, start_layer, p0, copies, None, read_rows)

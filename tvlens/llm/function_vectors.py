@@ -35,19 +35,23 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from tvlens.hooks.core import hook_name
-from tvlens.hooks.rowwise import add_rows_hook, patch_head_rows_hook
+from tvlens.hooks.rowwise import add_rows_hook
 from tvlens.llm.prompts import (
+    BosPolicy,
+    QueryReplay,
     ScoreMode,
     Template,
-    answer_probs,
     encode,
+    layer_sweep,
+    length_order,
     model_device,
     prompt_batches,
+    query_scores,
     run_prompts,
     sample_prompts,
     tokenizer_of,
@@ -66,6 +70,25 @@ def z_name(layer: int) -> str:
 
 
 @torch.no_grad()
+def query_head_outputs(
+    model: Any,
+    task: NLTask,
+    shots: int = 10,
+    n_prompts: int = 50,
+    template: str | Template = "arrow",
+    seed: int = 0,
+    batch_size: int = 16,
+    bos: BosPolicy = "auto",
+) -> Float[Tensor, "n layer head d_head"]:
+    """Every head's output (``attn.hook_z``) at the query token of ``n_prompts`` clean
+    ``shots``-shot prompts."""
+    names = [z_name(layer) for layer in range(model.cfg.n_layers)]
+    prompts = sample_prompts(task, n_prompts, shots, template, seed)
+    enc = encode(tokenizer_of(model), prompts, bos)
+    states = run_prompts(model, enc, capture=names, batch_size=batch_size).states
+    return torch.stack([states[n] for n in names], dim=1)
+
+
 def mean_head_outputs(
     model: Any,
     task: NLTask,
@@ -74,24 +97,89 @@ def mean_head_outputs(
     template: str | Template = "arrow",
     seed: int = 0,
     batch_size: int = 16,
+    bos: BosPolicy = "auto",
 ) -> Float[Tensor, "layer head d_head"]:
-    """``z̄[l, h]``: every head's output (``attn.hook_z``) at the query token, averaged over
-    ``n_prompts`` clean ``shots``-shot prompts."""
-    names = [z_name(layer) for layer in range(model.cfg.n_layers)]
-    enc = encode(tokenizer_of(model), sample_prompts(task, n_prompts, shots, template, seed))
-    states = run_prompts(model, enc, capture=names, batch_size=batch_size).states
-    return torch.stack([states[n].mean(0) for n in names])
+    """``z̄[l, h]``: :func:`query_head_outputs` averaged over the prompts."""
+    z = query_head_outputs(model, task, shots, n_prompts, template, seed, batch_size, bos)
+    return z.mean(0)
 
 
 def head_outputs(
-    model: Any, z: Float[Tensor, "layer head d_head"]
-) -> Float[Tensor, "layer head d"]:
-    """``z[l, h] @ W_O[l, h]``: each head's output in the residual basis (no bias)."""
+    model: Any, z: Float[Tensor, "*n layer head d_head"]
+) -> Float[Tensor, "*n layer head d"]:
+    """``z[l, h] @ W_O[l, h]``: each head's output in the residual basis (no bias), before
+    any post-attention norm."""
     out = []
-    for layer in range(z.shape[0]):
+    for layer in range(z.shape[-3]):
         w_o = model.blocks[layer].attn.W_O.detach().float().cpu()  # [head, d_head, d]
-        out.append(torch.einsum("hk,hkd->hd", z[layer].float(), w_o))
-    return torch.stack(out)
+        out.append(torch.einsum("...hk,hkd->...hd", z[..., layer, :, :].float(), w_o))
+    return torch.stack(out, dim=-3)
+
+
+def post_attention_norm(model: Any, layer: int) -> Any:
+    """The RMSNorm a block applies to its attention output before the residual add
+    (Gemma-2/3's ``post_attention_layernorm``, TL's ``ln1_post``), or ``None``."""
+    from tvlens.hooks.suffix import unwrap
+
+    norm = getattr(model.blocks[layer], "ln1_post", None)
+    return None if norm is None else unwrap(norm)
+
+
+def head_contributions(
+    model: Any, z: Float[Tensor, "n layer head d_head"]
+) -> Float[Tensor, "n layer head d"]:
+    """What each head adds to the residual stream at the query token, per prompt.
+
+    Without a post-attention norm this is ``z W_O``. With an RMSNorm ``N(o) = g ⊙ o /
+    √(mean o² + ε)`` after the o-projection (Gemma-2/3) the attention output ``N(Σ_h o_h)``
+    splits exactly into ``c_h = g ⊙ o_h / √(mean o² + ε)``: each head scaled by the norm of
+    the *whole* attention output of that prompt. ``c_h`` is computed through the norm
+    module itself as ``N(o_h) · √(mean o_h² + ε) / √(mean o² + ε)``; ``Σ_h c_h`` equals the
+    block's attention output (a test checks it).
+    """
+    outs = head_outputs(model, z)  # [n, layer, head, d]
+    for layer in range(outs.shape[1]):
+        norm = post_attention_norm(model, layer)
+        if norm is None:
+            continue
+        eps = getattr(norm, "eps", getattr(norm, "variance_epsilon", None))
+        if eps is None:
+            raise TypeError(
+                f"post-attention norm {type(norm).__name__} of layer {layer} has no eps; "
+                "only RMSNorm-style norms are supported."
+            )
+        o_h = outs[:, layer]  # [n, head, d]
+        total = o_h.sum(1, keepdim=True)
+        param = next(norm.parameters())
+        normed = norm(o_h.to(param)).float()
+        scale = (
+            (o_h.pow(2).mean(-1, keepdim=True) + eps) / (total.pow(2).mean(-1, keepdim=True) + eps)
+        ).sqrt()
+        outs[:, layer] = normed * scale
+    return outs
+
+
+def stacked_heads_hook(
+    values: Float[Tensor, "copies d_head"], heads: Sequence[int], positions: Int[Tensor, " rows"]
+) -> Any:
+    """On ``attn.hook_z`` of ``copies`` stacked copies of a batch (copy-major): copy ``k``
+    gets head ``heads[k]`` set to ``values[k]`` at its rows' ``positions``."""
+    copies = len(heads)
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        if act.dim() != 4 or act.shape[0] != positions.shape[0]:
+            raise ValueError(
+                f"expected attn.hook_z of shape [{positions.shape[0]}, pos, head, d_head], got "
+                f"{tuple(act.shape)}."
+            )
+        b = act.shape[0] // copies
+        rows = torch.arange(act.shape[0], device=act.device)
+        head = torch.as_tensor(list(heads), device=act.device).repeat_interleave(b)
+        act = act.clone()
+        act[rows, positions.to(act.device), head] = values.to(act).repeat_interleave(b, 0)
+        return act
+
+    return hook
 
 
 @torch.no_grad()
@@ -107,14 +195,17 @@ def head_indirect_effects(
     batch_size: int = 16,
     engine: Engine = "auto",
     progress: bool = False,
+    bos: BosPolicy = "auto",
 ) -> pd.DataFrame:
-    """IE of every head: patch ``z_mean[l, h]`` at the query token of shuffled-label prompts.
+    """IE of every head of ``layers`` (default: all): patch ``z_mean[l, h]`` at the query
+    token of shuffled-label prompts and measure the rise in P(first answer token).
 
-    ``engine="auto"`` replays only the blocks a patch can change through the patching
-    engine's :class:`~tvlens.hooks.suffix.BridgeSuffixRunner` (from layer ``l``, and from the
-    batch's first query position when the bridge supports suffix runs); ``"full"`` runs
-    complete forwards with ``run_with_hooks``. Returns ``task, layer, head, ie,
-    p_corrupted, p_patched, n, engine`` (one row per head).
+    Prompts are batched by length; for each batch and layer the ``n_heads`` patches run as
+    stacked copies in one rerun of blocks ``l..`` (``engine="auto"``: through
+    :class:`~tvlens.llm.prompts.QueryReplay`, from the batch's first query position on where
+    the suffix engine verified it exact), and only each row's query token is unembedded.
+    ``engine="full"`` runs complete forwards with ``run_with_hooks``. Returns ``task, layer,
+    head, ie, p_corrupted, p_patched, n, engine`` (one row per head).
     """
     if engine not in ("auto", "full"):
         raise ValueError(f"engine={engine!r}; choose 'auto' or 'full'.")
@@ -128,21 +219,27 @@ def head_indirect_effects(
     prompts = sample_prompts(
         task, n_prompts, shots, template, seed + CORRUPT_SEED_OFFSET, corrupt=True
     )
-    enc = encode(tokenizer_of(model), prompts)
+    enc = encode(tokenizer_of(model), prompts, bos)
     device = model_device(model)
     base_sum = 0.0
     patched_sum = torch.zeros(n_layers, n_heads, dtype=torch.float64)
-    cells = [(layer, h) for layer in layers for h in range(n_heads)]
     used = set()
-    bar = tqdm(total=len(cells) * -(-len(enc) // batch_size), desc="head IE", disable=not progress)
-    for _, tokens, qpos, answers in prompt_batches(enc, batch_size, device):
+    heads = list(range(n_heads))
+    n_batches = -(-len(enc) // batch_size)
+    bar = tqdm(total=n_batches * len(layers), desc="head IE", disable=None if progress else True)
+    for _, tokens, qpos, answers in prompt_batches(
+        enc, batch_size, device, order=length_order(enc), answer_tokens_read=1
+    ):
         first = torch.tensor([a[0] for a in answers])
-        patched_logits, logits, how = _patcher(model, tokens, qpos, engine)
-        used.add(how)
-        base_sum += float(answer_probs(logits, qpos, first).sum())
-        for layer, h in cells:
-            out, rel = patched_logits(layer, h, z_mean[layer, h])
-            patched_sum[layer, h] += float(answer_probs(out, rel, first).sum())
+        replay = QueryReplay(model, tokens, qpos, engine)
+        used.add(replay.how)
+        base_sum += float(query_scores(replay.base, first)[1].sum())
+        pos = replay.pos.repeat(n_heads)
+        for layer in layers:
+            hook = stacked_heads_hook(z_mean[layer], heads, pos)
+            out = replay.run(layer, [(z_name(layer), hook)], copies=n_heads)
+            p = query_scores(out, first.repeat(n_heads))[1].view(n_heads, -1)
+            patched_sum[layer] += p.sum(1).double()
             bar.update(1)
     bar.close()
     n = len(enc)
@@ -158,55 +255,10 @@ def head_indirect_effects(
             "n": n,
             "engine": "+".join(sorted(used)),
         }
-        for layer, h in cells
+        for layer in layers
+        for h in heads
     ]
     return pd.DataFrame(rows)
-
-
-def _patcher(model: Any, tokens: Tensor, qpos: Tensor, engine: Engine) -> tuple[Any, Tensor, str]:
-    """``(patched(layer, head, value) -> (logits, query rows), clean logits, engine used)``."""
-
-    def full(layer: int, head: int, value: Tensor) -> tuple[Tensor, Tensor]:
-        hook = (z_name(layer), patch_head_rows_hook(value, head, qpos))
-        return model.run_with_hooks(tokens, fwd_hooks=[hook]), qpos
-
-    if engine == "full":
-        return full, model(tokens), "full"
-    try:
-        from tvlens.hooks.suffix import BridgeSuffixRunner
-    except ImportError as e:  # the patching engine is absent from this build
-        log.warning("patching engine unavailable (%s); head IE uses full forwards", e)
-        return full, model(tokens), "full"
-    resid: dict[str, Tensor] = {}
-    names = [hook_name(layer, "resid_pre") for layer in range(model.cfg.n_layers)]
-    with model.hooks(fwd_hooks=[(n, _saver(resid, n)) for n in names]):
-        model(tokens)
-    try:
-        runner = BridgeSuffixRunner(model)
-        logits = runner.prepare(tokens, resid[names[0]])
-    except (TypeError, AttributeError, RuntimeError) as e:  # an engine this code predates
-        log.warning("patching engine failed on this bridge (%s); head IE uses full forwards", e)
-        return full, model(tokens), "full"
-    if not runner.replay_ok:
-        return full, logits, "full"
-    p0 = int(qpos.min()) if runner.suffix_ok else 0
-    rel = qpos - p0
-
-    def replay(layer: int, head: int, value: Tensor) -> tuple[Tensor, Tensor]:
-        hook = (z_name(layer), patch_head_rows_hook(value, head, rel))
-        x = resid[hook_name(layer, "resid_pre")][:, p0:]
-        return runner.run(x, layer, p0, 1, [hook]), rel
-
-    return replay, logits, "suffix" if p0 else "replay"
-
-
-def _saver(store: dict[str, Tensor], key: str):
-    """Keep the whole activation under ``key`` (not ``hook.name``: TL aliases differ)."""
-
-    def hook(act: Tensor, hook: Any = None) -> None:
-        store[key] = act.detach()
-
-    return hook
 
 
 def top_heads(ie: pd.DataFrame, k: int) -> list[tuple[int, int]]:
@@ -218,12 +270,29 @@ def top_heads(ie: pd.DataFrame, k: int) -> list[tuple[int, int]]:
 
 
 def function_vector(
-    model: Any, z_mean: Float[Tensor, "layer head d_head"], heads: Sequence[tuple[int, int]]
+    model: Any,
+    z: Float[Tensor, "*n layer head d_head"],
+    heads: Sequence[tuple[int, int]],
 ) -> Float[Tensor, " d"]:
-    """``Σ_{(l,h) ∈ heads} z̄[l, h] W_O[l, h]``: the function vector of the chosen heads."""
+    """``Σ_{(l,h) ∈ heads}`` mean contribution of head ``(l, h)`` to the residual stream.
+
+    ``z`` holds head outputs per prompt (``[n, layer, head, d_head]``, from
+    :func:`query_head_outputs`) or their mean (``[layer, head, d_head]``). Without a
+    post-attention norm this is Todd et al.'s ``Σ z̄ W_O`` (the mean commutes with ``W_O``);
+    with one (Gemma) the per-prompt :func:`head_contributions` are averaged, which needs
+    per-prompt ``z``.
+    """
     if not heads:
         raise ValueError("no heads given; pass at least one (layer, head).")
-    outs = head_outputs(model, z_mean)
+    per_prompt = z if z.dim() == 4 else z[None]
+    normed = any(post_attention_norm(model, layer) is not None for layer, _ in heads)
+    if normed and z.dim() == 3:
+        raise ValueError(
+            "this model normalises attention outputs (post-attention norm), so the function "
+            "vector needs per-prompt head outputs [n, layer, head, d_head] "
+            "(query_head_outputs), not their mean."
+        )
+    outs = head_contributions(model, per_prompt).mean(0)
     return torch.stack([outs[layer, h] for layer, h in heads]).sum(0)
 
 
@@ -240,13 +309,16 @@ def function_vector_sweep(
     point: str = "resid_post",
     batch_size: int = 16,
     progress: bool = False,
+    engine: Engine = "auto",
+    bos: BosPolicy = "auto",
     **extra: Any,
 ) -> pd.DataFrame:
     """Accuracy of zero-shot prompts with ``vector`` added at the query token of layer ℓ.
 
     Rows ``task, layer, condition, accuracy, p_answer, n`` (+ ``extra`` columns) with
     ``condition`` in ``zero_shot``, ``icl`` (``shots`` shots; both repeated per layer) and
-    ``function_vector``.
+    ``function_vector``. First-token scoring reruns each batch from layer ℓ only
+    (:func:`~tvlens.llm.prompts.layer_sweep`).
     """
     tok = tokenizer_of(model)
     layers = check_layers(model, layers)
@@ -255,19 +327,36 @@ def function_vector_sweep(
             f"vector has shape {tuple(vector.shape)}; a function vector is [d_model] = "
             f"[{model.cfg.d_model}]."
         )
-    zero = encode(tok, sample_prompts(task, n_prompts, 0, template, seed))
-    icl = encode(tok, sample_prompts(task, n_prompts, shots, template, seed))
+    zero = encode(tok, sample_prompts(task, n_prompts, 0, template, seed), bos)
+    icl = encode(tok, sample_prompts(task, n_prompts, shots, template, seed), bos)
     base = run_prompts(model, zero, mode=mode, batch_size=batch_size)
     full = run_prompts(model, icl, mode=mode, batch_size=batch_size)
+
+    def hooks_at(layer: int, rows: Tensor, pos: Tensor) -> list[tuple[str, Any]]:
+        return [(hook_name(layer, point), add_rows_hook(vector, pos))]
+
+    if mode == "first_token":
+        steered = layer_sweep(
+            model, zero, layers, hooks_at, batch_size, engine, progress, "function vector"
+        )
+    else:
+        steered = {
+            layer: run_prompts(
+                model,
+                zero,
+                hooks=lambda idx, qpos, layer=layer: hooks_at(layer, idx, qpos),
+                mode=mode,
+                batch_size=batch_size,
+            )
+            for layer in tqdm(layers, desc="function vector", disable=None if progress else True)
+        }
     rows = []
-    for layer in tqdm(layers, desc="function vector", disable=None if progress else True):
-        name = hook_name(layer, point)
-
-        def hooks(idx, qpos, name=name):
-            return [(name, add_rows_hook(vector, qpos))]
-
-        steered = run_prompts(model, zero, hooks=hooks, mode=mode, batch_size=batch_size)
-        for condition, scored in (("zero_shot", base), ("icl", full), ("function_vector", steered)):
+    for layer in layers:
+        for condition, scored in (
+            ("zero_shot", base),
+            ("icl", full),
+            ("function_vector", steered[layer]),
+        ):
             rows.append(condition_row(task.name, layer, condition, scored, shots=shots, **extra))
     return pd.DataFrame(rows)
 
@@ -298,11 +387,13 @@ def function_vector_analysis(
     batch_size: int = 16,
     engine: Engine = "auto",
     progress: bool = False,
+    bos: BosPolicy = "auto",
 ) -> FunctionVectorResult:
-    """The whole pipeline: mean head outputs, IE of every head, top-``k_heads`` function
-    vector, and its zero-shot accuracy when added at each layer in ``layers``."""
-    k = min(k_heads, model.cfg.n_layers * model.cfg.n_heads)
-    z_mean = mean_head_outputs(model, task, shots, n_mean, template, seed, batch_size)
+    """The whole pipeline: mean head outputs, IE of every head of ``layers``, the
+    top-``k_heads`` function vector, and its zero-shot accuracy when added at each layer in
+    ``layers``."""
+    z = query_head_outputs(model, task, shots, n_mean, template, seed, batch_size, bos)
+    z_mean = z.mean(0)
     ie = head_indirect_effects(
         model,
         task,
@@ -311,17 +402,20 @@ def function_vector_analysis(
         n_ie,
         template,
         seed,
+        layers=layers,
         batch_size=batch_size,
         engine=engine,
         progress=progress,
+        bos=bos,
     )
+    k = min(k_heads, len(ie))
     heads = top_heads(ie, k)
     rank = {hd: i for i, hd in enumerate(heads)}
     ie["rank"] = [
         rank.get((int(a), int(b)), -1) for a, b in zip(ie["layer"], ie["head"], strict=True)
     ]
     ie["selected"] = ie["rank"] >= 0
-    vector = function_vector(model, z_mean, heads)
+    vector = function_vector(model, z, heads)
     sweep = function_vector_sweep(
         model,
         task,
@@ -335,6 +429,8 @@ def function_vector_analysis(
         point,
         batch_size,
         progress,
+        engine,
+        bos,
         k_heads=k,
         vector_norm=float(vector.norm()),
     )

@@ -14,6 +14,15 @@ greedy decoding producing the answer).
 
 Batches are right-padded; the query token (the last prompt token) of row ``b`` is at
 ``query_pos[b]``. For a causal model right padding changes nothing before the pad.
+
+**BOS.** A prompt starts the way the model's own HF tokenizer starts a text (``bos="auto"``):
+Gemma's tokenizer prepends ``<bos>``, SmolLM2's prepends nothing (it was pretrained on raw
+text; TransformerBridge forces ``add_bos_token=True``, which puts SmolLM2's chat token
+``<|im_start|>`` in front of every prompt). ``"always"`` / ``"never"`` override it.
+
+**Speed.** :func:`run_prompts` batches prompts of similar length together (fewer pad
+positions) and unembeds only the positions it scores (``logits_to_keep``), which matters for
+Gemma's 262k-token unembedding.
 """
 
 from __future__ import annotations
@@ -165,26 +174,76 @@ class Encoded:
         return torch.tensor([a[0] for a in self.answers])
 
 
+BosPolicy = Literal["auto", "always", "never"]
+_HF_BOS: dict[str, bool] = {}
+
+
+def _detects_bos(tokenizer: Any) -> bool:
+    ids = list(tokenizer("a")["input_ids"])
+    bos = tokenizer.bos_token_id
+    return len(ids) > 1 and bos is not None and ids[0] == bos
+
+
+def hf_prepends_bos(tokenizer: Any) -> bool:
+    """Whether the model's HF tokenizer, as shipped, starts a text with BOS.
+
+    TransformerBridge reloads tokenizers with ``add_bos_token=True``, so the bridge's own
+    tokenizer cannot say; the shipped one is reloaded (local files only) from
+    ``tokenizer.name_or_path``. Falls back to the tokenizer's current behaviour.
+    """
+    key = str(getattr(tokenizer, "name_or_path", "") or "")
+    if key not in _HF_BOS:
+        shipped = None
+        if key:
+            try:
+                from transformers import AutoTokenizer
+
+                shipped = AutoTokenizer.from_pretrained(key, local_files_only=True)
+            except Exception:  # noqa: BLE001 - not a local tokenizer: keep the given one
+                shipped = None
+        _HF_BOS[key] = _detects_bos(shipped if shipped is not None else tokenizer)
+    return _HF_BOS[key]
+
+
+def _wants_bos(tokenizer: Any, bos: BosPolicy) -> bool:
+    if bos not in ("auto", "always", "never"):
+        raise ValueError(f"bos={bos!r}; choose 'auto', 'always' or 'never'.")
+    if bos == "auto":
+        return hf_prepends_bos(tokenizer)
+    if bos == "always" and tokenizer.bos_token_id is None:
+        raise ValueError("bos='always' but the tokenizer has no BOS token; use 'never'.")
+    return bos == "always"
+
+
+def _ids(tokenizer: Any, text: str, with_bos: bool) -> list[int]:
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return [int(tokenizer.bos_token_id), *ids] if with_bos else ids
+
+
 def answer_tokens(
-    tokenizer: Any, prompt_text: str, answer_text: str
+    tokenizer: Any, prompt_text: str, answer_text: str, bos: BosPolicy = "auto"
 ) -> tuple[list[int], list[int]]:
     """``(prompt_ids, answer_ids)`` with the answer tokenised in context.
 
     When the tokenizer merges across the prompt/answer boundary (prompt ids are then no
-    prefix of the joint encoding), the answer is encoded on its own instead.
+    prefix of the joint encoding), the answer is encoded on its own instead. ``bos`` says
+    whether the prompt starts with the BOS token (see the module docstring).
     """
-    p = list(tokenizer(prompt_text)["input_ids"])
-    full = list(tokenizer(prompt_text + answer_text)["input_ids"])
+    with_bos = _wants_bos(tokenizer, bos)
+    p = _ids(tokenizer, prompt_text, with_bos)
+    full = _ids(tokenizer, prompt_text + answer_text, with_bos)
     if full[: len(p)] == p and len(full) > len(p):
         a = full[len(p) :]
     else:
         a = list(tokenizer(answer_text, add_special_tokens=False)["input_ids"])
     if not a:
         raise ValueError(f"answer {answer_text!r} encodes to no tokens.")
+    if not p:
+        raise ValueError(f"prompt {prompt_text!r} encodes to no tokens; use bos='always'.")
     return p, a
 
 
-def encode(tokenizer: Any, prompts: Sequence[Prompt]) -> Encoded:
+def encode(tokenizer: Any, prompts: Sequence[Prompt], bos: BosPolicy = "auto") -> Encoded:
     """Tokenise ``prompts`` with their answers, right-padded with the pad (or EOS) token."""
     if not prompts:
         raise ValueError("no prompts to encode.")
@@ -193,7 +252,7 @@ def encode(tokenizer: Any, prompts: Sequence[Prompt]) -> Encoded:
         pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
     rows, qpos, answers = [], [], []
     for pr in prompts:
-        p, a = answer_tokens(tokenizer, pr.text, pr.answer_text)
+        p, a = answer_tokens(tokenizer, pr.text, pr.answer_text, bos)
         rows.append(p + a)
         qpos.append(len(p) - 1)
         answers.append(a)
@@ -217,20 +276,64 @@ class Scored:
         return float(self.correct.float().mean())
 
 
+def length_order(enc: Encoded) -> Int[Tensor, " n"]:
+    """Prompt indices sorted by query position (stable): batches of similar length."""
+    return torch.argsort(enc.query_pos, stable=True)
+
+
 def prompt_batches(
-    enc: Encoded, batch_size: int, device: torch.device | str = "cpu", progress: bool = False
+    enc: Encoded,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+    order: Int[Tensor, " n"] | None = None,
+    answer_tokens_read: int | None = None,
 ) -> Iterator[tuple[Int[Tensor, " b"], Int[Tensor, "b seq"], Int[Tensor, " b"], list[list[int]]]]:
-    """``(rows, tokens, query_pos, answers)`` per batch; tokens are cut to the batch's width
-    (the query plus the answer tokens but the last, all that scoring reads)."""
+    """``(rows, tokens, query_pos, answers)`` per batch of the prompts in ``order`` (default:
+    as given); tokens are cut to the batch's width: the query plus the answer tokens but the
+    last (all that scoring reads), or only ``answer_tokens_read - 1`` of them."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; use a positive batch size.")
     n = len(enc)
+    order = torch.arange(n) if order is None else order
     for start in tqdm(range(0, n, batch_size), disable=None if progress else True, leave=False):
-        rows = torch.arange(start, min(start + batch_size, n))
+        rows = order[start : start + batch_size]
         qpos = enc.query_pos[rows]
         answers = [enc.answers[int(i)] for i in rows]
-        width = max(int(q) + len(a) for q, a in zip(qpos.tolist(), answers, strict=True))
+        width = max(
+            int(q) + (len(a) if answer_tokens_read is None else min(len(a), answer_tokens_read))
+            for q, a in zip(qpos.tolist(), answers, strict=True)
+        )
         yield rows, enc.tokens[rows, :width].to(device), qpos, answers
+
+
+def scored_positions(
+    qpos: Int[Tensor, " b"], answers: Sequence[Sequence[int]], mode: ScoreMode = "first_token"
+) -> tuple[Int[Tensor, " k"], Int[Tensor, "b n"]]:
+    """The positions scoring reads, ``keep`` (sorted, unique), and per row the index into
+    ``keep`` of its positions ``q, q+1, ..`` (clamped to the row's last answer token)."""
+    n = 1 if mode == "first_token" else max(len(a) for a in answers)
+    pos = [
+        [int(q) + min(t, (1 if mode == "first_token" else len(a)) - 1) for t in range(n)]
+        for q, a in zip(qpos.tolist(), answers, strict=True)
+    ]
+    keep = sorted({p for row in pos for p in row})
+    where = {p: i for i, p in enumerate(keep)}
+    return torch.tensor(keep), torch.tensor([[where[p] for p in row] for row in pos])
+
+
+def logits_at(
+    model: Any,
+    tokens: Int[Tensor, "b seq"],
+    keep: Int[Tensor, " k"],
+    fwd_hooks: Sequence[tuple[str, Any]] = (),
+) -> Float[Tensor, "b k vocab"]:
+    """The bridge's logits at positions ``keep`` only: HF's ``logits_to_keep`` skips the
+    unembedding elsewhere (exact: the unembedding acts position by position)."""
+    kw = {"logits_to_keep": keep.to(tokens.device)}
+    if fwd_hooks:
+        return model.run_with_hooks(tokens, fwd_hooks=list(fwd_hooks), **kw)
+    return model(tokens, **kw)
 
 
 def answer_probs(
@@ -302,24 +405,28 @@ def run_prompts(
         raise ValueError(f"mode={mode!r}; choose 'first_token' or 'exact'.")
     capture = check_hook_names(model, capture)
     device = model_device(model)
-    correct, probs = [], []
-    stored: dict[str, list[Tensor]] = {n: [] for n in capture}
-    for rows, tokens, qpos, answers in prompt_batches(enc, batch_size, device, progress):
+    n = len(enc)
+    correct = torch.zeros(n, dtype=torch.bool)
+    probs = torch.zeros(n)
+    stored: dict[str, Tensor] = {}
+    read = 1 if mode == "first_token" else None
+    batches = prompt_batches(enc, batch_size, device, progress, length_order(enc), read)
+    for rows, tokens, qpos, answers in batches:
         store: dict[str, Tensor] = {}
         fwd = list(hooks(rows, qpos)) if hooks is not None else []
         fwd += [(name, _store_query_hook(store, name, qpos)) for name in capture]
-        logits = model.run_with_hooks(tokens, fwd_hooks=fwd) if fwd else model(tokens)
+        keep, where = scored_positions(qpos, answers, mode)
+        kept = logits_at(model, tokens, keep, fwd)  # [b, k, vocab]
+        local = kept[torch.arange(len(rows), device=kept.device)[:, None], where.to(kept.device)]
         first = torch.tensor([a[0] for a in answers])
-        probs.append(answer_probs(logits, qpos, first).cpu())
-        ok = score_answers(logits, qpos, answers, mode)
-        correct.append(ok.cpu())
+        zero = torch.zeros(len(rows), dtype=torch.long)
+        probs[rows] = answer_probs(local, zero, first).cpu()
+        correct[rows] = score_answers(local, zero, answers, mode).cpu()
         for name in capture:
-            stored[name].append(store[name])
-    return Scored(
-        correct=torch.cat(correct),
-        p_answer=torch.cat(probs),
-        states={k: torch.cat(v) for k, v in stored.items()},
-    )
+            if name not in stored:
+                stored[name] = torch.zeros(n, *store[name].shape[1:])
+            stored[name][rows] = store[name]
+    return Scored(correct=correct, p_answer=probs, states=stored)
 
 
 def tokenizer_of(model: Any) -> Any:
@@ -331,3 +438,141 @@ def tokenizer_of(model: Any) -> Any:
             "tokenizer) or pass a model directory that contains one."
         )
     return tok
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward early (only its input was wanted)."""
+
+
+def _first_resid(model: Any, tokens: Int[Tensor, "b seq"]) -> Float[Tensor, "b seq d"]:
+    """``blocks.0.hook_resid_pre`` of ``tokens`` without running the blocks."""
+    got: dict[str, Tensor] = {}
+
+    def grab(act: Tensor, hook: Any = None) -> None:
+        got["x"] = act.detach()
+        raise _Stop
+
+    try:
+        model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_resid_pre", grab)])
+    except _Stop:
+        pass
+    if "x" not in got:
+        raise RuntimeError("blocks.0.hook_resid_pre did not fire; this bridge is unsupported.")
+    return got["x"]
+
+
+class QueryReplay:
+    """One batch of prompts, run once, then rerun from any layer with hooks acting at each
+    row's query token; only the query token is unembedded.
+
+    With ``engine="auto"`` the reruns go through the patching engine's
+    :class:`~tvlens.hooks.suffix.BridgeSuffixRunner`: blocks before the hooked layer are not
+    rerun, and (when the runner verified it exact) neither are positions before the batch's
+    first query token, whose keys and values come from the unpatched run. Otherwise, or when
+    the runner refuses, every rerun is a full ``run_with_hooks`` forward. Hooks are built by
+    the caller for positions :attr:`pos` (suffix-relative or absolute, one per stacked row).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        tokens: Int[Tensor, "b seq"],
+        qpos: Int[Tensor, " b"],
+        engine: Literal["auto", "full"] = "auto",
+    ) -> None:
+        if engine not in ("auto", "full"):
+            raise ValueError(f"engine={engine!r}; choose 'auto' or 'full'.")
+        self.model, self.tokens, self.qpos = model, tokens, qpos.cpu()
+        self.keep = torch.unique(self.qpos)  # sorted
+        self.where = torch.searchsorted(self.keep, self.qpos)
+        b = torch.arange(len(qpos))
+        self.runner: Any = None
+        self.resid: dict[int, Tensor] = {}
+        self.p0, self.how = 0, "full"
+        if engine == "auto":
+            from tvlens.hooks.suffix import BridgeSuffixRunner
+
+            runner = BridgeSuffixRunner(model)
+            n = model.cfg.n_layers
+
+            def saver(layer: int):
+                def hook(act: Tensor, hook: Any = None) -> None:
+                    self.resid.setdefault(layer, act.detach())  # the recorded forward's
+
+                return hook
+
+            hooks = [(f"blocks.{i}.hook_resid_pre", saver(i)) for i in range(n)]
+            with model.hooks(fwd_hooks=hooks):
+                logits = runner.prepare(tokens, _first_resid(model, tokens), positions=self.keep)
+            if runner.replay_ok:
+                self.runner = runner
+                self.p0 = int(self.qpos.min()) if runner.suffix_ok else 0
+                self.how = "suffix" if self.p0 else "replay"
+        else:
+            logits = logits_at(model, tokens, self.keep)
+        self.base: Float[Tensor, "b vocab"] = logits[b, self.where.to(logits.device)]
+
+    @property
+    def pos(self) -> Int[Tensor, " b"]:
+        """Where each row's query token sits in the tensors hooks see."""
+        return self.qpos - self.p0 if self.runner is not None else self.qpos
+
+    def run(self, layer: int, fwd_hooks: Sequence[tuple[str, Any]], copies: int = 1) -> Tensor:
+        """Query-token logits ``[copies · b, vocab]`` with ``fwd_hooks`` on (hooks at
+        ``layer`` or later), for ``copies`` stacked copies of the batch (copy-major)."""
+        pos = self.pos.repeat(copies)
+        if self.runner is not None and (copies == 1 or self.runner.batch_ok):
+            x = self.resid[layer][:, self.p0 :]
+            if copies > 1:
+                x = x.repeat(copies, 1, 1)
+            out = self.runner.run(x, layer, self.p0, copies, fwd_hooks, read_rows=pos[:, None])
+            return out[:, 0]
+        tokens = self.tokens.repeat(copies, 1) if copies > 1 else self.tokens
+        kept = logits_at(self.model, tokens, self.keep, fwd_hooks)
+        return kept[torch.arange(len(pos)), self.where.repeat(copies).to(kept.device)]
+
+
+def query_scores(
+    logits: Float[Tensor, "b vocab"], first: Int[Tensor, " b"]
+) -> tuple[Bool[Tensor, " b"], Float[Tensor, " b"]]:
+    """First-token correctness (argmax) and P(first answer token) from query-token logits."""
+    first = first.to(logits.device)
+    probs = logits.float().softmax(-1)
+    p = probs.gather(1, first[:, None])[:, 0]
+    return (logits.argmax(-1) == first).cpu(), p.cpu()
+
+
+@torch.no_grad()
+def layer_sweep(
+    model: Any,
+    enc: Encoded,
+    layers: Sequence[int],
+    hooks_at: Callable[[int, Tensor, Tensor], list[tuple[str, Any]]],
+    batch_size: int = 16,
+    engine: Literal["auto", "full"] = "auto",
+    progress: bool = False,
+    desc: str = "layers",
+) -> dict[int, Scored]:
+    """First-token scores of ``enc`` with ``hooks_at(layer, rows, pos)`` on, for each layer.
+
+    ``hooks_at`` returns hooks acting on ``layer`` (or later) for prompts ``rows`` whose query
+    tokens sit at ``pos``. Each batch runs once and is rerun from each layer by
+    :class:`QueryReplay`; the result equals :func:`run_prompts` with the same hooks.
+    """
+    n = len(enc)
+    correct = {layer: torch.zeros(n, dtype=torch.bool) for layer in layers}
+    probs = {layer: torch.zeros(n) for layer in layers}
+    n_batches = -(-n // batch_size)
+    bar = tqdm(total=n_batches * len(layers), desc=desc, disable=None if progress else True)
+    device = model_device(model)
+    for rows, tokens, qpos, answers in prompt_batches(
+        enc, batch_size, device, order=length_order(enc), answer_tokens_read=1
+    ):
+        first = torch.tensor([a[0] for a in answers])
+        replay = QueryReplay(model, tokens, qpos, engine)
+        for layer in layers:
+            ok, p = query_scores(replay.run(layer, hooks_at(layer, rows, replay.pos)), first)
+            correct[layer][rows], probs[layer][rows] = ok, p
+            bar.update(1)
+    bar.close()
+    return {layer: Scored(correct[layer], probs[layer], {}) for layer in layers}

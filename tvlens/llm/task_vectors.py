@@ -14,15 +14,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from tvlens.hooks.core import hook_name
 from tvlens.hooks.rowwise import patch_rows_hook
 from tvlens.llm.prompts import (
+    BosPolicy,
     Scored,
     ScoreMode,
     Template,
     encode,
+    layer_sweep,
     run_prompts,
     sample_prompts,
     tokenizer_of,
@@ -69,38 +72,59 @@ def task_vector_sweep(
     point: str = "resid_post",
     batch_size: int = 16,
     progress: bool = False,
+    engine: str = "auto",
+    bos: BosPolicy = "auto",
+    dummy_query: bool = True,
 ) -> pd.DataFrame:
     """Accuracy of zero-shot queries patched with their task vector, by layer.
 
-    Returns ``task, layer, condition, accuracy, p_answer, n, shots`` with ``condition`` in
-    ``zero_shot`` and ``icl`` (the same at every layer, repeated for plotting) and
-    ``task_vector``.
+    ``dummy_query`` (Hendel et al.'s ``S + x'``) takes θ from a prompt ending in another
+    query; without it θ comes from the full ICL prompt of the query itself (an upper bound
+    that lets the answer leak through θ). Returns ``task, layer, condition, accuracy,
+    p_answer, n, shots`` with ``condition`` in ``zero_shot`` and ``icl`` (the same at every
+    layer, repeated for plotting) and ``task_vector``. First-token scoring reruns each batch
+    from layer ℓ only (:func:`~tvlens.llm.prompts.layer_sweep`).
     """
     tok = tokenizer_of(model)
     layers = check_layers(model, layers)
-    names = [hook_name(layer, point) for layer in layers]
+    names = {layer: hook_name(layer, point) for layer in layers}
     zero_prompts = sample_prompts(task, n_prompts, 0, template, seed)
-    source_prompts = sample_prompts(task, n_prompts, shots, template, seed, dummy_query=True)
+    source_prompts = sample_prompts(task, n_prompts, shots, template, seed, dummy_query=dummy_query)
     if [p.target for p in zero_prompts] != [p.target for p in source_prompts]:
         raise RuntimeError("source and zero-shot prompts are misaligned; this is a bug.")
-    zero = encode(tok, zero_prompts)
-    icl = encode(tok, sample_prompts(task, n_prompts, shots, template, seed))
-    source = encode(tok, source_prompts)
+    zero = encode(tok, zero_prompts, bos)
+    icl = encode(tok, sample_prompts(task, n_prompts, shots, template, seed), bos)
+    source = encode(tok, source_prompts, bos)
     base = run_prompts(model, zero, mode=mode, batch_size=batch_size)
     full = run_prompts(model, icl, mode=mode, batch_size=batch_size)
-    vectors = run_prompts(model, source, capture=names, mode=mode, batch_size=batch_size).states
+    vectors = run_prompts(
+        model, source, capture=list(names.values()), mode=mode, batch_size=batch_size
+    ).states
+
+    def hooks_at(layer: int, rows: Tensor, pos: Tensor) -> list[tuple[str, Any]]:
+        return [(names[layer], patch_rows_hook(vectors[names[layer]][rows], pos))]
+
+    if mode == "first_token":
+        patched = layer_sweep(
+            model, zero, layers, hooks_at, batch_size, engine, progress, "task vectors"
+        )
+    else:
+        patched = {
+            layer: run_prompts(
+                model,
+                zero,
+                hooks=lambda idx, qpos, layer=layer: hooks_at(layer, idx, qpos),
+                mode=mode,
+                batch_size=batch_size,
+            )
+            for layer in tqdm(layers, desc="task vectors", disable=None if progress else True)
+        }
     rows = []
-    for layer, name in tqdm(
-        list(zip(layers, names, strict=True)),
-        desc="task vectors",
-        disable=None if progress else True,
-    ):
-        theta = vectors[name]
-
-        def hooks(idx, qpos, name=name, theta=theta):
-            return [(name, patch_rows_hook(theta[idx], qpos))]
-
-        patched = run_prompts(model, zero, hooks=hooks, mode=mode, batch_size=batch_size)
-        for condition, scored in (("zero_shot", base), ("icl", full), ("task_vector", patched)):
+    for layer in layers:
+        for condition, scored in (
+            ("zero_shot", base),
+            ("icl", full),
+            ("task_vector", patched[layer]),
+        ):
             rows.append(condition_row(task.name, layer, condition, scored, shots=shots))
     return pd.DataFrame(rows)
