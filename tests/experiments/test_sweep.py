@@ -1,0 +1,298 @@
+"""``tvlens sweep``: config validation, resumable local sweeps, failures, and Ray = local."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tvlens.cli import main
+from tvlens.experiments import sweep as sweep_mod
+from tvlens.experiments.engines import LocalEngine, RayEngine, make_engine
+from tvlens.experiments.sweep import PARTIAL, SweepSpec, run_sweep
+from tvlens.models import RunConfig, train
+from tvlens.models.checkpoint import load_checkpoint, read_meta
+from tvlens.tasks.base import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: a tiny two-modes sweep: two ks, one seed, a 2-layer d_model 16 model, 12 steps
+TINY: dict = {
+    "name": "tiny",
+    "families": ["dice"],
+    "ks": [-1, 1],
+    "seeds": [0],
+    "model": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_mlp": 32},
+    "family": {"seq_len": 8},
+    "train": {"steps": 12, "batch_size": 8, "eval_every": 4, "eval_size": 16, "n_checkpoints": 3},
+    "analyses": {"two_modes": {"n_eval": 16, "n_causal": 16, "n_paper_tasks": 8}},
+    "resources": {"cpu": 1},
+}
+TIMING = {"seconds", "train_seconds"}
+#: where a trial ran (differs between engines by design)
+PLACE = {"host", "pid"}
+
+
+def tiny(**changes) -> dict:
+    return json.loads(json.dumps({**TINY, **changes}))
+
+
+# ------------------------------------------------------------------------- validation
+def test_trials_are_the_product_of_the_axes_with_stable_names():
+    d = tiny(families=["dice", "markov"], seeds=[0, 3])
+    del d["model"]
+    d["models"] = {"small": {"d_model": 16, "n_heads": 2}, "wide": {"d_model": 32}}
+    spec = SweepSpec.from_dict(d)
+    trials = spec.trials()
+    assert len(trials) == 2 * 2 * 2 * 2
+    assert trials[0].id == "dice_small_k-1_s0" and trials[-1].id == "markov_wide_k1_s3"
+    t = next(t for t in trials if t.id == "markov_wide_k1_s3")
+    cfg = RunConfig.from_dict(t.config)  # a complete, valid run config
+    assert (cfg.family.name, cfg.family.k, cfg.model.d_model) == ("markov", 1, 32)
+    assert cfg.model.seed == cfg.train.seed == cfg.family.seed == 3
+    assert cfg.train.device == "cpu" and cfg.train.steps == 12
+    # one model size is named after its shape
+    assert SweepSpec.from_dict(tiny()).trials()[0].id == "dice_L2d16_k-1_s0"
+
+
+def test_gpu_resources_default_the_device_to_cuda():
+    spec = SweepSpec.from_dict(tiny(resources={"cpu": 2, "gpu": 1}))
+    assert all(t.config["train"]["device"] == "cuda" for t in spec.trials())
+    assert spec.trials()[0].to_payload(Path("o"))["threads"] == 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"kz": [1]}, "unknown key(s) ['kz']"),
+        ({"families": ["dicee"]}, "families: 'dicee' is not a task family"),
+        ({"ks": [1, 1]}, "ks: lists [1] more than once"),
+        ({"ks": [-2]}, "ks: -2 is not an integer >= -1"),
+        ({"seeds": []}, "seeds: must be a non-empty list"),
+        ({"analyses": ["two_mode"]}, "analyses: 'two_mode' is not a known analysis"),
+        (
+            {"analyses": {"two_modes": {"n_evl": 3}}},
+            "analyses.two_modes: unknown option(s) ['n_evl']",
+        ),
+        ({"resources": {"cpu": 0}}, "resources.cpu: 0 must be a whole number of cores >= 1"),
+        ({"resources": {"gpus": 1}}, "resources: unknown field(s) ['gpus']"),
+        ({"resources": {"gpu": 1}, "train": {"device": "cpu"}}, "set train.device: cuda"),
+        ({"train": {"device": "cuda"}}, "set resources.gpu: 1"),
+        ({"train": {"seed": 1}}, "train.seed: is a sweep axis; list it under seeds"),
+        ({"family": {"k": 1}}, "family.k: is a sweep axis; list it under ks"),
+        ({"trial_dir": "k{k}"}, None),  # fine: one seed, one model, one family
+        ({"trial_dir": "run"}, "gives 'run' to two trials"),
+        ({"trial_dir": "{family}_{lr}"}, "use only named fields"),
+        ({"model": {"d_model": 15}}, "model.d_model=15 is not divisible by model.n_heads"),
+        ({"train": {"steps": 0}}, "train.steps=0 must be >= 1"),
+    ],
+)
+def test_bad_configs_name_the_field_and_the_fix(changes, message):
+    if message is None:
+        SweepSpec.from_dict(tiny(**changes), source="s.yaml")
+        return
+    with pytest.raises(ConfigError) as e:
+        SweepSpec.from_dict(tiny(**changes), source="s.yaml")
+    assert message in str(e.value) and str(e.value).startswith("s.yaml")
+
+
+def test_yaml_and_json_files_load_the_same(tmp_path):
+    import yaml
+
+    (tmp_path / "a.json").write_text(json.dumps(TINY))
+    (tmp_path / "a.yaml").write_text(yaml.safe_dump(TINY))
+    a, b = SweepSpec.load(tmp_path / "a.json"), SweepSpec.load(tmp_path / "a.yaml")
+    assert [t.config for t in a.trials()] == [t.config for t in b.trials()]
+    (tmp_path / "bad.yaml").write_text("ks: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        SweepSpec.load(tmp_path / "bad.yaml")
+    (tmp_path / "a.toml").write_text("")
+    with pytest.raises(ConfigError, match="name it .json, .yaml or .yml"):
+        SweepSpec.load(tmp_path / "a.toml")
+
+
+def test_engine_options_are_checked():
+    with pytest.raises(ValueError, match="add --engine ray"):
+        make_engine("local", address="auto")
+    with pytest.raises(ValueError, match="resources decide"):
+        make_engine("ray", jobs=2) if _has_ray() else make_engine("local", jobs=0)
+    with pytest.raises(ValueError, match="use auto"):
+        RayEngine("localhost")
+    assert isinstance(make_engine("local", jobs=2), LocalEngine)
+
+
+def test_sweep_help_imports_nothing_heavy():
+    code = (
+        "import contextlib, io, sys\nfrom tvlens.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n        main(['sweep', '--help'])\n    except SystemExit:\n        pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'ray', 'pandas'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ------------------------------------------------------------------------ local sweeps
+def _outputs(trial_dir: Path) -> dict[str, object]:
+    """A trial's results, engine-independent: every CSV and JSON byte for byte (timings
+    dropped from trial.json) and every checkpoint's tensors and self-recorded SHA-256."""
+    found: dict[str, object] = {}
+    for p in sorted(trial_dir.rglob("*")):
+        rel = str(p.relative_to(trial_dir))
+        if p.suffix == ".csv" or p.name == "config.json":
+            found[rel] = p.read_bytes()
+        elif p.name == "trial.json":
+            rec = json.loads(p.read_text())
+            found[rel] = {k: v for k, v in rec.items() if k not in TIMING | PLACE}
+        elif p.suffix == ".safetensors":
+            tensors, meta = load_checkpoint(p.with_suffix(""))
+            found[rel] = (meta["sha256"], {k: v.numpy().tobytes() for k, v in tensors.items()})
+    return found
+
+
+def test_local_sweep_end_to_end_then_resumes_only_missing_trials(tmp_path, capsys):
+    cfg = tmp_path / "sweep.json"
+    out = tmp_path / "out"
+    cfg.write_text(json.dumps(tiny(ks=[-1])))
+    assert main(["sweep", str(cfg), "--out", str(out), "--jobs", "1"]) == 0
+    assert "ran 1, skipped 0" in capsys.readouterr().out
+    first = out / "dice_L2d16_k-1_s0"
+    rec = json.loads((first / "trial.json").read_text())
+    assert rec["status"] == "done" and rec["torch_threads"] == 1
+    assert set(rec["tables"]["two_modes"]) >= {"simplex_fit", "ablation", "modes"}
+    assert not (out / PARTIAL).exists()  # staged trials were all moved into place
+    before = {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()}
+
+    # widen the sweep: only the new k trains; the finished trial is not touched
+    cfg.write_text(json.dumps(tiny(ks=[-1, 1])))
+    assert main(["sweep", str(cfg), "--out", str(out), "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert "done  dice_L2d16_k-1_s0" in listing and "todo  dice_L2d16_k1_s0" in listing
+    assert main(["sweep", str(cfg), "--out", str(out), "--jobs", "1"]) == 0
+    assert "ran 1, skipped 1" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in first.rglob("*") if p.is_file()} == before
+
+    results = pd.read_csv(out / "results.csv")
+    assert list(results["trial"]) == ["dice_L2d16_k-1_s0", "dice_L2d16_k1_s0"]
+    assert list(results["k"]) == [-1, 1] and list(results["n_minor"]) == [0, 2]
+    assert (results["status"] == "done").all() and results["error"].isna().all()
+    for col in ("id_simplex_r2", "ood_proj_r2", "ablate_major", "best_layer"):
+        assert results[col].notna().all(), col
+    # the across-k tables and figures of two-modes, read by `tvlens report OUT`
+    across = {p.stem for p in (out / "analyses").glob("*.csv")}
+    assert {"ood_r2_vs_k", "ablation_vs_k", "convexity_vs_k", "mode_heatmap"} <= across
+    assert set(pd.read_csv(out / "analyses" / "ood_r2_vs_k.csv")["k"]) == {-1, 1}
+    assert (out / "figures" / "results.html").exists()
+    assert (out / "figures" / "k1_geometry_points.html").exists()
+
+    # a finished trial trained with another config is refused, naming the fix
+    cfg.write_text(json.dumps(tiny(ks=[-1], train={**TINY["train"], "lr": 1e-3})))
+    assert main(["sweep", str(cfg), "--out", str(out)]) == 1
+    assert "delete that trial directory" in capsys.readouterr().err
+
+
+def test_interrupted_trial_resumes_and_matches_an_uninterrupted_one(tmp_path):
+    spec = SweepSpec.from_dict(tiny(ks=[1]))
+    (trial,) = spec.trials()
+    # a sweep killed mid-training leaves the staged run with a resume state at step 4
+    train(RunConfig.from_dict(trial.config), tmp_path / "a" / PARTIAL / trial.id, stop_at=4)
+    assert not (tmp_path / "a" / trial.id).exists()
+    resumed = run_sweep(spec, tmp_path / "a", LocalEngine(1), progress=False)
+    fresh = run_sweep(spec, tmp_path / "b", LocalEngine(1), progress=False)
+    assert resumed.ok and fresh.ok
+    a = _outputs(tmp_path / "a" / trial.id)
+    assert a == _outputs(tmp_path / "b" / trial.id)
+    assert "checkpoints/step_000012.safetensors" in a and "analyses/simplex_fit.csv" in a
+
+
+def boom(run, *, seed: int = 0) -> dict:
+    """A test analysis that fails on the k = 1 trial only."""
+    if run.family.config.k == 1:
+        raise RuntimeError("planted failure on k=1")
+    return {}
+
+
+def test_a_failed_trial_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sweep_mod.DRIVERS, "boom", (__name__, "boom"))
+    spec = SweepSpec.from_dict(tiny(ks=[-1, 1, 2], analyses=["boom"]))
+    result = run_sweep(spec, tmp_path, LocalEngine(1), progress=False)
+    assert result.failed == ["dice_L2d16_k1_s0"] and len(result.ran) == 3
+    results = pd.read_csv(tmp_path / "results.csv")
+    assert list(results["status"]) == ["done", "failed", "done"]
+    assert results.loc[1, "error"] == "RuntimeError: planted failure on k=1"
+    err = tmp_path / PARTIAL / "dice_L2d16_k1_s0" / "error.txt"
+    assert "planted failure" in err.read_text() and "Traceback" in err.read_text()
+    assert (tmp_path / "dice_L2d16_k2_s0" / "trial.json").exists()
+
+    # fixed: the rerun runs only the failed trial, reusing its trained model
+    monkeypatch.setitem(sweep_mod.DRIVERS, "boom", (__name__, "_fixed"))
+    again = run_sweep(spec, tmp_path, LocalEngine(1), progress=False)
+    assert again.ok and again.ran == ["dice_L2d16_k1_s0"]
+    assert (pd.read_csv(tmp_path / "results.csv")["status"] == "done").all()
+    assert not (tmp_path / PARTIAL).exists()
+
+
+def _fixed(run, *, seed: int = 0) -> dict:
+    return {}
+
+
+def test_progress_shows_done_running_failed_and_eta():
+    import io
+
+    buf = io.StringIO()
+    bar = sweep_mod._Progress(3, 1, "t", file=buf)
+    bar.update("running", running=2)
+    assert bar.eta() is None
+    bar.update("finished", {"status": "done"}, running=2)
+    bar.update("finished", {"status": "failed", "error": "x"}, running=1)
+    assert (bar.done, bar.failed, bar.running, bar.skipped) == (1, 1, 1, 1)
+    assert bar.bar.n == 2 and bar.eta() >= 0
+    bar.close()
+    shown = buf.getvalue()
+    assert "2/3" in shown and "done=1 running=1 failed=1 skipped=1" in shown
+    assert "<" in shown  # tqdm's elapsed<remaining
+
+
+# -------------------------------------------------------------------------------- Ray
+def _has_ray() -> bool:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(
+    not _has_ray(),
+    reason="Ray is not installed (optional extra): pip install -c constraints.txt -e '.[ray]'",
+)
+def test_ray_engine_gives_bit_identical_trials_to_the_local_engine(tmp_path):
+    import ray
+
+    spec = SweepSpec.from_dict(tiny(ks=[-1, 1]))
+    local = run_sweep(spec, tmp_path / "local", LocalEngine(1), progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert ray.cluster_resources()["CPU"] == 2
+        remote = run_sweep(spec, tmp_path / "ray", RayEngine(), progress=False)
+    finally:
+        ray.shutdown()
+    assert local.ok and remote.ok, (local.records, remote.records)
+    for t in spec.trials():
+        a, b = _outputs(tmp_path / "local" / t.id), _outputs(tmp_path / "ray" / t.id)
+        assert len(a) > 20 and a == b, t.id
+    drop = sorted(TIMING)
+    ra = pd.read_csv(tmp_path / "local" / "results.csv").drop(columns=drop)
+    rb = pd.read_csv(tmp_path / "ray" / "results.csv").drop(columns=drop)
+    pd.testing.assert_frame_equal(ra, rb, check_exact=True)
+    # the trials ran in Ray worker processes, not in this one
+    for t in spec.trials():
+        rec = json.loads((tmp_path / "ray" / t.id / "trial.json").read_text())
+        assert rec["pid"] != os.getpid()
+        assert read_meta(tmp_path / "ray" / t.id / "checkpoints" / "step_000012")["step"] == 12

@@ -1,0 +1,845 @@
+"""Declarative sweeps: one config file names every trial; any engine runs them.
+
+A sweep config (JSON, or YAML with a ``.yaml``/``.yml`` name) lists the axes of the sweep and
+what each trial does::
+
+    name: dice-two-modes
+    families: [dice]              # task families (tvlens.tasks.FAMILIES)
+    ks: [-1, 0, 2, 4, 6, 8]       # 2**k minor tasks; -1 for none
+    seeds: [0, 1, 2]              # each sets model.seed, train.seed and family.seed
+    model: {n_layers: 6, d_model: 128, n_heads: 2, d_mlp: 512}   # or models: {NAME: {...}}
+    family: {seq_len: 64}         # fields shared by every family (optional)
+    train: {steps: 30000}         # train.device defaults to cuda when resources.gpu > 0
+    analyses: [two_modes]         # or {two_modes: {n_eval: 256}, decodability: {}}
+    resources: {cpu: 1, gpu: 1}   # per trial; Ray places one gpu-1 trial per GPU
+    trial_dir: "{family}_{model}_k{k}_s{seed}"   # the default
+
+The trials are the product families × models × ks × seeds. Each trial trains a model with
+:func:`tvlens.models.train` and runs the named run-level analysis drivers on it, in its own
+run directory ``OUT/<trial_dir>``. The directory is built in ``OUT/.partial/<trial_dir>`` under
+a run lock and renamed into place (one atomic ``rename``) only when training, every analysis
+and ``trial.json`` are written, so ``OUT/<trial_dir>`` exists exactly when the trial is
+complete. A restarted sweep skips complete trials and resumes interrupted training from its
+resume state. A trial that raises is recorded (``status = failed``, the error in
+``results.csv``, the traceback in ``.partial/<trial_dir>/error.txt``) and the sweep goes on.
+
+``OUT/results.csv`` has one row per trial (complete or failed): the trial's axes, its status,
+seconds, error and the headline numbers of its analyses (for ``two_modes`` the columns of
+:func:`tvlens.experiments.two_modes.headline`). With ``two_modes`` among the analyses the
+across-k tables (``OUT/analyses/*.csv``, read by ``tvlens report OUT``) and figures
+(``OUT/figures``) are written too.
+
+Every trial sets ``torch.set_num_threads(resources.cpu)`` and seeds everything from its
+config, so its numbers do not depend on the engine or on which worker runs it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import logging
+import math
+import os
+import socket
+import string
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tvlens.tasks.base import ConfigError
+
+log = logging.getLogger(__name__)
+
+PARTIAL = ".partial"
+TRIAL_JSON = "trial.json"
+RESULTS = "results.csv"
+DEFAULT_TRIAL_DIR = "{family}_{model}_k{k}_s{seed}"
+TRIAL_DIR_FIELDS = ("family", "model", "k", "seed", "n_minor")
+#: the columns of results.csv that say which trial a row is
+AXES = ("trial", "family", "model", "k", "n_minor", "seed", "n_layers", "d_model", "steps")
+
+#: analysis name -> (module, driver). A driver takes the trained Run first and returns
+#: ``{table name: DataFrame}``, writing each to ``RUN_DIR/analyses/<table>.csv``.
+DRIVERS: dict[str, tuple[str, str]] = {
+    "two_modes": ("tvlens.experiments.two_modes", "analyse_run"),
+    "decodability": ("tvlens.analyses.decodability", "analyse_decodability"),
+    "dynamics": ("tvlens.analyses.dynamics", "analyse_dynamics"),
+    "patching": ("tvlens.analyses.patching", "analyse_patching"),
+}
+#: options the sweep passes itself (never from the config)
+_RESERVED = {"run", "out_dir", "save", "progress"}
+
+_KEYS = {
+    "name",
+    "families",
+    "ks",
+    "seeds",
+    "model",
+    "models",
+    "family",
+    "train",
+    "analyses",
+    "resources",
+    "trial_dir",
+}
+
+
+# ------------------------------------------------------------------------------ spec
+@dataclass(frozen=True)
+class Resources:
+    """What one trial needs: CPU cores (also its torch threads) and GPUs (may be fractional)."""
+
+    cpu: int = 1
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One point of the sweep: its directory name, axes, full run config and analyses."""
+
+    id: str
+    family: str
+    model: str
+    k: int
+    seed: int
+    config: dict[str, Any]
+    analyses: dict[str, dict[str, Any]]
+    resources: Resources
+
+    @property
+    def axes(self) -> dict[str, Any]:
+        m = self.config["model"]
+        return {
+            "trial": self.id,
+            "family": self.family,
+            "model": self.model,
+            "k": self.k,
+            "n_minor": n_minor(self.k),
+            "seed": self.seed,
+            "n_layers": m["n_layers"],
+            "d_model": m["d_model"],
+            "steps": self.config["train"]["steps"],
+        }
+
+    def to_payload(self, out: Path) -> dict[str, Any]:
+        """Everything a worker needs, as plain JSON-able data (no pickled objects)."""
+        return {
+            "id": self.id,
+            "out": str(out),
+            "config": self.config,
+            "analyses": self.analyses,
+            "threads": self.resources.cpu,
+            "axes": self.axes,
+        }
+
+
+@dataclass
+class SweepSpec:
+    """A validated sweep config (see the module docstring for the file format)."""
+
+    families: list[str]
+    ks: list[int]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    family: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+    analyses: dict[str, dict[str, Any]] = field(default_factory=lambda: {"two_modes": {}})
+    resources: Resources = field(default_factory=Resources)
+    trial_dir: str = DEFAULT_TRIAL_DIR
+    name: str = "sweep"
+    source: str = "sweep config"
+
+    def __post_init__(self) -> None:
+        self._trials = _build_trials(self)
+
+    def trials(self) -> list[Trial]:
+        """Every trial, in the order families × models × ks × seeds."""
+        return list(self._trials)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("source")
+        d.pop("_trials", None)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "sweep config") -> SweepSpec:
+        """Validate a parsed config; every error names ``source``, the field and the fix."""
+        return _parse(d, source)
+
+    @classmethod
+    def load(cls, path: Path | str) -> SweepSpec:
+        """Read a sweep config from JSON or YAML (by file extension)."""
+        return _parse(load_sweep_file(path), str(path))
+
+
+def n_minor(k: int) -> int:
+    return 0 if k < 0 else 2**k
+
+
+def load_sweep_file(path: Path | str) -> Any:
+    """The object in a JSON or YAML sweep file, with errors naming the file and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; pass a sweep config file (.json or .yaml).")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"sweep config {path} does not exist; check the path.") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read sweep config {path} ({e}).") from None
+    suffix = path.suffix.lower()
+    if suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ConfigError(
+                f"{path} is YAML but PyYAML is not installed; pip install pyyaml, or write "
+                "the sweep as JSON."
+            ) from None
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path} is not valid YAML ({e}); fix it.") from None
+    if suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e}); fix it.") from None
+    raise ConfigError(
+        f"{path}: unknown sweep config type {suffix!r}; name it .json, .yaml or .yml."
+    )
+
+
+def _err(source: str, where: str, msg: str) -> ConfigError:
+    return ConfigError(f"{source}: {where}: {msg}")
+
+
+def _int_list(d: dict, key: str, source: str, default: list[int] | None, lo: int) -> list[int]:
+    raw = d.get(key, default)
+    if raw is None:
+        raise _err(source, key, f"missing; list the values, e.g. {key}: [{lo}, {lo + 1}].")
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise _err(source, key, f"must be a non-empty list of integers; got {raw!r}.")
+    for v in raw:
+        if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+            raise _err(source, key, f"{v!r} is not an integer >= {lo}; fix that entry.")
+    dup = sorted({v for v in raw if raw.count(v) > 1})
+    if dup:
+        raise _err(source, key, f"lists {dup} more than once; list each value once.")
+    return list(raw)
+
+
+def _section(d: dict, key: str, source: str) -> dict[str, Any]:
+    raw = d.get(key, {})
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _err(source, key, f"must be a mapping of fields; got {type(raw).__name__}.")
+    return dict(raw)
+
+
+def _parse(d: Any, source: str) -> SweepSpec:
+    from tvlens.tasks import FAMILIES
+
+    if not isinstance(d, dict):
+        raise ConfigError(
+            f"{source}: a sweep config must be a mapping with keys families, ks, ...; got "
+            f"{'nothing' if d is None else type(d).__name__}. See `tvlens sweep --help`."
+        )
+    unknown = sorted(set(d) - _KEYS)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; valid keys are {sorted(_KEYS)}.")
+    fams = d.get("families")
+    if isinstance(fams, str):
+        fams = [fams]
+    if not isinstance(fams, list) or not fams or not all(isinstance(f, str) for f in fams):
+        raise _err(
+            source, "families", f"must be a non-empty list of names from {sorted(FAMILIES)}."
+        )
+    for f in fams:
+        if f not in FAMILIES:
+            raise _err(
+                source, "families", f"{f!r} is not a task family; use one of {sorted(FAMILIES)}."
+            )
+    if len(set(fams)) < len(fams):
+        raise _err(source, "families", "lists a family twice; list each once.")
+    ks = _int_list(d, "ks", source, None, -1)
+    seeds = _int_list(d, "seeds", source, [0], 0)
+    if "model" in d and "models" in d:
+        raise ConfigError(
+            f"{source}: give either model (one size) or models (NAME: sizes), not both."
+        )
+    if "models" in d:
+        models = d["models"]
+        if not isinstance(models, dict) or not models:
+            raise _err(
+                source, "models", "must map a name to model fields, e.g. {small: {d_model: 64}}."
+            )
+        for name, m in models.items():
+            if not isinstance(name, str) or not name or not isinstance(m, dict | None):
+                raise _err(source, f"models.{name}", "must be a name mapping to model fields.")
+        models = {str(n): dict(m or {}) for n, m in models.items()}
+    else:
+        models = {"": _section(d, "model", source)}
+    family = _section(d, "family", source)
+    train = _section(d, "train", source)
+    for sec, fields_ in (("family", family), ("train", train)):
+        for bad in ("seed", "k", "name") if sec == "family" else ("seed",):
+            if bad in fields_:
+                axis = {"seed": "seeds", "k": "ks", "name": "families"}[bad]
+                raise _err(source, f"{sec}.{bad}", f"is a sweep axis; list it under {axis}.")
+    for name, m in models.items():
+        if "seed" in m:
+            raise _err(
+                source,
+                f"models.{name}.seed" if name else "model.seed",
+                "is a sweep axis; list it under seeds.",
+            )
+    resources = _parse_resources(d.get("resources", {}), source)
+    analyses = _parse_analyses(d.get("analyses", ["two_modes"]), source)
+    trial_dir = d.get("trial_dir", DEFAULT_TRIAL_DIR)
+    if not isinstance(trial_dir, str) or not trial_dir:
+        raise _err(source, "trial_dir", f"must be a template string such as {DEFAULT_TRIAL_DIR!r}.")
+    name = d.get("name", "sweep")
+    if not isinstance(name, str):
+        raise _err(source, "name", f"must be a string; got {name!r}.")
+    return SweepSpec(
+        families=list(fams),
+        ks=ks,
+        seeds=seeds,
+        models=models,
+        family=family,
+        train=train,
+        analyses=analyses,
+        resources=resources,
+        trial_dir=trial_dir,
+        name=name,
+        source=source,
+    )
+
+
+def _parse_resources(raw: Any, source: str) -> Resources:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _err(source, "resources", "must be a mapping such as {cpu: 1, gpu: 0}.")
+    unknown = sorted(set(raw) - {"cpu", "gpu"})
+    if unknown:
+        raise _err(source, "resources", f"unknown field(s) {unknown}; use cpu and gpu.")
+    cpu, gpu = raw.get("cpu", 1), raw.get("gpu", 0)
+    if not isinstance(cpu, int) or isinstance(cpu, bool) or cpu < 1:
+        raise _err(
+            source,
+            "resources.cpu",
+            f"{cpu!r} must be a whole number of cores >= 1 (it is also the trial's torch thread count).",
+        )
+    if (
+        isinstance(gpu, bool)
+        or not isinstance(gpu, int | float)
+        or not (gpu >= 0)
+        or math.isinf(gpu)
+    ):
+        raise _err(
+            source,
+            "resources.gpu",
+            f"{gpu!r} must be a number >= 0 (1: one GPU per trial; 0.5: two trials share one).",
+        )
+    if gpu > 1 and gpu != int(gpu):
+        raise _err(source, "resources.gpu", f"{gpu} GPUs: above 1 use a whole number.")
+    return Resources(cpu=int(cpu), gpu=float(gpu))
+
+
+def _parse_analyses(raw: Any, source: str) -> dict[str, dict[str, Any]]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if isinstance(raw, list):
+        if not all(isinstance(a, str) for a in raw):
+            raise _err(source, "analyses", "a list must hold analysis names.")
+        if len(set(raw)) < len(raw):
+            raise _err(source, "analyses", "names an analysis twice; list each once.")
+        raw = {a: {} for a in raw}
+    if not isinstance(raw, dict):
+        raise _err(
+            source, "analyses", f"must list names from {sorted(DRIVERS)} or map them to options."
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for name, opts in raw.items():
+        if name not in DRIVERS:
+            raise _err(
+                source,
+                "analyses",
+                f"{name!r} is not a known analysis; use one of {sorted(DRIVERS)}.",
+            )
+        if opts is None:
+            opts = {}
+        if not isinstance(opts, dict):
+            raise _err(
+                source, f"analyses.{name}", "options must be a mapping of keyword arguments."
+            )
+        params = driver_parameters(name)
+        bad = sorted(set(opts) - set(params))
+        if bad:
+            raise _err(
+                source,
+                f"analyses.{name}",
+                f"unknown option(s) {bad}; valid options are {sorted(params)}.",
+            )
+        out[name] = dict(opts)
+    return out
+
+
+def driver(name: str) -> Callable[..., dict]:
+    """The run-level analysis driver registered under ``name``."""
+    import importlib
+
+    module, fn = DRIVERS[name]
+    return getattr(importlib.import_module(module), fn)
+
+
+def driver_parameters(name: str) -> list[str]:
+    """The keyword options a config may pass to driver ``name``."""
+    sig = inspect.signature(driver(name))
+    params = list(sig.parameters.values())[1:]  # the first is the run
+    return [
+        p.name
+        for p in params
+        if p.name not in _RESERVED and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def _build_trials(spec: SweepSpec) -> list[Trial]:
+    from tvlens.models import RunConfig
+
+    src = spec.source
+    fields_ = [f for _, f, _, _ in string.Formatter().parse(spec.trial_dir) if f is not None]
+    bad = sorted(set(fields_) - set(TRIAL_DIR_FIELDS))
+    if bad or any(not f for f in fields_):
+        raise _err(
+            src,
+            "trial_dir",
+            f"{spec.trial_dir!r} uses {bad or ['{}']}; use only named fields from {list(TRIAL_DIR_FIELDS)}.",
+        )
+    trials, seen = [], {}
+    for fam, (mname, msizes), k, seed in itertools.product(
+        spec.families, spec.models.items(), spec.ks, spec.seeds
+    ):
+        train = dict(spec.train)
+        gpu = spec.resources.gpu > 0
+        device = str(train.setdefault("device", "cuda" if gpu else "cpu"))
+        if gpu and not device.startswith("cuda"):
+            raise _err(
+                src,
+                "train.device",
+                f"is {device!r} but resources.gpu={spec.resources.gpu}; set train.device: cuda, or resources.gpu: 0.",
+            )
+        if device.startswith("cuda") and not gpu:
+            raise _err(
+                src,
+                "train.device",
+                f"is {device!r} but resources.gpu is 0 (Ray hides GPUs from trials that request none); set resources.gpu: 1.",
+            )
+        try:
+            cfg = RunConfig.for_family(
+                fam,
+                family={**spec.family, "k": k, "seed": seed},
+                model={**msizes, "seed": seed},
+                train={**train, "seed": seed},
+            )
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(
+                f"{src}: trial family={fam} model={mname or 'model'} k={k} seed={seed}: {e}"
+            ) from None
+        label = mname or f"L{cfg.model.n_layers}d{cfg.model.d_model}"
+        tid = spec.trial_dir.format(family=fam, model=label, k=k, seed=seed, n_minor=n_minor(k))
+        if "/" in tid or "\\" in tid or tid.startswith(".") or tid in ("", "analyses", "figures"):
+            raise _err(
+                src,
+                "trial_dir",
+                f"gives the directory name {tid!r}; it must be one plain name that is not hidden nor 'analyses'/'figures'.",
+            )
+        if tid in seen:
+            raise _err(
+                src,
+                "trial_dir",
+                f"{spec.trial_dir!r} gives {tid!r} to two trials ({seen[tid]} and family={fam} model={label} k={k} seed={seed}); add the axes that vary, e.g. {DEFAULT_TRIAL_DIR!r}.",
+            )
+        seen[tid] = f"family={fam} model={label} k={k} seed={seed}"
+        trials.append(Trial(tid, fam, label, k, seed, cfg.to_dict(), spec.analyses, spec.resources))
+    return trials
+
+
+# ----------------------------------------------------------------------------- trial
+def run_trial(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """Train and analyse one trial in its own run directory; never raises.
+
+    Returns the trial's record (``status`` ``done`` or ``failed``, its axes, seconds, the
+    tables each analysis wrote, its headline numbers, and for a failure the error). This is
+    the function engines run in their workers; its argument and result are plain data.
+    """
+    t0 = time.perf_counter()
+    out = Path(payload["out"])
+    tid = payload["id"]
+    final, partial = out / tid, out / PARTIAL / tid
+    record: dict[str, Any] = {**payload["axes"], "status": "failed", "seconds": 0.0, "error": ""}
+    try:
+        if (final / TRIAL_JSON).exists():
+            return {**_read_record(final), "skipped": True}
+        record.update(_run_trial(payload, final, partial))
+        record["status"] = "done"
+    except BaseException as e:  # noqa: BLE001 — a failed trial is reported, never fatal
+        if isinstance(e, KeyboardInterrupt | SystemExit):
+            raise
+        record["error"] = f"{type(e).__name__}: {e}"
+        try:
+            from tvlens.io import save_text
+
+            save_text(partial / "error.txt", traceback.format_exc())
+            record["traceback"] = str(partial / "error.txt")
+        except Exception:  # noqa: BLE001 — the record still carries the error
+            pass
+    record["seconds"] = round(time.perf_counter() - t0, 2)
+    return record
+
+
+def _run_trial(payload: Mapping[str, Any], final: Path, partial: Path) -> dict[str, Any]:
+    import torch
+
+    from tvlens.io import fsync_dir, run_lock, save_json
+    from tvlens.models import RunConfig
+
+    if final.exists():
+        raise FileExistsError(
+            f"{final} exists but holds no {TRIAL_JSON}, so it is not a finished trial of this "
+            "sweep; move it away (or delete it) and run the sweep again."
+        )
+    torch.set_num_threads(int(payload["threads"]))
+    config = RunConfig.from_dict(payload["config"])
+    t0 = time.perf_counter()
+    with run_lock(partial, f"tvlens sweep trial {payload['id']}, pid {os.getpid()}"):
+        (partial / "error.txt").unlink(missing_ok=True)
+        run = train_or_resume(config, partial)
+        t_train = time.perf_counter() - t0
+        tables_written: dict[str, list[str]] = {}
+        headline: dict[str, Any] = {}
+        for name, opts in payload["analyses"].items():
+            tables = call_driver(name, run, opts)
+            tables_written[name] = sorted(tables)
+            headline.update(headline_for(name, tables, run))
+        rec = {
+            **payload["axes"],
+            "status": "done",
+            "train_seconds": round(t_train, 2),
+            "seconds": round(time.perf_counter() - t0, 2),
+            "error": "",
+            "tables": tables_written,
+            "headline": headline,
+            "config": payload["config"],
+            "torch_threads": torch.get_num_threads(),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "device": config.train.device,
+        }
+        rec = _finite(rec)
+        save_json(partial / TRIAL_JSON, rec)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(partial, final)  # the whole run directory appears at once
+        fsync_dir(final.parent)
+        fsync_dir(partial.parent)
+    return _finite(rec)
+
+
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN/inf floats as None (JSON has no NaN)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _finite(obj.item())
+    return obj
+
+
+def _read_record(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / TRIAL_JSON).read_text(encoding="utf-8"))
+
+
+def train_or_resume(config: Any, run_dir: Path) -> Any:
+    """Load the finished run in ``run_dir``, resume an interrupted one, or train a new one."""
+    from tvlens.models import list_checkpoints, load_run, train
+    from tvlens.models.train import config_diff, has_resume_state
+
+    cfg_path = run_dir / "config.json"
+    if cfg_path.exists():
+        saved = json.loads(cfg_path.read_text(encoding="utf-8"))
+        diff = config_diff(saved, json.loads(json.dumps(config.to_dict())))
+        if diff:
+            raise FileExistsError(
+                f"{run_dir} holds a run with a different config ({'; '.join(diff[:3])}); "
+                "delete that directory or use another --out."
+            )
+        if config.train.steps in list_checkpoints(run_dir) and has_resume_state(run_dir):
+            return load_run(run_dir, config.train.steps)
+        return train(config, run_dir, resume=True, progress=False)
+    return train(config, run_dir, progress=False)
+
+
+def call_driver(name: str, run: Any, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Run analysis ``name`` on ``run`` with the config's ``options``; the driver writes its
+    tables into ``RUN_DIR/analyses``. A driver that takes a seed gets the trial's seed."""
+    fn = driver(name)
+    params = inspect.signature(fn).parameters
+    kwargs = dict(options)
+    if "seed" in params and "seed" not in kwargs:
+        kwargs["seed"] = run.config.train.seed
+    if "save" in params:
+        kwargs["save"] = True
+    return dict(fn(run, **kwargs) or {})
+
+
+def headline_for(name: str, tables: Mapping[str, Any], run: Any) -> dict[str, Any]:
+    """The numbers of analysis ``name`` that go into the trial's ``results.csv`` row."""
+    if name == "two_modes":
+        from tvlens.experiments.two_modes import headline
+
+        row = headline(dict(tables), run.metrics if len(run.metrics) else None)
+        row.pop("k", None)
+        row.pop("n_minor", None)
+        return row
+    if name == "decodability" and "decodability" in tables:
+        from tvlens.analyses.decodability import summarise
+
+        out = {}
+        df = tables["decodability"]
+        for _, r in summarise(df).iterrows():
+            m = r["method"]
+            for col in ("best_layer", "best_n_examples", "best_td", "chance", "td_last_n"):
+                out[f"td_{m}_{col}"] = r[col]
+        return out
+    return {}
+
+
+# ----------------------------------------------------------------------------- sweep
+@dataclass
+class SweepResult:
+    """What a sweep did: every trial's record, and which ran, were skipped or failed."""
+
+    records: list[dict[str, Any]]
+    ran: list[str]
+    skipped: list[str]
+    failed: list[str]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def completed(out: Path, trials: Iterable[Trial]) -> dict[str, dict[str, Any]]:
+    """Records of the trials already complete in ``out``; a complete trial whose config
+    differs from the sweep's is an error naming the trial and the fix."""
+    from tvlens.models.train import config_diff
+
+    done = {}
+    for t in trials:
+        path = out / t.id / TRIAL_JSON
+        if not path.exists():
+            continue
+        rec = _read_record(out / t.id)
+        diff = config_diff(rec.get("config", {}), json.loads(json.dumps(t.config)))
+        if diff:
+            raise FileExistsError(
+                f"{out / t.id} was trained with a different config ({'; '.join(diff[:3])}); "
+                "run this sweep into another --out, or delete that trial directory to redo it."
+            )
+        done[t.id] = rec
+    return done
+
+
+def run_sweep(
+    spec: SweepSpec,
+    out: Path | str,
+    engine: Any = None,
+    *,
+    progress: bool = True,
+    config_text: str | None = None,
+) -> SweepResult:
+    """Run every missing trial of ``spec`` on ``engine`` (default: the local engine), then
+    write ``OUT/results.csv`` over all trials and the across-k tables and figures.
+
+    Complete trials are skipped; failures are recorded and do not stop the others.
+    """
+    from tvlens.experiments.engines import LocalEngine
+    from tvlens.io import run_lock, save_text
+
+    out = Path(out)
+    engine = engine or LocalEngine()
+    trials = spec.trials()
+    t0 = time.perf_counter()
+    with run_lock(out, f"tvlens sweep {spec.name}, pid {os.getpid()}"):
+        if config_text is not None:
+            save_text(out / "sweep_config.txt", config_text)
+        save_text(out / "sweep.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+        done = completed(out, trials)
+        todo = [t for t in trials if t.id not in done]
+        records = dict(done)
+        bar = _Progress(len(todo), len(done), spec.name, enabled=progress)
+        try:
+            for tid, rec in engine.run(
+                [t.to_payload(out) for t in todo], run_trial, bar.update, spec.resources
+            ):
+                records[tid] = rec
+                if rec.get("status") != "done":
+                    log.warning("trial %s failed: %s", tid, rec.get("error"))
+        finally:
+            bar.close()
+            # results.csv over every trial, written even when interrupted
+            ordered = [records[t.id] for t in trials if t.id in records]
+            write_results(out, ordered)
+        if "two_modes" in spec.analyses:
+            finish_two_modes(out, trials, records)
+        try:  # nothing in progress any more: drop the empty staging directory
+            (out / PARTIAL).rmdir()
+        except OSError:
+            pass  # absent, or it keeps failed trials' partial runs and error.txt
+    failed = [t.id for t in trials if records.get(t.id, {}).get("status") != "done"]
+    return SweepResult(
+        records=[records[t.id] for t in trials if t.id in records],
+        ran=[t.id for t in todo],
+        skipped=sorted(done),
+        failed=failed,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def write_results(out: Path, records: list[dict[str, Any]]) -> Any:
+    """``OUT/results.csv``: one row per trial (axes, status, seconds, error, headline)."""
+    import pandas as pd
+
+    from tvlens.io import save_csv
+
+    rows = []
+    for rec in records:
+        row = {key: rec.get(key) for key in AXES}
+        row["status"] = rec.get("status")
+        row["seconds"] = rec.get("seconds")
+        row["train_seconds"] = rec.get("train_seconds")
+        row["error"] = rec.get("error", "")
+        row.update(rec.get("headline") or {})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    save_csv(out / RESULTS, df)
+    return df
+
+
+def finish_two_modes(out: Path, trials: list[Trial], records: Mapping[str, dict]) -> None:
+    """Across-k tables and figures for every (family, model, seed) group of complete trials.
+
+    One group (the ``tvlens experiment two-modes`` case) writes ``OUT/analyses/*.csv`` and
+    ``OUT/figures`` exactly as that experiment does. Several groups write their tables
+    stacked (with family, model and seed columns) and figures per group in
+    ``OUT/figures/<family>_<model>_s<seed>/``.
+    """
+    import pandas as pd
+
+    from tvlens.experiments.two_modes import across_k, load_tables, save_tables
+    from tvlens.viz.common import write_figures
+    from tvlens.viz.geometry import FIGURES as GEOMETRY
+    from tvlens.viz.steering import FIGURES as STEERING
+
+    figures = {**GEOMETRY, **STEERING}
+    groups: dict[tuple[str, str, int], list[Trial]] = {}
+    for t in trials:
+        if records.get(t.id, {}).get("status") == "done":
+            groups.setdefault((t.family, t.model, t.seed), []).append(t)
+    if not groups:
+        return
+    results = pd.read_csv(out / RESULTS)
+    stacked: dict[str, list[pd.DataFrame]] = {}
+    for (fam, model, seed), members in groups.items():
+        per_k = {t.k: load_tables(out / t.id) for t in members}
+        tables = across_k(per_k)
+        sel = (results["family"] == fam) & (results["model"] == model) & (results["seed"] == seed)
+        res = results[sel & (results["status"] == "done")]
+        fig_dir = out / "figures"
+        if len(groups) > 1:
+            fig_dir = fig_dir / f"{fam}_{model}_s{seed}"
+        write_figures({**tables, "results": res}, fig_dir, figures)
+        for t in members:
+            best = int(res.loc[res["trial"] == t.id, "best_layer"].iloc[0])
+            pts = per_k[t.k]["geometry_points"]
+            write_figures(
+                {"geometry_points": pts[pts["layer"] == best]}, fig_dir, figures, f"k{t.k}_"
+            )
+        for name, df in tables.items():
+            if len(groups) > 1:
+                df = df.assign(family=fam, model=model, seed=seed)
+            stacked.setdefault(name, []).append(df)
+    save_tables({n: pd.concat(v, ignore_index=True) for n, v in stacked.items()}, out / "analyses")
+
+
+class _Progress:
+    """A tqdm bar over the trials to run: done / running / failed, and tqdm's ETA.
+
+    The bar hides itself when stderr is not a terminal (tqdm's ``disable=None``); every
+    finished trial is also logged with the counts and the estimated time left, so a batch
+    job's log shows the progress too.
+    """
+
+    def __init__(
+        self, total: int, skipped: int, name: str, enabled: bool = True, file: Any = None
+    ) -> None:
+        from tqdm.auto import tqdm
+
+        self.done = self.failed = self.running = 0
+        self.total, self.skipped = total, skipped
+        disable = (False if file is not None else None) if enabled else True
+        self.bar = tqdm(total=total, desc=f"sweep {name}", unit="trial", disable=disable, file=file)
+        self.t0 = time.perf_counter()
+        self._post()
+
+    def _post(self) -> None:
+        self.bar.set_postfix_str(
+            f"done={self.done} running={self.running} failed={self.failed} skipped={self.skipped}",
+            refresh=True,
+        )
+
+    def eta(self) -> float | None:
+        """Seconds left at the mean rate so far (None before the first trial ends)."""
+        n = self.done + self.failed
+        if not n:
+            return None
+        return (self.total - n) * (time.perf_counter() - self.t0) / n
+
+    def update(self, event: str, record: Mapping[str, Any] | None = None, running: int = 0) -> None:
+        """``event``: ``"running"`` (count changed) or ``"finished"`` (one trial ended)."""
+        self.running = running
+        if event == "finished" and record is not None:
+            if record.get("status") == "done":
+                self.done += 1
+            else:
+                self.failed += 1
+            self.bar.update(1)
+            eta = self.eta()
+            log.info(
+                "trial %s %s: %d/%d finished (%d failed), %d running, ETA %s",
+                record.get("trial"),
+                record.get("status"),
+                self.done + self.failed,
+                self.total,
+                self.failed,
+                self.running,
+                "?" if eta is None else f"{eta:.0f} s",
+            )
+        self._post()
+
+    def close(self) -> None:
+        self.bar.close()
