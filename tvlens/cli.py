@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "experiment": ("tvlens.experiments.registry", "run a named experiment (two-modes, ...)"),
     "llm": ("tvlens.llm.cli", "task vectors and decodability on a pretrained LLM"),
     "report": ("tvlens.viz.report_cmd", "write an offline HTML report for a run directory"),
+    "sweep": ("tvlens.experiments.sweep_cmd", "run a sweep config (local, or on Ray)"),
     "check": ("tvlens.check_cmd", "verify a run directory's checkpoints, resume state, analyses"),
 }
 
