@@ -9,6 +9,7 @@ import pytest
 from tvlens.cli import main
 from tvlens.experiments.two_modes import headline, load_tables
 from tvlens.viz.geometry import FIGURES as GEOMETRY
+from tvlens.viz.paper import FIGURES as PAPER
 from tvlens.viz.steering import FIGURES as STEERING
 
 TINY = [
@@ -46,9 +47,9 @@ def test_two_modes_sweep_end_to_end(tmp_path, capsys, family):
     expected = {
         "task_vectors", "anova_r2", "simplex_fit", "alignment", "alignment_summary",
         "beta_posterior", "principal_angles", "geometry_points", "ablation", "steering",
-        "convexity", "modes", "geometry_training",
+        "convexity", "modes", "geometry_training", "paper_ood_r2", "paper_anova",
     }  # fmt: skip
-    registry = {**GEOMETRY, **STEERING}
+    registry = {**GEOMETRY, **STEERING, **PAPER}
     for k in (-1, 1):
         tables = load_tables(out / f"k{k}")
         assert set(tables) == expected
@@ -61,7 +62,9 @@ def test_two_modes_sweep_end_to_end(tmp_path, capsys, family):
     assert "minor" in set(load_tables(out / "k1")["simplex_fit"]["split"])
 
     across = {p.stem for p in (out / "analyses").glob("*.csv")}
-    assert across == {"ood_r2_vs_k", "mode_heatmap", "ablation_vs_k", "convexity_vs_k"}
+    assert across == {
+        "ood_r2_vs_k", "mode_heatmap", "ablation_vs_k", "convexity_vs_k", "paper_ood_r2_vs_k",
+    }  # fmt: skip
     for name in across:
         assert isinstance(registry[name](pd.read_csv(out / "analyses" / f"{name}.csv")), go.Figure)
     figures = {p.name for p in (out / "figures").glob("*.html")}

@@ -48,13 +48,14 @@ from tvlens.analyses.geometry import (
     subspace_ablation,
 )
 from tvlens.analyses.modes import mode_diagnostic
+from tvlens.analyses.paper_metrics import paper_anova, paper_ood_r2
 from tvlens.analyses.steering import convexity_table, steering_table
 from tvlens.analyses.task_vectors import anova_r2, task_vectors
 from tvlens.experiments.train_cmd import add_config_arguments, config_from_args
 from tvlens.models import Run, RunConfig, eval_batches, list_checkpoints, load_run, train
 from tvlens.models.checkpoint import atomic_write_text
-from tvlens.tasks.base import Batch
 from tvlens.models.train import has_resume_state
+from tvlens.tasks.base import Batch
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ def analyse_run(
     modes: bool = True,
     save: bool = True,
     progress: bool = False,
+    n_paper_tasks: int = 128,
 ) -> dict[str, pd.DataFrame]:
     """Every task-vector analysis of SCIENCE.md (A) on a trained run; writes
     ``RUN_DIR/analyses/<name>.csv`` (when ``save``) and returns the tables by name.
@@ -88,7 +90,9 @@ def analyse_run(
     ``geometry_points`` (3-D view at the best layer), ``ablation`` (task subspace vs
     ``n_random`` random subspaces of equal rank), ``steering``, ``convexity``, and over the
     run's checkpoints ``modes`` (the mode diagnostic) and ``geometry_training`` (the simplex
-    table per step); the last two are skipped when ``modes=False``.
+    table per step); the last two are skipped when ``modes=False``. ``paper_ood_r2`` and
+    ``paper_anova`` hold the reference code's definitions (:mod:`tvlens.analyses.
+    paper_metrics`; ``n_paper_tasks`` OOD tasks × as many sequences each).
 
     The best layer — where the major-task states fit the simplex best — picks the layer of
     the 3-D view and of the β scatter. The geometry uses ``n_eval`` sequences per split; the
@@ -118,6 +122,11 @@ def analyse_run(
     )
     tables: dict[str, pd.DataFrame] = {"task_vectors": tv.to_frame()}
     tables["anova_r2"] = anova_r2(model, fam, tv.layers, seed=seed + 1)
+    # the reference code's definitions, beside tvlens's (paper_metrics)
+    tables["paper_ood_r2"] = paper_ood_r2(
+        model, fam, tv.layers, n_tasks=n_paper_tasks, n_per_task=n_paper_tasks, seed=seed
+    )
+    tables["paper_anova"] = paper_anova(model, fam, tv.layers, seed=seed + 2)
     tables["simplex_fit"] = simplex_table(model, fam, tv, batches)
     best = best_layer(tables["simplex_fit"])
     fit = fit_beta(model, fam, tv, batches["major"])
@@ -231,6 +240,18 @@ def headline(tables: dict[str, pd.DataFrame], metrics: pd.DataFrame | None = Non
             abl, "delta", layer=best, split=split, subspace="random"
         )
     row["ablate_id_over_ood"] = row["ablate_major"] / row["ablate_ood"]
+    if "paper_ood_r2" in tables:  # the reference code's definitions (paper_metrics)
+        paper = tables["paper_ood_r2"]
+        row["ood_r2_paper"] = pick(paper, "r2_paper", layer=best, split="ood")
+        row["ood_r2_paper_last_layer"] = pick(paper, "r2_paper", layer=last, split="ood")
+        row["minor_r2_paper"] = pick(paper, "r2_paper", layer=best, split="minor")
+    if "paper_anova" in tables:
+        pa = tables["paper_anova"]
+        for col in ("task_vector_r2", "separability", "eta2_task", "eta2_token"):
+            row[f"anova_{col}_paper"] = pick(pa, col, layer=best, split="major")
+        row["anova_task_vector_r2_paper_minor"] = pick(
+            pa, "task_vector_r2", layer=best, split="minor"
+        )
     row["steer_unsteered_acc"] = pick(steer, "accuracy", condition="unsteered")
     row["steer_own_acc"] = pick(steer, "accuracy", condition="own", layer=best)
     row["steer_to_task_acc"] = pick(steer, "accuracy", condition="to_task", layer=best)
@@ -261,6 +282,11 @@ def across_k(per_k: dict[int, dict[str, pd.DataFrame]]) -> dict[str, pd.DataFram
     out["ood_r2_vs_k"] = simplex[
         ["k", "log2_n_minor", "layer", "split", "r2_affine", "r2_task", "frac_in"]
     ]
+    paper = [t["paper_ood_r2"] for t in per_k.values() if "paper_ood_r2" in t]
+    if paper:
+        out["paper_ood_r2_vs_k"] = pd.concat(paper, ignore_index=True).assign(
+            log2_n_minor=lambda d: d["k"]
+        )
     modes = [t["modes"] for t in per_k.values() if "modes" in t]
     if modes:
         heat = pd.concat(modes, ignore_index=True)

@@ -49,6 +49,7 @@ VIZ_MODULES: tuple[str, ...] = (
     "tvlens.viz.training",
     "tvlens.viz.geometry",
     "tvlens.viz.steering",
+    "tvlens.viz.paper",
     "tvlens.viz.decodability",
     "tvlens.viz.patching",
     "tvlens.viz.llm",

@@ -1,0 +1,110 @@
+"""Figures for the reference code's metrics (:mod:`tvlens.analyses.paper_metrics`) and the
+sufficient-statistic probes (:mod:`tvlens.analyses.probes`).
+
+Each function takes the tidy table written as ``analyses/<name>.csv`` and returns a plotly
+figure; ``FIGURES`` maps the CSV stem to its function.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from tvlens.viz.common import PALETTE, SPLIT_COLOURS, require_columns
+
+SECTION = "The reference code's metrics"
+
+
+def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
+    require_columns(df, cols, what, "tvlens.analyses.paper_metrics")
+
+
+def paper_ood_r2_by_layer(df: pd.DataFrame) -> go.Figure:
+    """The paper-style R² of per-task mean states on the major plane, by layer (OOD and
+    minor tasks), with the interquartile band over tasks."""
+    _require(df, ["layer", "split", "r2_paper", "r2_paper_q25", "r2_paper_q75"], "paper_ood_r2")
+    fig = go.Figure()
+    for i, (split, g) in enumerate(df.groupby("split", sort=False)):
+        g = g.sort_values("layer")
+        c = SPLIT_COLOURS.get(str(split), PALETTE[i % len(PALETTE)])
+        fig.add_scatter(
+            x=g["layer"],
+            y=g["r2_paper"],
+            mode="lines+markers",
+            name=str(split),
+            line={"color": c},
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": g["r2_paper_q75"] - g["r2_paper"],
+                "arrayminus": g["r2_paper"] - g["r2_paper_q25"],
+            },
+        )
+    fig.update_layout(
+        title="Paper-style R² of per-task means on the major plane (clamped to [0, 1])",
+        xaxis_title="layer",
+        yaxis_title="R² (paper definition)",
+        yaxis_range=[-0.02, 1.02],
+    )
+    return fig
+
+
+def paper_anova_by_layer(df: pd.DataFrame) -> go.Figure:
+    """η² of task, token and interaction (stacked) per layer; one panel per split."""
+    _require(df, ["layer", "split", "eta2_task", "eta2_token", "eta2_interaction"], "paper_anova")
+    splits = list(dict.fromkeys(df["split"].astype(str)))
+    fig = make_subplots(rows=1, cols=len(splits), shared_yaxes=True, subplot_titles=splits)
+    parts = (("eta2_task", "task"), ("eta2_token", "token"), ("eta2_interaction", "interaction"))
+    for j, split in enumerate(splits, start=1):
+        g = df[df["split"].astype(str) == split].sort_values("layer")
+        for i, (col, name) in enumerate(parts):
+            fig.add_bar(
+                x=g["layer"],
+                y=g[col],
+                name=name,
+                legendgroup=name,
+                showlegend=j == 1,
+                marker={"color": PALETTE[i % len(PALETTE)]},
+                row=1,
+                col=j,
+            )
+    fig.update_layout(
+        barmode="stack",
+        title="Token-conditioned two-way ANOVA: η² of task, token and interaction",
+        yaxis_title="η²",
+    )
+    fig.update_xaxes(title_text="layer")
+    return fig
+
+
+def paper_ood_r2_vs_k(df: pd.DataFrame) -> go.Figure:
+    """The paper-style OOD R² against log2 N_minor, one line per layer."""
+    _require(df, ["log2_n_minor", "layer", "split", "r2_paper"], "paper_ood_r2_vs_k")
+    fig = go.Figure()
+    ood = df[df["split"] == "ood"]
+    for i, (layer, g) in enumerate(ood.groupby("layer")):
+        g = g.sort_values("log2_n_minor")
+        fig.add_scatter(
+            x=g["log2_n_minor"],
+            y=g["r2_paper"],
+            mode="lines+markers",
+            name=f"layer {layer}",
+            line={"color": PALETTE[i % len(PALETTE)]},
+        )
+    fig.update_layout(
+        title="Paper-style OOD R² vs task diversity",
+        xaxis_title="log2 N_minor (−1: none)",
+        yaxis_title="R² (paper definition)",
+        yaxis_range=[-0.02, 1.02],
+    )
+    return fig
+
+
+FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure]] = {
+    "paper_ood_r2": paper_ood_r2_by_layer,
+    "paper_anova": paper_anova_by_layer,
+    "paper_ood_r2_vs_k": paper_ood_r2_vs_k,
+}
