@@ -112,3 +112,37 @@ def test_run_prompts_matches_one_prompt_at_a_time(bridges, arch):
             atol=1e-5,
             rtol=0,
         )
+
+
+class _CharTokenizer:
+    """Every character is a token (so a leading space is a token of its own); BOS = 0."""
+
+    bos_token_id, pad_token_id, eos_token_id, name_or_path = 0, 1, 1, ""
+
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": ([0] if add_special_tokens else []) + [ord(c) for c in text]}
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids if i > 1)
+
+
+def test_a_bare_space_answer_token_joins_the_prompt_and_bos_policy():
+    tok = _CharTokenizer()
+    p, a = answer_tokens(tok, "7 ->", " 8")
+    assert p == [0, *map(ord, "7 -> ")] and a == [ord("8")]  # the space is no answer token
+    p, a = answer_tokens(tok, "7 ->", " 8", bos="never")
+    assert p[0] == ord("7") and a == [ord("8")]
+    p, _ = answer_tokens(tok, "7 ->", "8", bos="always")
+    assert p == [0, *map(ord, "7 ->")]
+    with pytest.raises(ValueError, match="bos="):
+        answer_tokens(tok, "7 ->", " 8", bos="sometimes")
+
+
+def test_exact_mode_reads_only_the_answer_positions(bridges, arch):
+    model = bridges[arch]
+    enc = encode(model.tokenizer, sample_prompts(ANTONYM, 5, 2, seed=4))
+    scored = run_prompts(model, enc, mode="exact", batch_size=2)
+    with torch.no_grad():
+        logits = model(enc.tokens)
+    expected = score_answers(logits, enc.query_pos, enc.answers, "exact")
+    assert scored.correct.tolist() == expected.tolist()

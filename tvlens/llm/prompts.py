@@ -226,8 +226,10 @@ def answer_tokens(
     """``(prompt_ids, answer_ids)`` with the answer tokenised in context.
 
     When the tokenizer merges across the prompt/answer boundary (prompt ids are then no
-    prefix of the joint encoding), the answer is encoded on its own instead. ``bos`` says
-    whether the prompt starts with the BOS token (see the module docstring).
+    prefix of the joint encoding), the answer is encoded on its own instead. An answer whose
+    first token is only whitespace (``" 42"`` → ``Ġ``, ``4``, ``2``) has that token moved to
+    the prompt, so first-token scoring reads a token that differs between answers. ``bos``
+    says whether the prompt starts with the BOS token (see the module docstring).
     """
     with_bos = _wants_bos(tokenizer, bos)
     p = _ids(tokenizer, prompt_text, with_bos)
@@ -238,6 +240,10 @@ def answer_tokens(
         a = list(tokenizer(answer_text, add_special_tokens=False)["input_ids"])
     if not a:
         raise ValueError(f"answer {answer_text!r} encodes to no tokens.")
+    if len(a) > 1 and not tokenizer.decode(a[:1]).strip():
+        # a bare space token (``Ġ`` before digits in Llama-3/SmolLM2, ``▁`` in Gemma) is the
+        # same for every answer: it joins the prompt and the first *content* token is scored
+        p, a = p + a[:1], a[1:]
     if not p:
         raise ValueError(f"prompt {prompt_text!r} encodes to no tokens; use bos='always'.")
     return p, a

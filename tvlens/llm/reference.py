@@ -76,14 +76,17 @@ def load_hf(path: str | Path) -> HFModel:
 
 def prompt_ids(tokenizer: Any, prompt: Prompt) -> tuple[Tensor, int]:
     """``(ids [1, T], first answer token)``: the prompt as the HF tokenizer encodes it, and
-    the first token of the answer encoded in context."""
-    p = tokenizer(prompt.text)["input_ids"]
-    full = tokenizer(prompt.text + prompt.answer_text)["input_ids"]
+    the first token of the answer encoded in context (a leading bare-space token joins the
+    prompt)."""
+    p = list(tokenizer(prompt.text)["input_ids"])
+    full = list(tokenizer(prompt.text + prompt.answer_text)["input_ids"])
     if full[: len(p)] == p and len(full) > len(p):
-        first = full[len(p)]
+        answer = full[len(p) :]
     else:
-        first = tokenizer(prompt.answer_text, add_special_tokens=False)["input_ids"][0]
-    return torch.tensor([p]), int(first)
+        answer = list(tokenizer(prompt.answer_text, add_special_tokens=False)["input_ids"])
+    if len(answer) > 1 and tokenizer.decode(answer[:1]).strip() == "":
+        p, answer = p + answer[:1], answer[1:]  # a bare space token is no answer token
+    return torch.tensor([p]), int(answer[0])
 
 
 def _out(output: Any) -> Tensor:

@@ -14,6 +14,9 @@ Layout (the same as a synthetic run's, so ``tvlens report RUN_DIR`` works on bot
     RUN_DIR/analyses/llm_mixture.csv            simplex weights of mixed-task prompts
     RUN_DIR/analyses/llm_simplex.csv            simplex / subspace R² by split
     RUN_DIR/function_vectors.safetensors        one function vector per task
+
+``config.json`` also records the wall time of each analysis (``timings_s``), which the
+README's measured results and ``benchmarks/llm.py`` quote.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import time
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -94,7 +98,14 @@ def run_llm(
         "llm": cfg.to_dict(),
         "versions": _versions(),
     }
-    atomic_write_text(run_dir / "config.json", json.dumps(meta, indent=2, default=str) + "\n")
+    timings: dict[str, float] = {}
+    meta["timings_s"] = timings
+
+    def write_meta() -> None:
+        text = json.dumps(meta, indent=2, default=str) + "\n"
+        atomic_write_text(run_dir / "config.json", text)
+
+    write_meta()
     tasks = load_tasks(cfg.tasks)
     common = {"template": cfg.template, "seed": cfg.seed, "batch_size": cfg.batch_size}
     tables: dict[str, pd.DataFrame] = {}
@@ -103,6 +114,15 @@ def run_llm(
     def keep(name: str, df: pd.DataFrame) -> None:
         tables[name] = df
         log.info("wrote %s", save_table(df, run_dir, name))
+
+    clock = [time.perf_counter()]
+
+    def lap(stage: str) -> None:
+        now = time.perf_counter()
+        timings[stage] = round(now - clock[0], 2)
+        clock[0] = now
+        log.info("%s took %.1f s", stage, timings[stage])
+        write_meta()
 
     if "icl" in cfg.analyses:
         keep(
@@ -117,6 +137,7 @@ def run_llm(
                 **common,
             ),
         )
+        lap("icl")
     if "task_vectors" in cfg.analyses:
         frames = [
             task_vector_sweep(
@@ -133,6 +154,7 @@ def run_llm(
             for t in tasks
         ]
         keep("llm_task_vectors", pd.concat(frames, ignore_index=True))
+        lap("task_vectors")
     if "function_vectors" in cfg.analyses:
         heads, sweeps, vectors = [], [], {}
         for t in tasks:
@@ -158,8 +180,10 @@ def run_llm(
         from safetensors.torch import save_file
 
         save_file(vectors, str(run_dir / "function_vectors.safetensors"))
+        lap("function_vectors")
     if "decodability" in cfg.analyses or "geometry" in cfg.analyses:
         tables |= _decodability_and_geometry(model, run_dir, cfg, layers, progress, keep)
+        lap("+".join(a for a in ("decodability", "geometry") if a in cfg.analyses))
     return tables
 
 

@@ -1,0 +1,310 @@
+"""Benchmark: tvlens's LLM analyses on a real model against plain TransformerLens forwards.
+
+For each analysis of ``tvlens llm`` it times, in one run on the same bridge and prompts:
+
+- ``tvlens``: the analysis function itself (length-sorted batches, query-only unembedding,
+  reruns from the hooked layer through the prefix-K/V suffix engine, stacked heads);
+- ``tl``: the same numbers computed the plain way, one ``run_with_hooks`` full forward per
+  intervention with full logits, in prompt order;
+
+checks that both give the same numbers (max |Δ P(answer)|) and prints the speed-up. The
+analyses run at reduced sizes (``--layers``, ``--n``) so that the plain baseline finishes;
+``--full-run`` then also times the complete default ``tvlens llm`` run (every analysis at its
+default size) and prints the wall time of each stage.
+
+Usage::
+
+    python benchmarks/llm.py --model smollm2                 # ~10 min on 2 CPU cores
+    python benchmarks/llm.py --model /path/to/hf-folder --full-run
+    python benchmarks/llm.py --model gemma3-270m --layers 4 9 --n 8
+
+Results go to ``benchmarks/results/llm.json`` (one entry per model, the latest run). Wall and
+process CPU time are both recorded; on a shared machine the CPU-time ratio is the more
+reliable one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tvlens.hooks.core import hook_name
+from tvlens.hooks.rowwise import add_rows_hook, patch_head_rows_hook, patch_rows_hook
+from tvlens.llm import function_vectors as fv
+from tvlens.llm.decodability import decodability_by_shots
+from tvlens.llm.icl import icl_accuracy
+from tvlens.llm.prompts import encode, sample_prompts
+from tvlens.llm.task_vectors import task_vector_sweep
+from tvlens.llm.tasks import load_task, load_tasks, task_groups
+
+RESULTS = Path(__file__).parent / "results" / "llm.json"
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+# ------------------------------------------------------------------ plain TL baselines
+def _batches(enc: Any, batch_size: int):
+    for start in range(0, len(enc), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(enc)))
+        yield rows, enc.tokens[rows], enc.query_pos[rows], enc.first_answer[rows]
+
+
+def _p(logits: torch.Tensor, qpos: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    b = torch.arange(len(qpos))
+    return logits[b, qpos].float().softmax(-1)[b, first]
+
+
+@torch.no_grad()
+def tl_probs(model: Any, enc: Any, hooks: Callable | None, batch_size: int) -> torch.Tensor:
+    """P(first answer token) of every prompt, one full ``run_with_hooks`` per batch."""
+    out = []
+    for rows, tokens, qpos, first in _batches(enc, batch_size):
+        fwd = hooks(rows, qpos) if hooks else []
+        logits = model.run_with_hooks(tokens, fwd_hooks=fwd) if fwd else model(tokens)
+        out.append(_p(logits, qpos, first))
+    return torch.cat(out)
+
+
+def tl_icl(model: Any, task: Any, shots: list[int], n: int, bs: int) -> dict[int, torch.Tensor]:
+    return {
+        s: tl_probs(model, encode(model.tokenizer, sample_prompts(task, n, s)), None, bs)
+        for s in shots
+    }
+
+
+def tl_task_vectors(
+    model: Any, task: Any, layers: list[int], n: int, bs: int
+) -> dict[int, torch.Tensor]:
+    tok = model.tokenizer
+    zero = encode(tok, sample_prompts(task, n, 0))
+    source = encode(tok, sample_prompts(task, n, 5, dummy_query=True))
+    names = [hook_name(layer, "resid_post") for layer in layers]
+    theta = {name: [] for name in names}
+    with torch.no_grad():
+        for _, tokens, qpos, _ in _batches(source, bs):
+            _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in names)
+            for name in names:
+                theta[name].append(cache[name][torch.arange(len(qpos)), qpos])
+    theta = {k: torch.cat(v) for k, v in theta.items()}
+    return {
+        layer: tl_probs(
+            model,
+            zero,
+            lambda rows, qpos, name=name: [(name, patch_rows_hook(theta[name][rows], qpos))],
+            bs,
+        )
+        for layer, name in zip(layers, names, strict=True)
+    }
+
+
+def tl_head_ie(model: Any, task: Any, z_mean: torch.Tensor, layers: list[int], n: int, bs: int):
+    prompts = sample_prompts(task, n, 10, seed=fv.CORRUPT_SEED_OFFSET, corrupt=True)
+    enc = encode(model.tokenizer, prompts)
+    base = tl_probs(model, enc, None, bs).mean()
+    ie = {}
+    for layer in layers:
+        for h in range(model.cfg.n_heads):
+
+            def hooks(rows, qpos, layer=layer, h=h):
+                return [(fv.z_name(layer), patch_head_rows_hook(z_mean[layer, h], h, qpos))]
+
+            ie[(layer, h)] = float(tl_probs(model, enc, hooks, bs).mean() - base)
+    return ie
+
+
+def tl_fv_sweep(model: Any, task: Any, vector: torch.Tensor, layers: list[int], n: int, bs: int):
+    zero = encode(model.tokenizer, sample_prompts(task, n, 0))
+    return {
+        layer: tl_probs(
+            model,
+            zero,
+            lambda rows, qpos, layer=layer: [
+                (hook_name(layer, "resid_post"), add_rows_hook(vector, qpos))
+            ],
+            bs,
+        )
+        for layer in layers
+    }
+
+
+@torch.no_grad()
+def tl_decodability_forwards(
+    model: Any, tasks: list[Any], shots: list[int], n: int, bs: int
+) -> int:
+    """The forwards decodability needs (every layer's residual at the query, and the answer
+    probability), done with ``run_with_cache``; returns the number of prompts run."""
+    count = 0
+    for s in shots:
+        for task in tasks:
+            enc = encode(model.tokenizer, sample_prompts(task, n, s))
+            for _, tokens, qpos, first in _batches(enc, bs):
+                logits, cache = model.run_with_cache(
+                    tokens, names_filter=lambda name: name.endswith("hook_resid_post")
+                )
+                _p(logits, qpos, first)
+                count += len(qpos)
+    return count
+
+
+# ------------------------------------------------------------------ the comparison
+def compare(model: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
+    task = load_task(args.task)
+    layers, n, bs = args.layers, args.n, args.batch_size
+    rows = []
+
+    def row(name: str, ours: tuple, theirs: tuple, diff: float, size: str) -> None:
+        r = {
+            "analysis": name,
+            "size": size,
+            "tvlens_wall_s": round(ours[1], 2),
+            "tvlens_cpu_s": round(ours[2], 2),
+            "tl_wall_s": round(theirs[1], 2),
+            "tl_cpu_s": round(theirs[2], 2),
+            "speedup_wall": round(theirs[1] / ours[1], 2),
+            "speedup_cpu": round(theirs[2] / ours[2], 2),
+            "max_abs_diff": float(diff),
+        }
+        rows.append(r)
+        print(
+            f"{name:18s} {size:28s} tvlens {r['tvlens_wall_s']:7.1f} s  TL {r['tl_wall_s']:7.1f} s"
+            f"  x{r['speedup_wall']:5.2f} wall  x{r['speedup_cpu']:5.2f} cpu  max|Δ| {diff:.1e}",
+            flush=True,
+        )
+
+    shots = [0, 1, 2, 4, 8]
+    ours = timed(lambda: icl_accuracy(model, [task], shots, n, batch_size=bs))
+    theirs = timed(lambda: tl_icl(model, task, shots, n, bs))
+    diff = max(
+        abs(float(ours[0].set_index("shots").loc[s, "p_answer"]) - float(theirs[0][s].mean()))
+        for s in shots
+    )
+    row("icl", ours, theirs, diff, f"shots {shots}, n {n}")
+
+    ours = timed(lambda: task_vector_sweep(model, task, layers, 5, n, batch_size=bs))
+    theirs = timed(lambda: tl_task_vectors(model, task, layers, n, bs))
+    tv = ours[0][ours[0]["condition"] == "task_vector"].set_index("layer")["p_answer"]
+    diff = max(abs(float(tv[layer]) - float(theirs[0][layer].mean())) for layer in layers)
+    row("task_vectors", ours, theirs, diff, f"layers {layers}, n {n}")
+
+    z = fv.query_head_outputs(model, task, 10, n, batch_size=bs)
+    z_mean = z.mean(0)
+    n_ie = max(2, n // 2)
+    ours = timed(
+        lambda: fv.head_indirect_effects(
+            model, task, z_mean, 10, n_ie, layers=layers, batch_size=bs
+        )
+    )
+    theirs = timed(lambda: tl_head_ie(model, task, z_mean, layers, n_ie, bs))
+    diff = max(
+        abs(float(r.ie) - theirs[0][(int(r.layer), int(r.head))]) for r in ours[0].itertuples()
+    )
+    row("head_ie", ours, theirs, diff, f"layers {layers}, n {n_ie}")
+
+    heads = fv.top_heads(ours[0], min(10, len(ours[0])))
+    vector = fv.function_vector(model, z, heads)
+    ours = timed(lambda: fv.function_vector_sweep(model, task, vector, layers, n, batch_size=bs))
+    theirs = timed(lambda: tl_fv_sweep(model, task, vector, layers, n, bs))
+    sw = ours[0][ours[0]["condition"] == "function_vector"].set_index("layer")["p_answer"]
+    diff = max(abs(float(sw[layer]) - float(theirs[0][layer].mean())) for layer in layers)
+    row("fv_sweep", ours, theirs, diff, f"layers {layers}, n {n}")
+
+    group = task_groups(load_tasks("pos,null"))["pos"]
+    td_shots = [1, 8]
+    ours = timed(
+        lambda: decodability_by_shots(model, group, td_shots, n, methods=("knn",), batch_size=bs)
+    )
+    theirs = timed(lambda: tl_decodability_forwards(model, group, td_shots, n, bs))
+    row("decodability", ours, theirs, float("nan"), f"pos+null, shots {td_shots}, n {n}")
+    return rows
+
+
+def full_run(model: Any, name: str) -> dict[str, float]:
+    """Time the complete default ``tvlens llm`` run on ``model`` (stages from config.json)."""
+    from tvlens.llm.config import LLMConfig
+    from tvlens.llm.run import run_llm
+
+    with tempfile.TemporaryDirectory() as tmp:
+        _, wall, cpu = timed(
+            lambda: run_llm(model, tmp, LLMConfig(), model_name=name, progress=True)
+        )
+        stages = json.loads((Path(tmp) / "config.json").read_text())["timings_s"]
+    stages = {**stages, "total_wall_s": round(wall, 1), "total_cpu_s": round(cpu, 1)}
+    for k, v in stages.items():
+        print(f"  {k:28s} {v:8.1f} s", flush=True)
+    return stages
+
+
+def machine(threads: int) -> dict[str, Any]:
+    info = {
+        "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": threads,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+    }
+    for pkg in ("torch", "transformer-lens", "transformers"):
+        info[pkg] = version(pkg)
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model",
+        default=os.environ.get("TVLENS_SMOLLM2", "smollm2"),
+        help="registered model name, GGUF file or HF folder (tvlens.llm.load)",
+    )
+    parser.add_argument("--task", default="antonym")
+    parser.add_argument("--layers", type=int, nargs="+", default=[3, 10, 20])
+    parser.add_argument("--n", type=int, default=16, help="prompts per analysis")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--full-run", action="store_true", help="also time the default run")
+    parser.add_argument("--skip-compare", action="store_true")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    from tvlens.llm import load
+
+    model = load(args.model, device="cpu", dtype="float32")
+    entry: dict[str, Any] = {
+        "model": str(args.model),
+        "task": args.task,
+        "machine": machine(args.threads),
+    }
+    print(
+        f"{args.model}: {model.cfg.n_layers} layers, load average {entry['machine']['load_average']}"
+    )
+    if not args.skip_compare:
+        entry["compare"] = compare(model, args)
+    if args.full_run:
+        print("default tvlens llm run:")
+        entry["full_run"] = full_run(model, str(args.model))
+    entry["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results[Path(str(args.model)).name] = entry
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
