@@ -20,6 +20,7 @@ FAMILY_CLASSES: dict[str, str] = {
     "markov": "tvlens.tasks.markov:Markov",
     "linreg": "tvlens.tasks.linreg:LinReg",
     "sparse_linreg": "tvlens.tasks.sparse_linreg:SparseLinReg",
+    "dyck": "tvlens.tasks.dyck:Dyck",
 }
 
 
