@@ -24,6 +24,8 @@ from tvlens.viz.patching import FIGURES, patching_heatmap
 
 ATOL = 1e-4
 N_LAYERS, N_HEADS, SEQ = 3, 4, 12
+#: the sweep's constants, explicit columns after TL's long form
+CONSTANTS = ("clean_value", "corrupted_value", "point", "mode", "by", "engine", "suffix", "stacked")
 
 
 @functools.cache
@@ -81,7 +83,8 @@ def test_layer_pos_sweeps_equal_transformer_lens(positional, point, tl_fn, engin
     assert model.training  # a fresh TaskModel: only its bridge (in eval mode) runs
     ref = _tl(tl_fn, positional, "all")
     df = patch_sweep(model, clean, corrupted, _metric, point, engine=engine)
-    assert list(df.columns) == ["layer", "pos", "value"]
+    assert list(df.columns[:3]) == ["layer", "pos", "value"]  # TL's long form, then constants
+    assert list(df.columns[3:]) == list(CONSTANTS)
     assert df.attrs["engine"] == engine
     assert (_grid(df, ref.shape) - ref).abs().max() <= ATOL
     assert ref.std() > 1e-3  # the sweep is not flat, so equality means something
@@ -102,7 +105,8 @@ def test_head_sweeps_equal_transformer_lens(by, tl_fn, cols, engine):
         df = patch_sweep(
             model, clean, corrupted, metric, "z", by=by, engine=engine, metric_positions=read
         )
-        assert list(df.columns) == cols
+        assert list(df.columns[: len(cols)]) == cols
+        assert list(df.columns[len(cols) :]) == list(CONSTANTS)
         assert (_grid(df, ref.shape) - ref).abs().max() <= ATOL
         assert ref.std() > 1e-3
 

@@ -50,7 +50,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tvlens.analyses.common import analyses_dir, save_tables
-from tvlens.hooks import capture, hook_name
+from tvlens.hooks.core import as_bridge, capture, hook_name
 from tvlens.tasks.base import Batch, TaskFamily, derive_seed
 
 log = logging.getLogger(__name__)
@@ -476,22 +476,14 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------- representations
 def max_examples(family: TaskFamily) -> int:
-    """The largest number of in-context examples a query position can follow."""
-    return family.seq_len // 2 - 1 if family.kind == "regression" else family.seq_len - 1
+    """The largest number of in-context examples a query position can follow
+    (:attr:`TaskFamily.max_examples <tvlens.tasks.base.TaskFamily.max_examples>`)."""
+    return family.max_examples
 
 
 def example_positions(family: TaskFamily, n_examples: Sequence[int]) -> list[int]:
-    """Query position after ``n`` in-context examples (see the module docstring)."""
-    top = max_examples(family)
-    bad = [n for n in n_examples if not 0 <= n <= top]
-    if bad:
-        raise ValueError(
-            f"n_examples {bad} out of range for {family.name} (seq_len={family.seq_len}); "
-            f"use 0..{top}."
-        )
-    if family.kind == "regression":
-        return [2 * n for n in n_examples]
-    return list(n_examples)
+    """Query position after ``n`` in-context examples (the family's own layout)."""
+    return family.query_positions(n_examples)
 
 
 def default_n_examples(family: TaskFamily, n: int = 12) -> list[int]:
@@ -503,36 +495,20 @@ def default_n_examples(family: TaskFamily, n: int = 12) -> list[int]:
 
 def default_label(family: TaskFamily) -> tuple[Label, str]:
     """What to decode, and from which split: the concepts of fresh (OOD) tasks for concept
-    families, otherwise the identities of the major tasks."""
-    if hasattr(family, "concept_labels"):
-        return "concept", "ood"
-    return "task", "major"
+    families, otherwise the identities of the major tasks (the family decides)."""
+    return family.default_decoding()  # type: ignore[return-value]
 
 
 def labels_for(family: TaskFamily, batch: Batch, label: Label) -> Int[Tensor, " batch"]:
     """Latent labels of ``batch``: pool task ids or concept ids."""
-    if label == "concept":
-        if not hasattr(family, "concept_labels"):
-            raise ValueError(
-                f"family {family.name!r} has no concepts; use label='task' or a concept "
-                "family such as sparse_linreg."
-            )
-        return family.concept_labels(batch)
-    if label == "task":
-        if bool((batch.task_ids < 0).any()):
-            raise ValueError(
-                "task labels need pool tasks, but this batch has OOD sequences (task id -1); "
-                "sample split 'major', 'minor' or 'train', or decode label='concept'."
-            )
-        return batch.task_ids.clone()
-    raise ValueError(f"label={label!r}; choose 'task' or 'concept'.")
+    if label not in ("task", "concept"):
+        raise ValueError(f"label={label!r}; choose 'task' or 'concept'.")
+    return family.labels(batch, label)
 
 
 def n_label_classes(family: TaskFamily, label: Label, split: str) -> int:
     """How many classes ``label`` has on ``split``: concepts, or the split's pool tasks."""
-    if label == "concept":
-        return int(family.n_concepts)  # type: ignore[attr-defined]
-    return {"major": family.n_major, "minor": family.n_minor}.get(split, family.n_tasks)
+    return family.n_label_classes(label, split)
 
 
 @dataclass
@@ -548,11 +524,6 @@ class Representations:
     label: str
     split: str
     point: str
-
-
-def _bridge(model: Any) -> Any:
-    model = getattr(model, "model", model)  # a Run
-    return model.bridge if hasattr(model, "bridge") else model
 
 
 def collect_representations(
@@ -577,7 +548,7 @@ def collect_representations(
     default_lab, default_split = default_label(family)
     label = label or default_lab
     split = split or (default_split if label == default_lab else "major")
-    bridge = _bridge(model)
+    bridge = as_bridge(model)
     layers = list(range(bridge.cfg.n_layers)) if layers is None else list(layers)
     n_examples = default_n_examples(family) if n_examples is None else list(n_examples)
     positions = example_positions(family, n_examples)

@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from jaxtyping import Float
 from scipy import stats
 from torch import Tensor
@@ -48,10 +47,9 @@ log = logging.getLogger(__name__)
 
 
 def context_free_loss(family: TaskFamily, batch: Batch) -> Float[Tensor, "batch pos"]:
-    """Loss of a predictor that ignores the context (0 for regression, uniform otherwise)."""
-    if family.kind == "regression":
-        return torch.nan_to_num(batch.targets) ** 2 * batch.target_mask
-    return torch.full(batch.target_mask.shape, math.log(family.d_out)) * batch.target_mask
+    """Loss of a predictor that ignores the context (0 for regression, uniform otherwise):
+    :meth:`TaskFamily.context_free_loss <tvlens.tasks.base.TaskFamily.context_free_loss>`."""
+    return family.context_free_loss(batch)
 
 
 def model_losses(model: Any, family: TaskFamily, batch: Batch) -> Float[Tensor, "batch pos"]:

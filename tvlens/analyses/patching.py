@@ -47,20 +47,19 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tvlens.analyses.common import analyses_dir, save_tables
 from tvlens.analyses.task_vectors import sample_tasks
-from tvlens.hooks import check_hook_names, hook_name, resolve_positions
+from tvlens.hooks.core import as_bridge, check_hook_names, hook_name, resolve_positions
 from tvlens.hooks.suffix import BridgeSuffixRunner, NativeSuffixRunner, native_model
-from tvlens.models.checkpoint import atomic_write_text
 from tvlens.tasks.base import Batch, TaskFamily
-from tvlens.viz.patching import patching_heatmap
 
 log = logging.getLogger(__name__)
 
 Metric = Callable[[Float[Tensor, "batch pos vocab"]], Any]
 POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in", "z")
-_ALIASES = {"hook_z": "z", "attn.hook_z": "z", **{f"hook_{p}": p for p in POINTS}}
-#: The TL hook each point reads its activations from.
-_HOOK = {p: "attn.hook_z" if p == "z" else "resid_mid" if p == "mlp_in" else p for p in POINTS}
+#: The TL short name (for :func:`tvlens.hooks.hook_name`) of the hook each point reads:
+#: ``mlp_in`` patches the residual entering the MLP, which the bridge exposes as resid_mid.
+_HOOK = {p: "resid_mid" if p == "mlp_in" else p for p in POINTS}
 #: Rows (copies × batch × seq) one stacked forward may hold, by device type. Each copy holds
 #: its suffix's activations plus the prefix's keys and values, so ``seq`` rows in all: the
 #: bound keeps a sweep's memory independent of the number of positions patched.
@@ -70,7 +69,6 @@ __all__ = [
     "POINTS",
     "analyse_patching",
     "patch_sweep",
-    "patching_heatmap",
     "recovered",
     "task_metric",
     "task_pair",
@@ -80,15 +78,24 @@ __all__ = [
 # =========================================================================== validation
 def _bridge_of(model: Any) -> Any:
     """The TransformerBridge of a TaskModel, or the model itself when it is a bridge."""
-    if hasattr(model, "hook_dict") and hasattr(model, "blocks"):
-        return model
-    bridge = getattr(model, "bridge", None)
-    if bridge is None:
+    try:
+        return as_bridge(model)
+    except TypeError:
         raise TypeError(
             f"patch_sweep needs a TransformerBridge or a tvlens TaskModel, got "
             f"{type(model).__name__}."
-        )
-    return bridge
+        ) from None
+
+
+def canonical_point(point: str) -> str:
+    """A patching point from any TL spelling of its hook: ``attn.hook_z``/``hook_z`` → ``z``,
+    ``hook_resid_pre``/``blocks.0.hook_resid_pre`` style sub-hooks → ``resid_pre``."""
+    if point in POINTS:
+        return point
+    short = point.removeprefix("attn.").removeprefix("hook_")
+    if short in POINTS:
+        return short
+    return point
 
 
 def _check_eval(bridge: Any) -> None:
@@ -113,9 +120,9 @@ def _check_eval(bridge: Any) -> None:
 
 
 def _check_point(bridge: Any, point: str, by: str | None) -> tuple[str, str]:
-    point = _ALIASES.get(point, point)
+    point = canonical_point(point)
     if point not in POINTS:
-        close = difflib.get_close_matches(point, POINTS + tuple(_ALIASES), n=2)
+        close = difflib.get_close_matches(point, POINTS, n=2)
         hint = f" Did you mean {close}?" if close else ""
         raise ValueError(
             f"unknown patching point {point!r}.{hint} Choose one of {POINTS} (z is "
@@ -242,10 +249,12 @@ def patch_sweep(
         progress: show a progress bar.
 
     Returns:
-        Columns ``layer``, ``pos`` / ``head`` / ``pos, head``, ``value``, in TL's order.
-        ``df.attrs`` holds ``clean_value`` and ``corrupted_value`` (the unpatched metrics),
-        the ``engine`` used and whether it ran suffixes (``suffix``) and stacked patches
-        (``stacked``).
+        Columns ``layer``, ``pos`` / ``head`` / ``pos, head``, ``value``, in TL's order, then
+        the sweep's constants as explicit columns (they survive ``to_csv``):
+        ``clean_value`` and ``corrupted_value`` (the unpatched metrics, read by
+        :func:`recovered`), ``point``, ``mode``, ``by``, the ``engine`` used and whether it
+        ran suffixes (``suffix``) and stacked patches (``stacked``). The same constants are
+        also in ``df.attrs``, deprecated (pandas marks ``attrs`` experimental).
     """
     bridge = _bridge_of(model)
     _check_eval(bridge)
@@ -317,16 +326,18 @@ def patch_sweep(
     clean_value, corrupted_value = (
         (src_value, base_value) if mode == "denoise" else (base_value, src_value)
     )
-    df.attrs.update(
-        point=point,
-        mode=mode,
-        by=by,
-        engine="native" if isinstance(runner, NativeSuffixRunner) else "bridge",
-        suffix=_suffix_ok(setup, runner),
-        stacked=isinstance(runner, NativeSuffixRunner) or runner.batch_ok,
-        clean_value=clean_value,
-        corrupted_value=corrupted_value,
-    )
+    constants = {
+        "clean_value": clean_value,
+        "corrupted_value": corrupted_value,
+        "point": point,
+        "mode": mode,
+        "by": by,
+        "engine": "native" if isinstance(runner, NativeSuffixRunner) else "bridge",
+        "suffix": _suffix_ok(setup, runner),
+        "stacked": isinstance(runner, NativeSuffixRunner) or runner.batch_ok,
+    }
+    df = df.assign(**constants)
+    df.attrs.update(constants)  # deprecated: read the columns
     return df
 
 
@@ -606,14 +617,23 @@ def _frame(setup: _Setup) -> pd.DataFrame:
 
 def recovered(df: pd.DataFrame) -> pd.Series:
     """Fraction of the clean−corrupted metric gap a patch restores (denoising: 0 = corrupted,
-    1 = clean); NaN when the two unpatched runs score the same."""
-    clean, corrupted = df.attrs.get("clean_value"), df.attrs.get("corrupted_value")
-    if clean is None or corrupted is None:
-        raise ValueError("df.attrs lacks clean_value / corrupted_value; pass patch_sweep's frame.")
-    gap = clean - corrupted
-    if gap == 0:
-        return pd.Series(np.nan, index=df.index, name="recovered")
-    return ((df["value"] - corrupted) / gap).rename("recovered")
+    1 = clean); NaN where the two unpatched runs score the same.
+
+    Reads the ``clean_value`` and ``corrupted_value`` columns of :func:`patch_sweep`'s frame
+    (per row, so concatenated sweeps work), or ``df.attrs`` for frames made before them.
+    """
+    if {"clean_value", "corrupted_value"} <= set(df.columns):
+        clean, corrupted = df["clean_value"], df["corrupted_value"]
+    elif "clean_value" in df.attrs and "corrupted_value" in df.attrs:
+        clean = pd.Series(df.attrs["clean_value"], index=df.index)
+        corrupted = pd.Series(df.attrs["corrupted_value"], index=df.index)
+    else:
+        raise ValueError(
+            "the frame lacks clean_value / corrupted_value columns; pass patch_sweep's frame."
+        )
+    gap = clean.astype(float) - corrupted.astype(float)
+    out = (df["value"] - corrupted) / gap.where(gap != 0, np.nan)
+    return out.rename("recovered")
 
 
 # =========================================================================== task runs
@@ -667,8 +687,6 @@ def analyse_patching(
         raise ValueError("no position is scored in every sequence; cannot pick a read-out.")
     position = int(scored[-1])
     metric = task_metric(run.family, clean, position)
-    out = Path(out_dir) if out_dir is not None else Path(run.dir) / "analyses"
-    out.mkdir(parents=True, exist_ok=True)
     tables = {}
     for name, point, by in (
         ("patching_resid_pre", "resid_pre", "pos"),
@@ -684,16 +702,16 @@ def analyse_patching(
             metric_positions=position,
             progress=progress,
         )
-        table = df.assign(
+        keys = [c for c in ("layer", "pos", "head", "value") if c in df.columns]
+        table = df[keys].assign(
             recovered=recovered(df),
-            clean_value=df.attrs["clean_value"],
-            corrupted_value=df.attrs["corrupted_value"],
-            metric="neg_kl" if run.family.kind == "discrete" else "neg_sq_err",
+            clean_value=df["clean_value"],
+            corrupted_value=df["corrupted_value"],
+            metric=f"neg_{run.family.divergence_name}",
             read_pos=position,
             step=run.step,
         )
         table.attrs = dict(df.attrs)
-        atomic_write_text(out / f"{name}.csv", table.to_csv(index=False))
-        log.info("wrote %s", out / f"{name}.csv")
         tables[name] = table
+    save_tables(tables, analyses_dir(run, out_dir))
     return tables

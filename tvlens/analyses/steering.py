@@ -117,8 +117,7 @@ def _outcome_row(family: TaskFamily, div: Tensor, target: Tensor) -> dict[str, f
         if div.shape[1] > 1
         else float("nan"),
     }
-    if family.kind == "regression":
-        row["rmse_target"] = float(to_target.mean().sqrt())
+    row.update({f"{k}_target": v for k, v in family.error_summaries(to_target).items()})
     return row
 
 
@@ -223,10 +222,7 @@ def convexity_table(
         for i, alpha in enumerate(alphas):
             w = alpha.view(1, 1, m).expand(batch.size, per_task.shape[1], m)
             mix = family.mix(w, per_task)
-            geo = None
-            if family.kind != "regression":
-                logp = per_task.clamp_min(1e-12).log()
-                geo = torch.softmax(torch.einsum("btk,btkv->btv", w, logp), dim=-1)
+            geo = family.geometric_mix(w, per_task)
             top = int(alpha.argmax())
             vertex = per_task[:, :, top]
             pred = steered_prediction(model, family, batch, tv, layer, alpha, positions, batch_size)

@@ -18,23 +18,20 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tvlens.hooks import (
+from tvlens.hooks.core import (
+    Positions,
+    as_bridge,
     capture,
     capture_means,
+    check_layers,
     hook_name,
     orthonormal_basis,
     resolve_positions,
 )
-from tvlens.hooks.core import Positions
 from tvlens.tasks.base import Batch, TaskFamily, generator
 
 #: Late positions: the prototype averaged the last 16 positions of ``resid_post``.
 DEFAULT_POSITIONS: Positions = slice(-16, None)
-
-
-def as_bridge(model: Any) -> Any:
-    """The TL bridge of a :class:`~tvlens.models.TaskModel` (or ``model`` if it is one)."""
-    return model.bridge if hasattr(model, "bridge") else model
 
 
 def n_layers_of(model: Any) -> int:
@@ -160,7 +157,7 @@ def task_vectors(
     every sequence must come from the pool).
     """
     bridge = as_bridge(model)
-    layers = _check_layers(bridge, layers)
+    layers = check_layers(bridge, layers)
     if batch is None:
         ids = select_tasks(family, tasks, max_minor)
         batch = sample_tasks(family, ids, n_per_task, seed=seed)
@@ -195,15 +192,8 @@ def task_vectors(
     )
 
 
-def _check_layers(bridge: Any, layers: Sequence[int] | None) -> list[int]:
-    n = n_layers_of(bridge)
-    if layers is None:
-        return list(range(n))
-    layers = [int(x) for x in layers]
-    bad = [x for x in layers if not 0 <= x < n]
-    if bad or not layers:
-        raise ValueError(f"layers {layers} are not valid for a {n}-layer model; use 0..{n - 1}.")
-    return layers
+#: deprecated private alias (use :func:`tvlens.hooks.check_layers`)
+_check_layers = check_layers
 
 
 def r2(states: Float[Tensor, "n d"], fitted: Float[Tensor, "n d"]) -> float:
@@ -261,7 +251,7 @@ def anova_r2(
     Columns: layer, split, r2_task, r2_task_token, n_states.
     """
     bridge = as_bridge(model)
-    layers = _check_layers(bridge, layers)
+    layers = check_layers(bridge, layers)
     ids = select_tasks(family, tasks, max_minor)
     batch = sample_tasks(family, ids, n_per_task, seed=seed)
     names = [hook_name(layer, point) for layer in layers]
@@ -292,7 +282,6 @@ def anova_r2(
 
 def current_tokens(family: TaskFamily, batch: Batch) -> Int[Tensor, "batch pos"]:
     """The token the model reads at each position: the input id (discrete families), or
-    0 / 1 for x / y positions (regression, whose tokens are continuous)."""
-    if family.kind == "regression":
-        return (~batch.target_mask).long()
-    return batch.inputs.long()
+    0 / 1 for x / y positions (regression, whose tokens are continuous): the family's own
+    :meth:`~tvlens.tasks.base.TaskFamily.current_tokens`."""
+    return family.current_tokens(batch)

@@ -39,7 +39,6 @@ from tvlens.analyses.decodability import (
     Label,
     collect_representations,
     decodability_table,
-    default_label,
     labels_for,
     max_examples,
     n_label_classes,
@@ -352,9 +351,7 @@ def decode_targets(args: argparse.Namespace, family: TaskFamily) -> list[tuple[L
                 )
             targets.append((label, split))
         return targets  # type: ignore[return-value]
-    if hasattr(family, "concept_labels"):
-        return [("concept", "major"), ("concept", "ood")]
-    return [default_label(family)]
+    return family.decoding_targets()  # type: ignore[return-value]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ _EXPORTS = {
     "RESID_POINTS": "tvlens.hooks.core",
     "StreamingMean": "tvlens.hooks.core",
     "add_hook": "tvlens.hooks.core",
+    "as_bridge": "tvlens.hooks.core",
+    "check_layers": "tvlens.hooks.core",
     "capture": "tvlens.hooks.core",
     "capture_means": "tvlens.hooks.core",
     "check_hook_names": "tvlens.hooks.core",

@@ -24,15 +24,66 @@ HookFn = Callable[[Tensor, Any], Tensor]
 RESID_POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out")
 
 
-def hook_name(layer: int, point: str = "resid_post") -> str:
+def _get_act_name() -> Callable[..., str]:
+    """TransformerLens's own ``get_act_name`` (imported on first use: TL is heavy)."""
+    from transformer_lens.utilities import get_act_name
+
+    return get_act_name
+
+
+def hook_name(layer: int | None, point: str = "resid_post") -> str:
     """TL hook name for ``point`` at ``layer``: ``hook_name(3)`` → ``blocks.3.hook_resid_post``.
 
-    ``point`` may be a residual point (``resid_pre``, ``resid_mid``, ``resid_post``,
-    ``attn_out``, ``mlp_out``) or any sub-hook such as ``attn.hook_z``.
+    ``point`` is any of TransformerLens's short names, resolved by TL's own ``get_act_name``
+    (``z`` → ``blocks.{l}.attn.hook_z``, ``pattern``, ``q``/``k``/``v``, ``pre`` →
+    ``blocks.{l}.mlp.hook_pre``, ``resid_pre``, ``attn_out``, ``mlp_out``, …), or a full
+    sub-hook path below the block (``attn.hook_z``, ``hook_resid_post``, ``ln1.hook_scale``),
+    which is kept as written. ``layer=None`` names a model-level hook (``embed`` →
+    ``hook_embed``).
     """
-    if point in RESID_POINTS:
-        return f"blocks.{layer}.hook_{point}"
-    return f"blocks.{layer}.{point}"
+    if not isinstance(point, str) or not point:
+        raise ValueError(f"point={point!r} must be a TransformerLens hook name such as 'z'.")
+    if layer is not None:
+        if isinstance(layer, bool) or int(layer) != layer or layer < 0:
+            raise ValueError(f"layer={layer!r} must be a block index >= 0 (or None).")
+        layer = int(layer)
+    if "." in point or point.startswith("hook_"):
+        return point if layer is None else f"blocks.{layer}.{point}"
+    return _get_act_name()(point, layer)
+
+
+def as_bridge(model: Any) -> Any:
+    """The TransformerBridge to hook: a bridge itself, a TaskModel's ``.bridge``, or a Run's
+    model's. The one adapter every analysis uses."""
+    for _ in range(3):  # Run -> TaskModel -> bridge
+        if hasattr(model, "hook_dict"):
+            return model
+        inner = getattr(model, "bridge", None)
+        model = inner if inner is not None else getattr(model, "model", None)
+        if model is None:
+            break
+    raise TypeError(
+        "expected a TransformerBridge, a tvlens TaskModel or a Run; got an object with "
+        "neither .hook_dict nor .bridge."
+    )
+
+
+def check_layers(model: Any, layers: Iterable[int] | None) -> list[int]:
+    """``layers`` (default: every block) as a list of ints, each a block of ``model``.
+
+    The one layer check: raises ``ValueError`` naming the bad layers and the valid range.
+    """
+    n = int(as_bridge(model).cfg.n_layers)
+    if layers is None:
+        return list(range(n))
+    layers = [int(x) for x in layers]
+    bad = [x for x in layers if not 0 <= x < n]
+    if bad or not layers:
+        raise ValueError(
+            f"layers {layers} are not valid for a {n}-layer model (empty or out of range); "
+            f"use 0..{n - 1}."
+        )
+    return layers
 
 
 def check_hook_names(model: Any, names: Iterable[str]) -> list[str]:

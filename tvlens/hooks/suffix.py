@@ -49,6 +49,9 @@ from transformer_lens.model_bridge.sources.native.model import (
 )
 from transformer_lens.utilities.activation_functions import apply_softcap
 
+from tvlens.hooks.core import hook_name
+from tvlens.hooks.tl_compat import rotate_half
+
 log = logging.getLogger(__name__)
 
 HookList = Sequence[tuple[str, Any]]
@@ -149,7 +152,7 @@ class _Layer:
         cos = self.rotary.cos_cached[pos].to(x.dtype)
         sin = self.rotary.sin_cached[pos].to(x.dtype)
         x_rot, x_pass = x[..., :rd], x[..., rd:]
-        x_rot = x_rot * cos + self.rotary._rotate_half(x_rot) * sin
+        x_rot = x_rot * cos + rotate_half(self.rotary, x_rot) * sin
         return torch.cat([x_rot, x_pass], dim=-1) if x_pass.shape[-1] else x_rot
 
     def kv(self, normed: Float[Tensor, "n S d"], pos: Tensor) -> tuple[Tensor, Tensor]:
@@ -271,9 +274,13 @@ class NativeSuffixRunner:
             self.keys, self.values = [], []
         acts: dict[str, Tensor] = {}
 
+        # ``record`` may use any TL spelling ("z" or "attn.hook_z"): compare full hook names
+        wanted = {hook_name(0, p).removeprefix("blocks.0.") for p in record}
+
         def put(i: int, point: str, value: Tensor) -> None:
-            if point in record:
-                acts[f"blocks.{i}.{point}" if "." in point else f"blocks.{i}.hook_{point}"] = value
+            name = hook_name(i, point)
+            if name.removeprefix(f"blocks.{i}.") in wanted:
+                acts[name] = value
 
         x = resid_pre0
         for i, layer in enumerate(self.layers):

@@ -21,7 +21,9 @@ The posterior at position ``t`` conditions on every scored target *before* ``t``
 from __future__ import annotations
 
 import hashlib
+import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -168,6 +170,8 @@ class TaskFamily(ABC):
     kind: Literal["discrete", "regression"] = "discrete"
     #: number of trailing dims of one task's parameter tensor
     param_dims: int = 1
+    #: what :meth:`divergence` measures: ``kl`` (distributions) or ``sq_err`` (means)
+    divergence_name: str = "kl"
 
     def __init__(self, config: FamilyConfig) -> None:
         config.validate()
@@ -232,6 +236,12 @@ class TaskFamily(ABC):
     @property
     def d_in(self) -> int | None:
         """Feature width of regression tokens; ``None`` for token families."""
+        return self.d_in_for(self.config)
+
+    @classmethod
+    def d_in_for(cls, config: FamilyConfig) -> int | None:
+        """:attr:`d_in` of the family ``config`` would build, without building it (config
+        validation needs it before the pool exists)."""
         return None
 
     # -------------------------------------------------------------- sampling
@@ -297,6 +307,92 @@ class TaskFamily(ABC):
         """The generating task's own prediction for each sequence."""
         per = self.predictive(batch, batch.params.unsqueeze(1))
         return per[:, :, 0]
+
+    # ------------------------------------------------------------------- layout
+    # The family answers for its own token layout, so analyses never branch on its kind.
+    #: latent labels this family can decode (``task``: pool ids; families with concepts add
+    #: ``concept``)
+    label_kinds: tuple[str, ...] = ("task",)
+
+    @property
+    def max_examples(self) -> int:
+        """The largest number of in-context examples a query position can follow (one
+        token is one example here)."""
+        return self.seq_len - 1
+
+    def query_positions(self, n_examples: Sequence[int]) -> list[int]:
+        """The query position after ``n`` in-context examples, for each ``n``."""
+        top = self.max_examples
+        bad = [n for n in n_examples if not 0 <= n <= top]
+        if bad:
+            raise ValueError(
+                f"n_examples {bad} out of range for {self.name} (seq_len={self.seq_len}); "
+                f"use 0..{top}."
+            )
+        return [self._query_position(int(n)) for n in n_examples]
+
+    def _query_position(self, n: int) -> int:
+        return n
+
+    def default_decoding(self) -> tuple[str, str]:
+        """What to decode, and from which split, by default: the major tasks' identities
+        here (families with concepts: the concepts of fresh tasks)."""
+        return "task", "major"
+
+    def decoding_targets(self) -> list[tuple[str, str]]:
+        """The ``(label, split)`` pairs the decodability experiment decodes by default."""
+        return [self.default_decoding()]
+
+    def labels(self, batch: Batch, label: str = "task") -> Int[Tensor, " batch"]:
+        """Latent labels of ``batch``: pool task ids (``task``) or another of
+        :attr:`label_kinds`."""
+        if label not in self.label_kinds:
+            what = "concepts" if label == "concept" else f"{label!r} labels"
+            raise ValueError(
+                f"family {self.name!r} has no {what}; use label= one of {self.label_kinds}, "
+                "or for concepts a concept family such as sparse_linreg."
+            )
+        if bool((batch.task_ids < 0).any()):
+            raise ValueError(
+                "task labels need pool tasks, but this batch has OOD sequences (task id -1); "
+                "sample split 'major', 'minor' or 'train', or decode label='concept'."
+            )
+        return batch.task_ids.clone()
+
+    def n_label_classes(self, label: str, split: str) -> int:
+        """How many classes ``label`` has on ``split``: the split's pool tasks here."""
+        if label not in self.label_kinds:
+            raise ValueError(f"family {self.name!r} has no {label!r} labels.")
+        return {"major": self.n_major, "minor": self.n_minor}.get(split, self.n_tasks)
+
+    def current_tokens(self, batch: Batch) -> Int[Tensor, "batch pos"]:
+        """The token the model reads at each position (the input id here)."""
+        return batch.inputs.long()
+
+    def token_labels(self, inputs: Tensor) -> list[str]:
+        """Readable labels for the positions of one sequence (symbols, ``BOS``)."""
+        bos = getattr(self, "bos", None)
+        return ["BOS" if int(v) == bos else str(int(v)) for v in inputs.tolist()]
+
+    def as_batch(self, inputs: Tensor) -> Tensor:
+        """Inputs of one sequence (``[pos]``) or of a batch, as a batch."""
+        return inputs.unsqueeze(0) if inputs.dim() == 1 else inputs
+
+    def context_free_loss(self, batch: Batch) -> Float[Tensor, "batch pos"]:
+        """Loss of a predictor that ignores the context: the uniform distribution, log V."""
+        return torch.full(batch.target_mask.shape, math.log(self.d_out)) * batch.target_mask
+
+    def geometric_mix(
+        self, weights: Float[Tensor, "batch pos k"], per_task: Tensor
+    ) -> Tensor | None:
+        """softmax(Σ_k w_k log p_k), the logit-space mixture; ``None`` where predictions are
+        means (regression), for which it is not defined."""
+        logp = per_task.clamp_min(1e-12).log()
+        return torch.softmax(torch.einsum("btk,btkv->btv", weights, logp), dim=-1)
+
+    def error_summaries(self, divergence: Tensor) -> dict[str, float]:
+        """Extra readable summaries of a :meth:`divergence` tensor (regression adds RMSE)."""
+        return {}
 
     # ------------------------------------------------------------------ scoring
     def output_to_prediction(self, output: Tensor) -> Tensor:

@@ -21,6 +21,7 @@ class LinReg(TaskFamily):
     name = "linreg"
     kind = "regression"
     param_dims = 1
+    divergence_name = "sq_err"
 
     def __init__(self, config: FamilyConfig) -> None:
         if config.seq_len % 2:
@@ -38,13 +39,42 @@ class LinReg(TaskFamily):
     def d_out(self) -> int:
         return 1
 
-    @property
-    def d_in(self) -> int:
-        return self.config.dim + 1
+    @classmethod
+    def d_in_for(cls, config: FamilyConfig) -> int:
+        return config.dim + 1
 
     @property
     def n_examples(self) -> int:
         return self.seq_len // 2
+
+    # ------------------------------------------------------------------- layout
+    @property
+    def max_examples(self) -> int:
+        """Examples before the last query: each example takes two positions (x, y)."""
+        return self.n_examples - 1
+
+    def _query_position(self, n: int) -> int:
+        return 2 * n  # x_{n+1} follows n (x, y) pairs
+
+    def current_tokens(self, batch: Batch) -> Tensor:
+        """0 at x positions and 1 at y positions (regression tokens are continuous)."""
+        return (~batch.target_mask).long()
+
+    def token_labels(self, inputs: Tensor) -> list[str]:
+        return [f"{'xy'[t % 2]}{t // 2 + 1}" for t in range(inputs.shape[0])]
+
+    def as_batch(self, inputs: Tensor) -> Tensor:
+        return inputs.unsqueeze(0) if inputs.dim() == 2 else inputs
+
+    def context_free_loss(self, batch: Batch) -> Tensor:
+        """Squared error of the context-free prediction 0: ``y²`` at scored positions."""
+        return torch.nan_to_num(batch.targets) ** 2 * batch.target_mask
+
+    def geometric_mix(self, weights: Tensor, per_task: Tensor) -> None:
+        return None
+
+    def error_summaries(self, divergence: Tensor) -> dict[str, float]:
+        return {"rmse": float(divergence.mean().sqrt())}
 
     def sample_prior(self, n: int, g: torch.Generator) -> Tensor:
         return torch.randn(n, self.config.dim, generator=g)

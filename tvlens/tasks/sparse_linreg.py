@@ -100,6 +100,22 @@ class SparseLinReg(LinReg):
         tail = coef.sort(-1).values[..., : self.config.dim - self.sparsity].sum(-1)
         return tail.argmin(-1)
 
+    label_kinds = ("task", "concept")
+
+    def default_decoding(self) -> tuple[str, str]:
+        """The concepts of fresh (OOD) tasks."""
+        return "concept", "ood"
+
+    def decoding_targets(self) -> list[tuple[str, str]]:
+        """The concepts of the pool's majors and of fresh (OOD) tasks."""
+        return [("concept", "major"), ("concept", "ood")]
+
+    def labels(self, batch: Batch, label: str = "task") -> Int[Tensor, " batch"]:
+        return self.concept_labels(batch) if label == "concept" else super().labels(batch, label)
+
+    def n_label_classes(self, label: str, split: str) -> int:
+        return self.n_concepts if label == "concept" else super().n_label_classes(label, split)
+
     def concept_labels(self, batch: Batch) -> Int[Tensor, " batch"]:
         """Concept of every sequence (pool lookup where possible, else recovered from ``w``)."""
         out = self.concept_of(batch.params)

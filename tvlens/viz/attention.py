@@ -52,10 +52,7 @@ MAX_DEFAULT_HEADS = 16
 
 def token_labels(run: Run, inputs: Tensor) -> list[str]:
     """Readable labels for one sequence: the symbol (or BOS) if discrete, x_i / y_i else."""
-    if run.family.kind == "regression":
-        return [f"{'xy'[t % 2]}{t // 2 + 1}" for t in range(inputs.shape[0])]
-    bos = getattr(run.family, "bos", None)
-    return ["BOS" if int(v) == bos else str(int(v)) for v in inputs.tolist()]
+    return run.family.token_labels(inputs)
 
 
 def parse_heads(spec: str) -> list[tuple[int, int]]:
@@ -171,8 +168,7 @@ def attention_patterns(
     """
     if inputs is None:
         inputs = run.family.sample(split, 1, seed=seed).inputs
-    if inputs.dim() == (2 if run.family.kind == "regression" else 1):
-        inputs = inputs.unsqueeze(0)
+    inputs = run.family.as_batch(inputs)
     run.model.check_inputs(inputs)
     return bridge_attention(
         run.bridge, inputs, token_labels(run, inputs[0]), layers=layers, heads=heads
