@@ -250,6 +250,44 @@ def full_run(model: Any, name: str) -> dict[str, float]:
     return stages
 
 
+#: task-vector variants of the ``--study`` (name → task_vector_sweep keyword arguments)
+TV_VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "bos_always": {"bos": "always"},
+    "own_query_source": {"dummy_query": False},
+    "template_qa": {"template": "qa"},
+    "template_colon": {"template": "colon"},
+    "shots_10": {"shots": 10},
+}
+
+
+def tv_study(model: Any, tasks: list[str], n: int, variants: list[str], out: Path) -> Any:
+    """Task-vector accuracy by layer for each variant × task (what makes task vectors weak
+    or strong); writes a CSV and prints best layer, accuracy and share of ICL accuracy."""
+    import pandas as pd
+
+    frames = []
+    for name in variants:
+        for t in tasks:
+            kw = {"shots": 5, **TV_VARIANTS[name]}
+            start = time.perf_counter()
+            df = task_vector_sweep(model, load_task(t), n_prompts=n, **kw)
+            df["variant"], df["seconds"] = name, round(time.perf_counter() - start, 1)
+            frames.append(df)
+            tv = df[df["condition"] == "task_vector"]
+            best = tv.loc[tv["accuracy"].idxmax()]
+            icl = float(df[df["condition"] == "icl"]["accuracy"].iloc[0])
+            zs = float(df[df["condition"] == "zero_shot"]["accuracy"].iloc[0])
+            print(
+                f"{name:18s} {t:16s} zero {zs:.2f}  icl {icl:.2f}  TV best {best['accuracy']:.2f}"
+                f" @ layer {int(best['layer'])}  ({best['accuracy'] / max(icl, 1e-9):.0%} of ICL)"
+                f"  [{df['seconds'].iloc[0]:.0f} s]",
+                flush=True,
+            )
+            pd.concat(frames, ignore_index=True).to_csv(out, index=False)
+    return pd.concat(frames, ignore_index=True)
+
+
 def machine(threads: int) -> dict[str, Any]:
     info = {
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
@@ -278,12 +316,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full-run", action="store_true", help="also time the default run")
     parser.add_argument("--skip-compare", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--study",
+        type=Path,
+        default=None,
+        help="instead: write the task-vector variant study to this CSV",
+    )
+    parser.add_argument("--study-tasks", default="antonym,uppercase,country_capital")
+    parser.add_argument("--study-variants", default=",".join(TV_VARIANTS))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from tvlens.llm import load
 
     model = load(args.model, device="cpu", dtype="float32")
+    if args.study is not None:
+        tasks, variants = args.study_tasks.split(","), args.study_variants.split(",")
+        tv_study(model, tasks, args.n, variants, args.study)
+        return 0
     entry: dict[str, Any] = {
         "model": str(args.model),
         "task": args.task,

@@ -278,3 +278,18 @@ def test_run_prompts_capture_uses_requested_names(bridges):
     enc = encode(bridges["gemma2"].tokenizer, sample_prompts(ANTONYM, 3, 1))
     st = run_prompts(bridges["gemma2"], enc, capture=["blocks.1.attn.hook_z"]).states
     assert st["blocks.1.attn.hook_z"].shape == (3, 4, 8)
+
+
+def test_suffix_engine_is_exact_past_gemmas_sliding_window(bridges):
+    """Prompts longer than the tiny Gemma-2's 64-token sliding window: the head IE still
+    runs as a suffix (prefix K/V cached) and equals full forwards."""
+    model = bridges["gemma2"]
+    enc = encode(model.tokenizer, sample_prompts(ANTONYM, 4, 14, seed=5))
+    assert int(enc.query_pos.min()) > 64
+    z = fv.mean_head_outputs(model, ANTONYM, shots=14, n_prompts=3)
+    kw = dict(shots=14, n_prompts=4, batch_size=4, layers=[1])
+    fast = fv.head_indirect_effects(model, ANTONYM, z, **kw)
+    full = fv.head_indirect_effects(model, ANTONYM, z, engine="full", **kw)
+    assert set(fast["engine"]) == {"suffix"}
+    assert sorted(fast["layer"].unique()) == [1]  # only the requested layer is swept
+    np.testing.assert_allclose(fast["ie"], full["ie"], atol=1e-6)
