@@ -1,19 +1,28 @@
 """Benchmark: tvlens.analyses.patching.patch_sweep against transformer_lens.patching.
 
-One run times, on a seeded 4-layer, d_model 128 TL-native model (a tvlens TaskModel, dice
-vocabulary) at each sequence length:
+One run times both of tvlens's patching engines, each on its own seeded, untrained model:
+
+- ``native``: a 4-layer, d_model 128 TL-native model (a tvlens TaskModel, dice vocabulary),
+  patched by the native engine (fused attention straight from the weights);
+- ``llama``: a random 4-layer, d_model 256 Hugging Face Llama (4 heads, 2 KV heads, vocabulary
+  of the shipped tasks' tokenizer) booted through ``TransformerBridge.boot_transformers``,
+  patched by the bridge engine (the bridge's own blocks with the prefix's K/V cached).
+
+At each sequence length it times, against TL on the same bridge and inputs:
 
 - a full layer × position ``resid_pre`` sweep (``get_act_patch_resid_pre``), with the metric's
   read position declared (``metric_positions=-1``) and undeclared;
 - a layer × head sweep over all positions (``get_act_patch_attn_head_out_all_pos``);
 
-checks that both give the same numbers (max |difference|), and measures the peak memory that
-tensors allocate during a tvlens sweep as the number of patched positions grows. The metric is
-the log-probability of token 0 at the last position, averaged over the batch.
+checks that both give the same numbers (max |difference|), records which shortcuts the engine
+used, and measures the peak memory that tensors allocate during a native sweep as the number
+of patched positions grows. The metric is the log-probability of token 0 at the last position,
+averaged over the batch.
 
 Usage::
 
-    python benchmarks/patching.py                   # CPU, lengths 64 and 256
+    python benchmarks/patching.py                   # CPU, both models, lengths 64 and 256
+    python benchmarks/patching.py --models llama    # the bridge engine only
     python benchmarks/patching.py --device cuda     # GPU figures
     python benchmarks/patching.py --lengths 64 --repeats 5
 
@@ -52,12 +61,38 @@ RESULTS = Path(__file__).parent / "results" / "patching.json"
 
 
 def build(seq_len: int, n_ctx: int, device: str, seed: int = 0) -> tuple[TaskModel, Any]:
-    """The benchmark model: 4 layers, d_model 128, 4 heads, MLP 512, rotary, untrained."""
+    """The native benchmark model: 4 layers, d_model 128, 4 heads, MLP 512, rotary, untrained."""
     family = make_family(name="dice", seq_len=seq_len)
     config = ModelConfig(n_layers=4, d_model=128, n_heads=4, d_mlp=512, n_ctx=n_ctx, seed=seed)
     model = TaskModel(config, family).to(device)
     model.bridge.eval()
     return model, family
+
+
+def build_llama(device: str, seed: int = 0) -> Any:
+    """The bridge benchmark model: a random HF Llama, 4 layers × 256, booted as a bridge."""
+    from tvlens.llm import load
+    from tvlens.llm.tiny import build_tiny_checkpoint
+
+    folder = Path(tempfile.mkdtemp(prefix="tvlens-bench-llama-"))
+    build_tiny_checkpoint(folder, "llama", n_layers=4, d_model=256, n_heads=4, seed=seed)
+    return load(str(folder), device=device)
+
+
+def inputs(
+    target: str, seq: int, batch: int, device: str, model: Any, family: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clean and corrupted prompts: dice sequences, or random token ids for the Llama."""
+    if target == "native":
+        return (
+            family.sample("major", batch, seed=1).inputs.to(device),
+            family.sample("major", batch, seed=2).inputs.to(device),
+        )
+    vocab = model.cfg.d_vocab
+    g = torch.Generator().manual_seed(seq)
+    clean = torch.randint(0, vocab, (batch, seq), generator=g)
+    corrupted = torch.randint(0, vocab, (batch, seq), generator=g)
+    return clean.to(device), corrupted.to(device)
 
 
 def metric(logits: torch.Tensor) -> torch.Tensor:
@@ -108,13 +143,16 @@ def peak_tensor_bytes(fn: Callable[[], Any], device: str) -> int:
     return max(totals, default=0)
 
 
-def bench_length(seq: int, args: argparse.Namespace) -> dict[str, Any]:
+def bench_length(target: str, seq: int, args: argparse.Namespace, llama: Any) -> dict[str, Any]:
     device = args.device
-    model, family = build(seq, max(args.lengths), device)
-    bridge = model.bridge
-    clean = family.sample("major", args.batch, seed=1).inputs.to(device)
-    corrupted = family.sample("major", args.batch, seed=2).inputs.to(device)
-    out: dict[str, Any] = {"seq_len": seq, "batch": args.batch}
+    if target == "native":
+        model, family = build(seq, max(args.lengths), device)
+        bridge = model.bridge
+    else:
+        model, family = llama, None
+        bridge = llama
+    clean, corrupted = inputs(target, seq, args.batch, device, bridge, family)
+    out: dict[str, Any] = {"model": target, "seq_len": seq, "batch": args.batch}
 
     def tl_sweep(fn: Any, hook: str) -> Callable[[], torch.Tensor]:
         def run() -> torch.Tensor:
@@ -146,6 +184,8 @@ def bench_length(seq: int, args: argparse.Namespace) -> dict[str, Any]:
                     args.repeats,
                 )
                 got = torch.tensor(df["value"].to_numpy()).view(ref.shape)
+                if not label:
+                    row["engine"] = _flags(df)
                 row |= {
                     f"tvlens{label}_wall_s": wall,
                     f"tvlens{label}_cpu_s": cpu,
@@ -155,13 +195,21 @@ def bench_length(seq: int, args: argparse.Namespace) -> dict[str, Any]:
                 }
             out[name] = row
             print(
-                f"T={seq:4d} {name:9s} TL {tl_wall:7.2f}s  tvlens {row['tvlens_wall_s']:6.2f}s "
+                f"{target:6s} [{row['engine']}] T={seq:4d} {name:9s} TL {tl_wall:7.2f}s  tvlens {row['tvlens_wall_s']:6.2f}s "
                 f"(x{row['speedup_wall']:.2f} wall, x{row['speedup_cpu']:.2f} cpu; "
                 f"undeclared metric x{row['speedup_undeclared_wall']:.2f})  "
                 f"max|diff| {row['max_abs_diff']:.1e}",
                 flush=True,
             )
     return out
+
+
+def _flags(df: pd.DataFrame) -> str:
+    """Which engine and shortcuts a sweep used (``bridge+suffix+stacked``)."""
+    meta = {k: df[k].iloc[0] for k in ("engine", "suffix", "stacked") if k in df.columns}
+    meta = meta or {k: df.attrs.get(k) for k in ("engine", "suffix", "stacked")}
+    flags = [str(meta.get("engine"))] + [k for k in ("suffix", "stacked") if meta.get(k)]
+    return "+".join(flags)
 
 
 def bench_memory(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,6 +282,7 @@ def machine(device: str) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "transformer_lens": version("transformer-lens"),
+        "transformers": version("transformers"),
         "platform": platform.platform(),
         "device": device,
     }
@@ -244,6 +293,9 @@ def machine(device: str) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--models", nargs="+", default=["native", "llama"], choices=["native", "llama"]
+    )
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--batch", type=int, default=4, help="prompts per sweep")
     parser.add_argument(
@@ -267,8 +319,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": info,
-        "lengths": [bench_length(seq, args) for seq in args.lengths],
     }
+    llama = build_llama(args.device) if "llama" in args.models else None
+    result["lengths"] = [
+        bench_length(target, seq, args, llama) for target in args.models for seq in args.lengths
+    ]
     if not args.no_memory:
         result["memory"] = bench_memory(args)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
