@@ -69,6 +69,7 @@ DRIVERS: dict[str, tuple[str, str]] = {
     "decodability": ("tvlens.analyses.decodability", "analyse_decodability"),
     "dynamics": ("tvlens.analyses.dynamics", "analyse_dynamics"),
     "patching": ("tvlens.analyses.patching", "analyse_patching"),
+    "probes": ("tvlens.analyses.probes", "analyse_probes"),
 }
 #: options the sweep passes itself (never from the config)
 _RESERVED = {"run", "out_dir", "save", "progress"}

@@ -190,6 +190,12 @@ class Dyck(TaskFamily):
         h = exclusive_cumsum((is_up - is_down).unsqueeze(-1).float()).squeeze(-1).long()
         return j, h
 
+    def sufficient_statistics(self, batch: Batch) -> Float[Tensor, "batch pos 2"]:
+        """What the learning reference reads: the share of steps seen, ``j / 2n``, and the
+        height reached, ``h / n`` (for :mod:`tvlens.analyses.probes`)."""
+        j, h = self.progress(batch)
+        return torch.stack([j / self.n_steps, h / self.n_pairs], dim=-1).float()
+
     def _mix(self, p_up: Tensor, active: Tensor) -> Tensor:
         """Next-token distributions ``[..., V]`` from P(up) where a step is still due."""
         s, r = self.n_background, self.repeat_prob

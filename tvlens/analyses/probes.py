@@ -1,0 +1,270 @@
+"""Where do OOD states go? Linear probes for the learning reference's sufficient statistics.
+
+The two-modes claim is that OOD states leave the task-vector subspace. If the model *learns*
+OOD tasks in context, the part of the state orthogonal to that subspace should carry the
+statistics the prior-conjugate learner reads (SCIENCE.md §A; the reference code probes the
+same statistics):
+
+* dice — token counts (per observation: the running frequencies);
+* markov — bigram (transition) counts, per transition seen;
+* linreg / sparse_linreg — XᵀX (upper triangle) and Xᵀy, per example seen;
+* a family may define its own ``sufficient_statistics(batch)`` (Dyck: steps seen, height).
+
+:func:`probe_table` fits ridge probes from states to the statistics, per layer and split,
+on four views of each state: the full state, its coordinates in the task subspace
+span(θ_major), its part orthogonal to that subspace, and a random subspace of the task
+subspace's rank (a control). Scores are held-out R² (by sequence). The principal angles
+between the probe's read-out subspace (the span of its weight columns) and the task subspace
+say whether the statistics are read from inside the task plane (small angles) or off it
+(angles near 90°). :func:`analyse_probes` runs it on a trained run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor
+
+from tvlens.analyses.geometry import capture_states, principal_angles, random_basis
+from tvlens.analyses.task_vectors import DEFAULT_POSITIONS, TaskVectors, task_vectors
+from tvlens.hooks import resolve_positions
+from tvlens.hooks.core import Positions
+from tvlens.tasks.base import Batch, TaskFamily, exclusive_cumsum
+
+VIEWS = ("full", "task", "orth", "random")
+
+
+# ------------------------------------------------------------------ the statistics
+def sufficient_statistics(family: TaskFamily, batch: Batch) -> Float[Tensor, "batch pos s"]:
+    """The learning reference's sufficient statistics at every position ``[B, T, S]``, from
+    the targets seen *before* each position, normalised per observation (so that their scale
+    does not simply track the position)."""
+    own = getattr(family, "sufficient_statistics", None)
+    if callable(own):
+        return own(batch)
+    t = torch.arange(batch.targets.shape[1], dtype=torch.float32).view(1, -1, 1)
+    if family.name == "dice":
+        v = family.config.vocab
+        counts = exclusive_cumsum(F.one_hot(batch.targets, v).float())
+        return counts / t.clamp_min(1)
+    if family.name == "markov":
+        v = family.config.vocab
+        prev = batch.inputs.clamp_max(v - 1)
+        trans = F.one_hot(prev, v).unsqueeze(-1) * F.one_hot(batch.targets, v).unsqueeze(-2)
+        trans = trans.float().flatten(2)
+        trans[:, 0] = 0.0  # BOS -> x_1 is not a transition
+        counts = exclusive_cumsum(trans)
+        return counts / counts.sum(-1, keepdim=True).clamp_min(1)
+    if family.kind == "regression" and hasattr(family, "xs"):
+        d = family.config.dim
+        x = family.xs(batch)  # [B, T, d], zero at y positions
+        y = torch.nan_to_num(batch.targets) * batch.target_mask
+        xx = exclusive_cumsum((x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(2))
+        xy = exclusive_cumsum(x * y.unsqueeze(-1))
+        n = exclusive_cumsum(batch.target_mask.float().unsqueeze(-1)).clamp_min(1)
+        iu = torch.triu_indices(d, d)
+        xx = xx.view(*xx.shape[:2], d, d)[:, :, iu[0], iu[1]]
+        return torch.cat([xx, xy], dim=-1) / n
+    raise ValueError(
+        f"no sufficient statistics are defined for family {family.name!r}; give the family "
+        "a sufficient_statistics(batch) -> [B, T, S] method."
+    )
+
+
+# ------------------------------------------------------------------------- probes
+def ridge_fit(
+    x: Float[Tensor, "n d"], y: Float[Tensor, "n s"], lam: float = 1e-3
+) -> tuple[Float[Tensor, "d s"], Float[Tensor, " s"], Float[Tensor, " d"]]:
+    """Ridge regression on centred data; ``lam`` is relative to the mean eigenvalue of the
+    covariance. Returns the weights, the intercept and the input mean."""
+    xd, yd = x.double(), y.double()
+    mx, my = xd.mean(0), yd.mean(0)
+    xc, yc = xd - mx, yd - my
+    gram = xc.T @ xc
+    scale = float(torch.diagonal(gram).mean()) if gram.numel() else 0.0
+    reg = lam * max(scale, 1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
+    w = torch.linalg.solve(gram + reg, xc.T @ yc)
+    return w, my, mx
+
+
+def heldout_r2(
+    x: Float[Tensor, "n d"], y: Float[Tensor, "n s"], groups: Tensor, lam: float = 1e-3
+) -> tuple[float, Float[Tensor, "d s"]]:
+    """R² of a ridge probe fitted on the even groups (sequences) and scored on the odd ones:
+    the mean over statistics of 1 − SS_res / SS_tot (statistics that do not vary are
+    skipped). Returns the score and the weights fitted on the training half."""
+    train = groups % 2 == 0
+    w, my, mx = ridge_fit(x[train], y[train], lam)
+    xt, yt = x[~train].double(), y[~train].double()
+    pred = (xt - mx) @ w + my
+    ss_res = ((yt - pred) ** 2).sum(0)
+    ss_tot = ((yt - yt.mean(0)) ** 2).sum(0)
+    keep = ss_tot > 1e-12 * max(float(ss_tot.max()), 1e-30)
+    r2 = 1.0 - ss_res[keep] / ss_tot[keep]
+    return float(r2.mean()) if keep.any() else float("nan"), w
+
+
+def views(
+    h: Float[Tensor, "n d"],
+    basis: Float[Tensor, "r d"],
+    centre: Float[Tensor, " d"],
+    rand: Float[Tensor, "r d"],
+) -> dict[str, Float[Tensor, "n m"]]:
+    """The full state, its task-subspace coordinates, its orthogonal part and its
+    coordinates in a random subspace of the same rank."""
+    hc = h.double() - centre.double()
+    b = basis.double()
+    inside = hc @ b.T
+    return {
+        "full": hc,
+        "task": inside,
+        "orth": hc - inside @ b,
+        "random": hc @ rand.double().T,
+    }
+
+
+def probe_table(
+    states: Mapping[int, Float[Tensor, "batch p d"]],
+    stats: Float[Tensor, "batch p s"],
+    bases: Mapping[int, Float[Tensor, "r d"]],
+    centres: Mapping[int, Float[Tensor, " d"]],
+    *,
+    split: str = "",
+    lam: float = 1e-3,
+    seed: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Held-out probe R² for each layer × view, and the principal angles between the full
+    probe's read-out subspace and the task subspace.
+
+    ``states[layer]`` and ``stats`` share their ``[batch, positions]`` layout; sequences are
+    split even/odd for fitting and scoring. Returns ``(probes, angles)``: columns layer,
+    split, view, rank, r2, n_states; and layer, split, index, angle_deg.
+    """
+    rows, angle_rows = [], []
+    b, p = stats.shape[:2]
+    y = stats.flatten(0, 1)
+    groups = torch.arange(b).repeat_interleave(p)
+    for layer, h in states.items():
+        if h.shape[:2] != (b, p):
+            raise ValueError(
+                f"states at layer {layer} are {tuple(h.shape[:2])} but the statistics "
+                f"{(b, p)}; read both at the same sequences and positions."
+            )
+        basis = bases[layer]
+        rand = random_basis(basis.shape[0], h.shape[-1], seed=seed)
+        d, r = h.shape[-1], basis.shape[0]
+        dims = {"full": d, "task": r, "orth": d - r, "random": r}  # the view's subspace rank
+        for name, x in views(h.flatten(0, 1), basis, centres[layer], rand).items():
+            r2, w = heldout_r2(x, y, groups, lam)
+            rank = dims[name]
+            rows.append(
+                {
+                    "layer": layer,
+                    "split": split,
+                    "view": name,
+                    "rank": rank,
+                    "r2": r2,
+                    "n_states": x.shape[0],
+                }  # fmt: skip
+            )
+            if name == "full":
+                read = torch.linalg.svd(w.T, full_matrices=False).Vh  # [min(s,d), d]
+                k = min(read.shape[0], max(basis.shape[0], 1))
+                for i, a in enumerate(principal_angles(basis, read[:k].float()).tolist()):
+                    angle_rows.append(
+                        {
+                            "layer": layer,
+                            "split": split,
+                            "index": i,
+                            "angle_deg": float(np.degrees(a)),
+                        }  # fmt: skip
+                    )
+    return pd.DataFrame(rows), pd.DataFrame(angle_rows)
+
+
+# -------------------------------------------------------------------- on a model
+def probes(
+    model: Any,
+    family: TaskFamily,
+    tv: TaskVectors,
+    batches: Mapping[str, Batch],
+    layers: Sequence[int] | None = None,
+    positions: Positions = DEFAULT_POSITIONS,
+    lam: float = 1e-3,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> dict[str, pd.DataFrame]:
+    """:func:`probe_table` for each split's batch (states at ``tv``'s hook point, at
+    ``positions``). Returns ``{"probes": ..., "probe_angles": ...}``."""
+    layers = list(tv.layers) if layers is None else list(layers)
+    bases = {layer: tv.basis(layer) for layer in layers}
+    centres = {layer: tv.centre(layer) for layer in layers}
+    frames, angles = [], []
+    for split, batch in batches.items():
+        idx = resolve_positions(positions, batch.inputs.shape[1])
+        states = capture_states(model, tv, batch, layers, idx, batch_size)
+        stats = sufficient_statistics(family, batch)[:, idx]
+        if family.kind == "regression":  # x positions only: where y is predicted
+            keep = batch.target_mask[0, idx]
+            states = {k: v[:, keep] for k, v in states.items()}
+            stats = stats[:, keep]
+        df, ang = probe_table(states, stats, bases, centres, split=split, lam=lam, seed=seed)
+        frames.append(df)
+        angles.append(ang)
+    return {
+        "probes": pd.concat(frames, ignore_index=True),
+        "probe_angles": pd.concat(angles, ignore_index=True),
+    }
+
+
+def analyse_probes(
+    run: Any,
+    *,
+    n: int = 512,
+    n_per_task: int = 64,
+    splits: Sequence[str] = ("major", "ood"),
+    positions: Positions = DEFAULT_POSITIONS,
+    save: bool = True,
+    progress: bool = False,
+) -> dict[str, pd.DataFrame]:
+    """Sufficient-statistic probes on a trained run (``RUN_DIR/analyses/probes.csv`` and
+    ``probe_angles.csv``): ``n`` held-out sequences per split, task vectors from
+    ``n_per_task`` sequences of each major task. Tables carry the run's ``k``."""
+    from tvlens.models.checkpoint import atomic_write_text  # local: keeps the maths light
+
+    fam, model = run.family, run.model
+    model.eval()
+    seed = run.config.train.seed + 7
+    tv = task_vectors(model, fam, n_per_task=n_per_task, seed=seed, progress=progress)
+    wanted = [s for s in splits if not (s == "minor" and fam.n_minor == 0)]
+    # split keys ("major", "ood") are never drawn in training; the seed offset keeps these
+    # batches apart from the evaluation batches too
+    batches = {s: fam.sample(s, n, seed=seed + 1000) for s in wanted}
+    tables = probes(model, fam, tv, batches, positions=positions, seed=seed)
+    for df in tables.values():
+        df.insert(0, "k", fam.config.k)
+    if save:
+        out = Path(run.dir) / "analyses"
+        out.mkdir(parents=True, exist_ok=True)
+        for name, df in tables.items():
+            atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))
+    return tables
+
+
+__all__ = [
+    "VIEWS",
+    "analyse_probes",
+    "heldout_r2",
+    "probe_table",
+    "probes",
+    "ridge_fit",
+    "sufficient_statistics",
+    "views",
+]
