@@ -293,3 +293,25 @@ def test_suffix_engine_is_exact_past_gemmas_sliding_window(bridges):
     assert set(fast["engine"]) == {"suffix"}
     assert sorted(fast["layer"].unique()) == [1]  # only the requested layer is swept
     np.testing.assert_allclose(fast["ie"], full["ie"], atol=1e-6)
+
+
+def test_run_llm_records_stage_timings_and_restricts_the_head_sweep(bridges, tmp_path):
+    import json
+
+    from tvlens.llm.config import LLMConfig
+    from tvlens.llm.run import run_llm
+
+    cfg = LLMConfig(
+        analyses=("icl", "function_vectors"),
+        icl_shots=(0, 2),
+        n_prompts=4,
+        n_ie=3,
+        k_heads=2,
+        fv_shots=2,
+        layers=(1,),
+    )
+    tables = run_llm(bridges["llama"], tmp_path, cfg, model_name="tiny")
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert set(meta["timings_s"]) == {"icl", "function_vectors"}
+    assert all(v >= 0 for v in meta["timings_s"].values())
+    assert set(tables["llm_fv_heads"]["layer"]) == {1}  # --layers limits the head IE too
