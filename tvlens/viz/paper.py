@@ -103,7 +103,32 @@ def paper_ood_r2_vs_k(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def demo_two_modes(df: pd.DataFrame) -> go.Figure:
+    """The demo's two models side by side: one bar per headline number and model."""
+    _require(df, ["metric", "description"], "demo_two_modes")
+    runs = [c for c in df.columns if c not in ("metric", "description")]
+    d = df[df["metric"] != "best_layer"]
+    fig = go.Figure()
+    for i, run in enumerate(runs):
+        fig.add_bar(
+            y=d["description"],
+            x=pd.to_numeric(d[run], errors="coerce"),
+            name=str(run),
+            orientation="h",
+            marker={"color": PALETTE[i % len(PALETTE)]},
+        )
+    fig.update_layout(
+        barmode="group",
+        title="Retrieval (k = −1) and learning (many minor tasks) side by side",
+        height=120 + 45 * len(d),
+        yaxis={"autorange": "reversed"},
+        margin={"l": 360},
+    )
+    return fig
+
+
 FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure]] = {
+    "demo_two_modes": demo_two_modes,
     "paper_ood_r2": paper_ood_r2_by_layer,
     "paper_anova": paper_anova_by_layer,
     "paper_ood_r2_vs_k": paper_ood_r2_vs_k,
