@@ -410,6 +410,33 @@ def _cache_alias_hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tup
     return None
 
 
+def _rows_only_mlp(block: nn.Module, rows: Tensor) -> list[Any]:
+    """Hooks that make ``block.mlp`` compute ``rows`` only and pad the others with zeros."""
+    mlp = getattr(block, "mlp", None)
+    if not isinstance(mlp, nn.Module):
+        return []
+    shape: list[torch.Size] = []
+
+    def pre(module: nn.Module, args: tuple) -> tuple | None:
+        if not args or not torch.is_tensor(args[0]) or args[0].dim() != 3:
+            return None
+        shape.append(args[0].shape)
+        return (_read(args[0], rows), *args[1:])
+
+    def post(module: nn.Module, args: tuple, out: Any) -> Any:
+        if not shape or not torch.is_tensor(out):
+            return None
+        full = out.new_zeros(shape.pop()[:2] + out.shape[2:])
+        if rows.dim() == 1:
+            full[:, rows.to(out.device)] = out
+        else:
+            idx = rows.to(out.device).unsqueeze(-1).expand(*rows.shape, out.shape[-1])
+            full.scatter_(1, idx, out)
+        return full
+
+    return [mlp.register_forward_pre_hook(pre), mlp.register_forward_hook(post)]
+
+
 class BridgeSuffixRunner:
     """Replay any bridge's blocks ``l..L-1`` from a cached residual, with TL hooks firing.
 
@@ -427,6 +454,7 @@ class BridgeSuffixRunner:
         self.inputs: Tensor | None = None
         self.kv: dict[int, tuple[Tensor, Tensor]] = {}
         self.replay_ok = self.batch_ok = self.suffix_ok = False
+        self.rows_ok = False
         self.causal = getattr(bridge.cfg, "attention_dir", "causal") == "causal"
         adapter = getattr(bridge, "adapter", None)
         self._logit_transform = getattr(adapter, "apply_output_logits_transform", None)
@@ -505,6 +533,14 @@ class BridgeSuffixRunner:
                 self._refuse("stacking", "stacked copies differ from the forward")
         except Exception as e:  # noqa: BLE001
             self._refuse("stacking", f"{type(e).__name__}: {e}")
+        try:
+            rows = torch.tensor([seq - 1], device=resid_pre0.device)
+            only = self._blocks(resid_pre0, 0, 0, 1, None, rows, rows_mlp=True)
+            self.rows_ok = _close(only, reference[:, rows], atol)
+            if not self.rows_ok:
+                self._refuse("read-rows MLP", "the last MLP on read rows differs from the forward")
+        except Exception as e:  # noqa: BLE001
+            self._refuse("read-rows MLP", f"{type(e).__name__}: {e}")
         unknown = sorted(
             {
                 k
@@ -585,7 +621,13 @@ class BridgeSuffixRunner:
         copies: int,
         cache: Any,
         read_rows: Tensor | None,
+        rows_mlp: bool = False,
     ) -> Tensor:
+        """Blocks ``start_layer..`` from ``x``, then the unembedding at ``read_rows``.
+
+        With ``rows_mlp``, the last block's MLP runs on the read rows only (it is position-wise
+        and nothing downstream reads the other rows): about a third of a Llama layer's work.
+        """
         if p0 and cache is None:
             cache = _PrefixCache(self.kv, p0, copies)
         handles = []
@@ -596,6 +638,8 @@ class BridgeSuffixRunner:
                     handles.append(
                         attn.register_forward_pre_hook(_cache_alias_hook, with_kwargs=True)
                     )
+        if read_rows is not None and rows_mlp:
+            handles.extend(_rows_only_mlp(self.bridge.blocks[self.n_layers - 1], read_rows))
         try:
             for i in range(start_layer, self.n_layers):
                 args, kwargs = self._kwargs(i, p0, copies, cache)
@@ -634,4 +678,11 @@ class BridgeSuffixRunner:
             if not self.replay_ok:
                 logits = self.bridge(self.inputs)
                 return _read(logits, read_rows)
-            return self._blocks(resid, start_layer, p0, copies, None, read_rows)
+            last = f"blocks.{self.n_layers - 1}."
+            touches_mlp = any(
+                name.startswith((last + "mlp", last + "ln2", last + "hook_mlp"))
+                for name, _ in fwd_hooks
+                if isinstance(name, str)
+            )
+            rows_mlp = self.rows_ok and not touches_mlp
+            return self._blocks(resid, start_layer, p0, copies, None, read_rows, rows_mlp)
