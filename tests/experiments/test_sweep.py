@@ -219,10 +219,16 @@ def boom(run, *, seed: int = 0) -> dict:
 
 
 def test_a_failed_trial_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sweep_mod.DRIVERS, "boom", (__name__, "boom"))
-    spec = SweepSpec.from_dict(tiny(ks=[-1, 1, 2], analyses=["boom"]))
-    result = run_sweep(spec, tmp_path, LocalEngine(1), progress=False)
-    assert result.failed == ["dice_L2d16_k1_s0"] and len(result.ran) == 3
+    real = sweep_mod.drivers
+    monkeypatch.setattr(sweep_mod, "drivers", lambda: {**real(), "boom": f"{__name__}:boom"})
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(json.dumps(tiny(ks=[-1, 1, 2], analyses=["boom"])))  # JSON is YAML
+    assert main(["sweep", str(cfg), "--out", str(tmp_path), "--jobs", "1"]) == 1
+    captured = capsys.readouterr()
+    assert "ran 3, skipped 0 already done, failed 1" in captured.out
+    assert "failed dice_L2d16_k1_s0: RuntimeError: planted failure on k=1" in captured.err
+    assert "rerun the same command" in captured.err
+    spec = SweepSpec.load(cfg)
     results = pd.read_csv(tmp_path / "results.csv")
     assert list(results["status"]) == ["done", "failed", "done"]
     assert results.loc[1, "error"] == "RuntimeError: planted failure on k=1"
@@ -231,7 +237,7 @@ def test_a_failed_trial_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch,
     assert (tmp_path / "dice_L2d16_k2_s0" / "trial.json").exists()
 
     # fixed: the rerun runs only the failed trial, reusing its trained model
-    monkeypatch.setitem(sweep_mod.DRIVERS, "boom", (__name__, "_fixed"))
+    monkeypatch.setattr(sweep_mod, "drivers", lambda: {**real(), "boom": f"{__name__}:_fixed"})
     again = run_sweep(spec, tmp_path, LocalEngine(1), progress=False)
     assert again.ok and again.ran == ["dice_L2d16_k1_s0"]
     assert (pd.read_csv(tmp_path / "results.csv")["status"] == "done").all()
@@ -240,6 +246,35 @@ def test_a_failed_trial_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch,
 
 def _fixed(run, *, seed: int = 0) -> dict:
     return {}
+
+
+def test_decodability_dynamics_and_patching_run_as_sweep_analyses(tmp_path):
+    spec = SweepSpec.from_dict(
+        tiny(
+            ks=[1],
+            analyses={
+                "decodability": {"n": 40},
+                "dynamics": {"n": 40},
+                "patching": {"n_per_task": 2},
+            },
+        )
+    )
+    result = run_sweep(spec, tmp_path, LocalEngine(1), progress=False)
+    assert result.ok, result.records
+    (rec,) = result.records
+    assert rec["tables"] == {
+        "decodability": ["decodability"],
+        "dynamics": ["decodability_dynamics"],
+        "patching": ["patching_heads", "patching_resid_pre"],
+    }
+    trial_dir = tmp_path / rec["trial"]
+    for name in ("decodability", "decodability_dynamics", "patching_heads", "patching_resid_pre"):
+        assert not pd.read_csv(trial_dir / "analyses" / f"{name}.csv").empty, name
+    row = pd.read_csv(tmp_path / "results.csv").iloc[0]
+    td = pd.read_csv(trial_dir / "analyses" / "decodability.csv")
+    knn = td[td["method"] == "knn"]
+    assert row["td_knn_best_td"] == knn["td"].max()  # the headline is the table's maximum
+    assert not (tmp_path / "analyses").exists()  # across-k tables belong to two_modes
 
 
 def test_progress_shows_done_running_failed_and_eta():
@@ -296,3 +331,20 @@ def test_ray_engine_gives_bit_identical_trials_to_the_local_engine(tmp_path):
         rec = json.loads((tmp_path / "ray" / t.id / "trial.json").read_text())
         assert rec["pid"] != os.getpid()
         assert read_meta(tmp_path / "ray" / t.id / "checkpoints" / "step_000012")["step"] == 12
+
+
+@pytest.mark.parametrize("name", ["dice_two_modes.yaml", "dice_two_modes_reference.yaml"])
+def test_shipped_sweep_configs_are_valid(name):
+    spec = SweepSpec.load(ROOT / "sweeps" / name)
+    trials = spec.trials()
+    assert {t.k for t in trials} == {-1, 0, 2, 4, 6, 8}
+    if name == "dice_two_modes_reference.yaml":  # SCIENCE.md A's reference runs, one GPU each
+        assert len(trials) == 18 and spec.resources.gpu == 1
+        cfg = RunConfig.from_dict(trials[0].config)
+        assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.d_mlp) == (
+            6,
+            128,
+            2,
+            512,
+        )
+        assert (cfg.train.steps, cfg.train.batch_size, cfg.train.device) == (30000, 64, "cuda")

@@ -125,6 +125,15 @@ def import_ray() -> Any:
     return ray
 
 
+def _has_token() -> bool:
+    """Whether a Ray auth token is configured for this user (env or ``~/.ray/auth_token``)."""
+    from pathlib import Path
+
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return True
+    return (Path.home() / ".ray" / "auth_token").exists()
+
+
 class RayEngine:
     """Run trials as Ray tasks: an embedded instance, or a cluster at ``address``.
 
@@ -167,12 +176,18 @@ class RayEngine:
             kwargs.update(num_cpus=self.num_cpus, num_gpus=self.num_gpus)
         else:
             kwargs["address"] = self.address
+        if self.address and self.address.startswith("ray://") and _has_token():
+            # Ray Client sends the cluster's auth token only in token mode; ray.init turns
+            # that on by itself when a token exists, the client path does not
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
         try:
             ray.init(**kwargs)
         except ConnectionError as e:
             raise RuntimeError(
                 f"cannot reach a Ray cluster at {self.address!r} ({e}). Start one with "
-                "`ray start --head` (then --address auto), or check HOST:PORT."
+                "`ray start --head` (then --address auto), or check HOST:PORT; a cluster with "
+                "token authentication needs its token here (copy the head's ~/.ray/auth_token "
+                "or set RAY_AUTH_TOKEN)."
             ) from None
         return True
 

@@ -62,14 +62,13 @@ TRIAL_DIR_FIELDS = ("family", "model", "k", "seed", "n_minor")
 #: the columns of results.csv that say which trial a row is
 AXES = ("trial", "family", "model", "k", "n_minor", "seed", "n_layers", "d_model", "steps")
 
-#: analysis name -> (module, driver). A driver takes the trained Run first and returns
-#: ``{table name: DataFrame}``, writing each to ``RUN_DIR/analyses/<table>.csv``.
-DRIVERS: dict[str, tuple[str, str]] = {
-    "two_modes": ("tvlens.experiments.two_modes", "analyse_run"),
-    "decodability": ("tvlens.analyses.decodability", "analyse_decodability"),
-    "dynamics": ("tvlens.analyses.dynamics", "analyse_dynamics"),
-    "patching": ("tvlens.analyses.patching", "analyse_patching"),
-    "probes": ("tvlens.analyses.probes", "analyse_probes"),
+#: analysis name -> "module:function" of its run-level driver, used when the analysis
+#: registry (:mod:`tvlens.registry`) is not there; with it, its entries are the drivers
+FALLBACK_DRIVERS: dict[str, str] = {
+    "two_modes": "tvlens.experiments.two_modes:analyse_run",
+    "decodability": "tvlens.analyses.decodability:analyse_decodability",
+    "dynamics": "tvlens.analyses.dynamics:analyse_dynamics",
+    "patching": "tvlens.analyses.patching:analyse_patching",
 }
 #: options the sweep passes itself (never from the config)
 _RESERVED = {"run", "out_dir", "save", "progress"}
@@ -368,15 +367,16 @@ def _parse_analyses(raw: Any, source: str) -> dict[str, dict[str, Any]]:
         raw = {a: {} for a in raw}
     if not isinstance(raw, dict):
         raise _err(
-            source, "analyses", f"must list names from {sorted(DRIVERS)} or map them to options."
+            source, "analyses", f"must list names from {sorted(drivers())} or map them to options."
         )
     out: dict[str, dict[str, Any]] = {}
+    known = drivers()
     for name, opts in raw.items():
-        if name not in DRIVERS:
+        if name not in known:
             raise _err(
                 source,
                 "analyses",
-                f"{name!r} is not a known analysis; use one of {sorted(DRIVERS)}.",
+                f"{name!r} is not a known analysis; use one of {sorted(known)}.",
             )
         if opts is None:
             opts = {}
@@ -385,7 +385,7 @@ def _parse_analyses(raw: Any, source: str) -> dict[str, dict[str, Any]]:
                 source, f"analyses.{name}", "options must be a mapping of keyword arguments."
             )
         params = driver_parameters(name)
-        bad = sorted(set(opts) - set(params))
+        bad = [] if params is None else sorted(set(opts) - set(params))
         if bad:
             raise _err(
                 source,
@@ -396,18 +396,33 @@ def _parse_analyses(raw: Any, source: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+def drivers() -> dict[str, str]:
+    """Analysis name -> ``"module:function"`` of every run-level driver a sweep can run.
+
+    A driver takes the trained Run first and returns ``{table: DataFrame}``, writing each
+    table to ``RUN_DIR/analyses/<table>.csv``. The names come from the analysis registry
+    (:data:`tvlens.registry.ANALYSES`, entries with a driver) when it is installed.
+    """
+    try:
+        from tvlens.registry import ANALYSES
+    except ImportError:
+        return dict(FALLBACK_DRIVERS)
+    return {name: a.driver for name, a in ANALYSES.items() if a.driver}
+
+
 def driver(name: str) -> Callable[..., dict]:
     """The run-level analysis driver registered under ``name``."""
     import importlib
 
-    module, fn = DRIVERS[name]
+    module, _, fn = drivers()[name].partition(":")
     return getattr(importlib.import_module(module), fn)
 
 
-def driver_parameters(name: str) -> list[str]:
-    """The keyword options a config may pass to driver ``name``."""
-    sig = inspect.signature(driver(name))
-    params = list(sig.parameters.values())[1:]  # the first is the run
+def driver_parameters(name: str) -> list[str] | None:
+    """The keyword options a config may pass to driver ``name`` (None: it takes any)."""
+    params = list(inspect.signature(driver(name)).parameters.values())[1:]  # 1st: the run
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
     return [
         p.name
         for p in params
@@ -594,16 +609,10 @@ def train_or_resume(config: Any, run_dir: Path) -> Any:
 
 
 def call_driver(name: str, run: Any, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Run analysis ``name`` on ``run`` with the config's ``options``; the driver writes its
-    tables into ``RUN_DIR/analyses``. A driver that takes a seed gets the trial's seed."""
-    fn = driver(name)
-    params = inspect.signature(fn).parameters
-    kwargs = dict(options)
-    if "seed" in params and "seed" not in kwargs:
-        kwargs["seed"] = run.config.train.seed
-    if "save" in params:
-        kwargs["save"] = True
-    return dict(fn(run, **kwargs) or {})
+    """Run analysis ``name`` on ``run`` with the config's ``options``. The driver writes its
+    tables into ``RUN_DIR/analyses`` and picks its own seeds from the run unless the options
+    set ``seed``, exactly as ``tvlens demo`` and the experiments call it."""
+    return dict(driver(name)(run, **dict(options)) or {})
 
 
 def headline_for(name: str, tables: Mapping[str, Any], run: Any) -> dict[str, Any]:
@@ -753,10 +762,8 @@ def finish_two_modes(out: Path, trials: list[Trial], records: Mapping[str, dict]
 
     from tvlens.experiments.two_modes import across_k, load_tables, save_tables
     from tvlens.viz.common import write_figures
-    from tvlens.viz.geometry import FIGURES as GEOMETRY
-    from tvlens.viz.steering import FIGURES as STEERING
 
-    figures = {**GEOMETRY, **STEERING}
+    figures = _two_modes_figures()
     groups: dict[tuple[str, str, int], list[Trial]] = {}
     for t in trials:
         if records.get(t.id, {}).get("status") == "done":
@@ -785,6 +792,18 @@ def finish_two_modes(out: Path, trials: list[Trial], records: Mapping[str, dict]
                 df = df.assign(family=fam, model=model, seed=seed)
             stacked.setdefault(name, []).append(df)
     save_tables({n: pd.concat(v, ignore_index=True) for n, v in stacked.items()}, out / "analyses")
+
+
+def _two_modes_figures() -> dict[str, Callable[..., Any]]:
+    """Table -> figure function for the two-modes tables, per run and across k."""
+    try:
+        from tvlens.registry import figure_functions
+    except ImportError:
+        from tvlens.viz.geometry import FIGURES as GEOMETRY
+        from tvlens.viz.steering import FIGURES as STEERING
+
+        return {**GEOMETRY, **STEERING}
+    return figure_functions(["two_modes", "two_modes_sweep"])
 
 
 class _Progress:
