@@ -136,3 +136,19 @@ def test_no_import_cycles() -> None:
     assert "tvlens.tasks.base" in graph and graph["tvlens.tasks.base"]  # the parser sees edges
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle (counting function-level imports): " + " -> ".join(cycle)
+
+
+def test_layering_analyses_never_import_viz_and_viz_never_loads_models() -> None:
+    graph = import_graph()
+    for module, targets in graph.items():
+        if module.startswith("tvlens.analyses"):
+            assert not {t for t in targets if t.startswith("tvlens.viz")}, module
+        if module.startswith("tvlens.viz") and module != "tvlens.viz.report_cmd":
+            # viz draws tables; the report command may compute them, a figure never does
+            assert not {t for t in targets if t.startswith("tvlens.models")}, module
+            parts = module.split(".")[1:]
+            path = PACKAGE.joinpath(*parts).with_suffix(".py")
+            source = (
+                path if path.exists() else PACKAGE.joinpath(*parts, "__init__.py")
+            ).read_text()
+            assert "run_with_cache" not in source and "load_run(" not in source, module

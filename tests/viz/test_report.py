@@ -14,6 +14,7 @@ import plotly.offline
 import pytest
 import torch
 
+from tvlens.analyses import attention as attn_a
 from tvlens.models import RunConfig, list_checkpoints, load_run, train
 from tvlens.viz import attention as attn
 from tvlens.viz import report, training
@@ -172,7 +173,7 @@ def test_widest_band_keeps_the_whole_context():
 def test_attention_rows_are_causal_distributions_that_match_the_cache(tiny_run):
     run = load_run(tiny_run)
     batch = run.family.sample("major", 1, seed=3)
-    df = attn.attention_patterns(run, batch.inputs)
+    df = attn_a.attention_patterns(run, batch.inputs)
     assert list(df.columns) == list(attn.COLUMNS)
     assert (df["k"] <= df["q"]).all()
     sums = df.groupby(["layer", "head", "q"])["value"].sum()
@@ -191,7 +192,7 @@ def test_zero_queries_give_the_planted_uniform_pattern(tiny_run):
     with torch.no_grad():
         run.model.raw.layers[0].attn.q.weight.zero_()
         run.model.raw.layers[0].attn.q.bias.zero_()
-    df = attn.attention_patterns(run, heads=[(0, 0)], split="ood", seed=1)
+    df = attn_a.attention_patterns(run, heads=[(0, 0)], split="ood", seed=1)
     assert set(zip(df["layer"], df["head"], strict=True)) == {(0, 0)}
     np.testing.assert_allclose(df["value"], 1.0 / (df["q"] + 1), atol=1e-6)
     fig = attn.attention_figure(df)
@@ -205,16 +206,16 @@ def test_zero_queries_give_the_planted_uniform_pattern(tiny_run):
 def test_attention_head_choice_is_validated(tiny_run):
     run = load_run(tiny_run)
     with pytest.raises(ValueError, match=r"head \(3, 0\) does not exist"):
-        attn.attention_patterns(run, heads=[(3, 0)])
+        attn_a.attention_patterns(run, heads=[(3, 0)])
     with pytest.raises(ValueError, match="one sequence"):
-        attn.attention_patterns(run, run.family.sample("major", 2, seed=0).inputs)
-    assert attn.parse_heads("0.1, 2.3") == [(0, 1), (2, 3)]
+        attn_a.attention_patterns(run, run.family.sample("major", 2, seed=0).inputs)
+    assert attn_a.parse_heads("0.1, 2.3") == [(0, 1), (2, 3)]
     with pytest.raises(ValueError, match="LAYER.HEAD"):
-        attn.parse_heads("0-1")
+        attn_a.parse_heads("0-1")
 
 
 def test_attention_view_builds_a_circuitsvis_widget(tiny_run):
-    df = attn.attention_patterns(load_run(tiny_run))
+    df = attn_a.attention_patterns(load_run(tiny_run))
     view = attn.attention_view(df, layer=0)
     assert "AttentionHeads" in view.cdn_src and "L0H1" in view.cdn_src
     with pytest.raises(ValueError, match="layers present"):
@@ -285,15 +286,15 @@ def test_default_heads_of_a_large_model_are_the_most_focused(tiny_run, monkeypat
     with torch.no_grad():  # head 0 of layer 0 gets zero queries: uniform, maximal entropy
         run.model.raw.layers[0].attn.q.weight[:d_head].zero_()
         run.model.raw.layers[0].attn.q.bias[:d_head].zero_()
-    full = attn.attention_patterns(run, split="major", seed=2)
+    full = attn_a.attention_patterns(run, split="major", seed=2)
     h0 = full[full["head"] == 0]
     np.testing.assert_allclose(h0["value"], 1.0 / (h0["q"] + 1), atol=1e-6)  # planted
     assert set(full["head"]) == {0, 1}  # 2 heads <= MAX_DEFAULT_HEADS: all of them
-    monkeypatch.setattr(attn, "MAX_DEFAULT_HEADS", 1)
-    chosen = attn.attention_patterns(run, split="major", seed=2)
+    monkeypatch.setattr(attn_a, "MAX_DEFAULT_HEADS", 1)
+    chosen = attn_a.attention_patterns(run, split="major", seed=2)
     assert set(zip(chosen["layer"], chosen["head"], strict=True)) == {(0, 1)}
     # explicit choices are never overridden
-    both = attn.attention_patterns(run, heads=[(0, 0), (0, 1)], split="major", seed=2)
+    both = attn_a.attention_patterns(run, heads=[(0, 0), (0, 1)], split="major", seed=2)
     assert set(both["head"]) == {0, 1}
 
 
@@ -307,7 +308,7 @@ def test_prompt_attention_on_a_pretrained_style_bridge(tmp_path):
     path = build_tiny_checkpoint(tmp_path / "tiny", vocab_words=corpus, n_layers=2, d_model=32)
     bridge = load(path, device="cpu")
     text = "hot -> cold\nbig ->"
-    df = attn.prompt_attention(bridge, text, heads=[(1, 2), (0, 0)])
+    df = attn_a.prompt_attention(bridge, text, heads=[(1, 2), (0, 0)])
     ids = bridge.tokenizer(text, return_tensors="pt")["input_ids"]
     tokens = bridge.tokenizer.convert_ids_to_tokens(ids[0].tolist())
     assert set(zip(df["layer"], df["head"], strict=True)) == {(0, 0), (1, 2)}
@@ -318,11 +319,11 @@ def test_prompt_attention_on_a_pretrained_style_bridge(tmp_path):
     h = df[(df["layer"] == 1) & (df["head"] == 2)]
     q, k = torch.tensor(h["q"].tolist()), torch.tensor(h["k"].tolist())
     np.testing.assert_allclose(h["value"], want[q, k].float(), atol=1e-6)
-    out = attn.save_attention(df, tmp_path / "run")
+    out = attn_a.save_attention(df, tmp_path / "run")
     assert out == tmp_path / "run" / "analyses" / "attention.csv"
     assert report.discover_results(tmp_path / "run") == {"attention": out}
     with pytest.raises(ValueError, match="one sequence"):
-        attn.bridge_attention(bridge, ids.repeat(2, 1), tokens)
+        attn_a.bridge_attention(bridge, ids.repeat(2, 1), tokens)
 
 
 def test_stale_attention_is_recomputed_and_hand_saved_attention_kept(tiny_run, tmp_path):
@@ -330,12 +331,15 @@ def test_stale_attention_is_recomputed_and_hand_saved_attention_kept(tiny_run, t
     shutil.copytree(tiny_run, run_dir)
     steps = list_checkpoints(run_dir)
     assert len(steps) >= 2
-    attn.write_attention(run_dir, step=steps[0])
+    attn_a.write_attention(run_dir, step=steps[0])
     path = run_dir / "analyses" / "attention.csv"
     assert set(pd.read_csv(path)["step"]) == {steps[0]}
-    report.write_report(run_dir)
+    # `tvlens report` recomputes a stale table (write_report itself never runs a model)
+    from tvlens.cli import main
+
+    assert main(["report", str(run_dir)]) == 0
     assert set(pd.read_csv(path)["step"]) == {steps[-1]}  # recomputed at the last checkpoint
     hand = pd.read_csv(path).drop(columns="step").query("head == 0")
-    attn.save_attention(hand, run_dir)
-    report.write_report(run_dir)
+    attn_a.save_attention(hand, run_dir)
+    assert main(["report", str(run_dir)]) == 0
     assert set(pd.read_csv(path)["head"]) == {0}  # no step column: kept as saved

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 
 from tvlens.experiments.train_cmd import add_config_arguments, config_from_args
+from tvlens.io import save_csv, save_text
 from tvlens.models import Run, RunConfig, load_run, train
-from tvlens.models.checkpoint import atomic_write_text
 from tvlens.models.evaluate import References, default_bands, eval_batches, predict
 
 log = logging.getLogger(__name__)
@@ -76,25 +76,16 @@ def _finished(run_dir: Path, config: RunConfig) -> bool:
 
 
 def analyse(run: Run) -> dict[str, float]:
-    """Every analysis on the trained demo model (``analyses/*.csv``); returns seconds per part.
+    """Every analysis of :data:`tvlens.registry.DEMO` on the trained demo model
+    (``analyses/*.csv``); returns seconds per analysis.
 
     Geometry, alignment, ablation, steering and the mode diagnostic (SCIENCE.md A), a
-    denoising patching sweep, and task decodability over layers, context and checkpoints.
+    denoising patching sweep, task decodability over layers, context and checkpoints, and
+    the attention patterns the report draws.
     """
-    from tvlens.analyses import analyse_decodability, analyse_dynamics, analyse_patching
-    from tvlens.experiments.two_modes import analyse_run
+    from tvlens.registry import DEMO, run_analyses
 
-    seconds = {}
-    for name, fn in (
-        ("geometry_steering_modes", analyse_run),
-        ("patching", analyse_patching),
-        ("decodability", analyse_decodability),
-        ("dynamics", analyse_dynamics),
-    ):
-        t0 = time.perf_counter()
-        log.info("analysis: %s", name)
-        fn(run)
-        seconds[name] = round(time.perf_counter() - t0, 1)
+    _, seconds = run_analyses(run, DEMO)
     return seconds
 
 
@@ -113,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     train_s = time.perf_counter() - t0
 
     table = summary(result)
-    atomic_write_text(run_dir / "summary.csv", table.to_csv(index=False))
+    save_csv(run_dir / "summary.csv", table)
     print(f"\nModel vs exact Bayesian references (cross-entropy, nats; {SUMMARY_SIZE} sequences):")
     print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     second_half = table[(table.split == "major")].iloc[-1]
@@ -138,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         )
     if not args.no_report:
         verdict["analysis_seconds"] = analyse(result)
-    atomic_write_text(run_dir / "demo.json", json.dumps(verdict, indent=2))
+    save_text(run_dir / "demo.json", json.dumps(verdict, indent=2))
     if not args.no_report:
         from tvlens.viz.report import write_report
 

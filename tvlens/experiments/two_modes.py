@@ -1,7 +1,8 @@
 """``tvlens experiment two-modes``: retrieval vs learning across task diversity.
 
 Trains one model per ``k`` (``2**k`` minor tasks; ``k = -1`` for none), runs every geometry
-and steering analysis on each (:func:`analyse_run`), then the across-k results: OOD
+and steering analysis on each
+(:func:`tvlens.analyses.two_modes.analyse_two_modes`), then the across-k results: OOD
 projection R² against log2 N_minor and the mode heatmap over training step × log2 N_minor.
 Everything lands in the experiment directory::
 
@@ -39,156 +40,29 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from tvlens.analyses.geometry import (
-    fit_beta,
-    geometry_over_training,
-    geometry_points,
-    principal_angle_table,
-    simplex_table,
-    subspace_ablation,
-)
-from tvlens.analyses.modes import mode_diagnostic
-from tvlens.analyses.paper_metrics import paper_anova, paper_ood_r2
-from tvlens.analyses.steering import convexity_table, steering_table
-from tvlens.analyses.task_vectors import anova_r2, task_vectors
+from tvlens.analyses.common import save_tables as _save_tables
+from tvlens.analyses.two_modes import ANALYSIS_SEED_OFFSET as ANALYSIS_SEED_OFFSET
+from tvlens.analyses.two_modes import analyse_two_modes, best_layer
 from tvlens.experiments.train_cmd import add_config_arguments, config_from_args
-from tvlens.models import Run, RunConfig, eval_batches, list_checkpoints, load_run, train
-from tvlens.models.checkpoint import atomic_write_text
+from tvlens.io import save_csv, save_text
+from tvlens.models import Run, RunConfig, list_checkpoints, load_run, train
 from tvlens.models.train import has_resume_state
-from tvlens.tasks.base import Batch
 
 log = logging.getLogger(__name__)
 
 DEFAULT_KS = (-1, 0, 2, 4, 6, 8)
 ANALYSES = "analyses"
-#: seed offset of the analysis batches (held out from the training-time evaluation batches)
-ANALYSIS_SEED_OFFSET = 1
 
 
 # ---------------------------------------------------------------------- per-run analyses
-def analyse_run(
-    run: Run,
-    *,
-    n_eval: int = 256,
-    n_causal: int = 96,
-    n_training: int = 64,
-    n_per_task: int = 64,
-    n_random: int = 5,
-    layers: Sequence[int] | None = None,
-    modes: bool = True,
-    save: bool = True,
-    progress: bool = False,
-    n_paper_tasks: int = 128,
-) -> dict[str, pd.DataFrame]:
-    """Every task-vector analysis of SCIENCE.md (A) on a trained run; writes
-    ``RUN_DIR/analyses/<name>.csv`` (when ``save``) and returns the tables by name.
-
-    Tables: ``task_vectors`` (θ norms of the majors and ≤ 8 minors), ``anova_r2`` (task /
-    task + token R² per layer), ``simplex_fit`` (simplex, task + token and affine-plane R², norms in / orthogonal, per
-    layer × split), ``alignment`` and ``alignment_summary`` (β_t against the exact
-    posterior), ``beta_posterior`` (scatter sample), ``principal_angles``,
-    ``geometry_points`` (3-D view at the best layer), ``ablation`` (task subspace vs
-    ``n_random`` random subspaces of equal rank), ``steering``, ``convexity``, and over the
-    run's checkpoints ``modes`` (the mode diagnostic) and ``geometry_training`` (the simplex
-    table per step); the last two are skipped when ``modes=False``. ``paper_ood_r2`` and
-    ``paper_anova`` hold the reference code's definitions (:mod:`tvlens.analyses.
-    paper_metrics`; ``n_paper_tasks`` OOD tasks × as many sequences each).
-
-    The best layer — where the major-task states fit the simplex best — picks the layer of
-    the 3-D view and of the β scatter. The geometry uses ``n_eval`` sequences per split; the
-    interventions (ablation, steering, convexity) and the mode diagnostic, which need one
-    forward pass per condition, use the first ``n_causal`` of them, and the geometry over
-    training ``n_training`` sequences per split at each checkpoint. All are drawn with seeds
-    held out from training and from the task-vector estimate. On the demo model this takes
-    about 10 s on 2 idle CPU cores (17 s on one thread).
-    """
-    if n_causal > n_eval:
-        raise ValueError(f"n_causal={n_causal} exceeds n_eval={n_eval}; lower n_causal.")
-    fam, model = run.family, run.model
-    model.eval()
-    seed = run.config.train.seed + ANALYSIS_SEED_OFFSET
-    batches = eval_batches(fam, n_eval, seed=seed)
-    small = {name: _head(b, n_causal) for name, b in batches.items()}
-    t0 = time.perf_counter()
-    tv = task_vectors(
-        model,
-        fam,
-        layers,
-        tasks="all",
-        max_minor=8,
-        n_per_task=n_per_task,
-        seed=seed,
-        progress=progress,
-    )
-    tables: dict[str, pd.DataFrame] = {"task_vectors": tv.to_frame()}
-    tables["anova_r2"] = anova_r2(model, fam, tv.layers, seed=seed + 1)
-    # the reference code's definitions, beside tvlens's (paper_metrics)
-    tables["paper_ood_r2"] = paper_ood_r2(
-        model, fam, tv.layers, n_tasks=n_paper_tasks, n_per_task=n_paper_tasks, seed=seed
-    )
-    tables["paper_anova"] = paper_anova(model, fam, tv.layers, seed=seed + 2)
-    tables["simplex_fit"] = simplex_table(model, fam, tv, batches)
-    best = best_layer(tables["simplex_fit"])
-    fit = fit_beta(model, fam, tv, batches["major"])
-    tables["alignment"] = fit.by_position()
-    tables["alignment_summary"] = fit.summary()
-    tables["beta_posterior"] = fit.points(best)
-    tables["principal_angles"] = principal_angle_table(model, tv, batches)
-    tables["geometry_points"] = geometry_points(model, tv, batches, best)
-    tables["ablation"] = subspace_ablation(
-        model,
-        fam,
-        small,
-        {layer: tv.basis(layer) for layer in tv.layers},
-        point=tv.point,
-        n_random=n_random,
-        seed=seed,
-    )
-    tables["steering"] = steering_table(model, fam, tv, small["major"], tv.layers)
-    tables["convexity"] = convexity_table(model, fam, tv, small["major"], tv.layers)
-    if modes and list_checkpoints(run.dir):
-        tables["modes"] = mode_diagnostic(run.dir, n=n_causal, seed=seed, progress=progress)
-        tables["geometry_training"] = geometry_over_training(
-            run.dir, n=n_training, n_per_task=n_per_task // 2, seed=seed, progress=progress
-        )
-    for df in tables.values():
-        if "k" not in df.columns:
-            df.insert(0, "k", fam.config.k)
-    if save:
-        save_tables(tables, Path(run.dir) / ANALYSES)
-    log.info("analysed %s in %.1f s (best layer %d)", run.dir, time.perf_counter() - t0, best)
-    return tables
-
-
-def _head(batch: Batch, n: int) -> Batch:
-    """The first ``n`` sequences of ``batch``."""
-    return Batch(
-        batch.inputs[:n],
-        batch.targets[:n],
-        batch.target_mask[:n],
-        batch.task_ids[:n],
-        batch.params[:n],
-        batch.split,
-    )
-
-
-def best_layer(simplex: pd.DataFrame, split: str = "major") -> int:
-    """The layer where ``split``'s states fit the task simplex best (highest simplex R²)."""
-    rows = simplex[simplex["split"] == split]
-    if rows.empty:
-        raise ValueError(f"the simplex table has no {split!r} rows; fit it on a {split} batch.")
-    return int(rows.loc[rows["r2_task"].idxmax(), "layer"])
+def analyse_run(run: Run, *, save: bool = True, **options: Any) -> dict[str, pd.DataFrame]:
+    """Deprecated alias of :func:`tvlens.analyses.two_modes.analyse_two_modes`."""
+    return analyse_two_modes(run, save=save, **options)
 
 
 def save_tables(tables: dict[str, pd.DataFrame], out: Path) -> list[Path]:
     """Write each table to ``out/<name>.csv`` atomically; returns the paths."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, df in tables.items():
-        path = out / f"{name}.csv"
-        atomic_write_text(path, df.to_csv(index=False))
-        paths.append(path)
-    return paths
+    return _save_tables(tables, out)
 
 
 def load_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
@@ -374,8 +248,10 @@ def run_sweep(
 ) -> pd.DataFrame:
     """Train and analyse one model per k, then write ``results.csv``, the across-k
     ``analyses/*.csv`` and ``figures/*.html`` into ``exp_dir``; returns the results table."""
-    from tvlens.viz.geometry import write_figures
+    from tvlens.registry import figure_functions
+    from tvlens.viz.common import write_figures
 
+    figures = figure_functions(["two_modes", "two_modes_sweep"])
     exp_dir = Path(exp_dir)
     exp_dir.mkdir(parents=True, exist_ok=True)
     if jobs < 1:
@@ -414,15 +290,17 @@ def run_sweep(
         metrics = pd.read_csv(metrics_path) if metrics_path.exists() else None
         rows.append({**headline(per_k[k], metrics), "seconds": round(seconds[k], 1)})
     results = pd.DataFrame(rows)
-    atomic_write_text(exp_dir / "results.csv", results.to_csv(index=False))
+    save_csv(exp_dir / "results.csv", results)
     tables = across_k(per_k)
     tables["results"] = results
     save_tables({n: t for n, t in tables.items() if n != "results"}, exp_dir / ANALYSES)
-    write_figures(tables, exp_dir / "figures")
+    write_figures(tables, exp_dir / "figures", figures)
     for k in configs:
         best = int(results.loc[results["k"] == k, "best_layer"].iloc[0])
         pts = per_k[k]["geometry_points"]
-        write_figures({"geometry_points": pts[pts["layer"] == best]}, exp_dir / "figures", f"k{k}_")
+        write_figures(
+            {"geometry_points": pts[pts["layer"] == best]}, exp_dir / "figures", figures, f"k{k}_"
+        )
     return results
 
 
@@ -484,7 +362,7 @@ def run(args: argparse.Namespace) -> int:
         analysis={"n_eval": args.n_eval, "n_causal": min(args.n_causal, args.n_eval)},
     )
     wall = time.perf_counter() - t0
-    atomic_write_text(
+    save_text(
         out / "experiment.json",
         json.dumps(
             {

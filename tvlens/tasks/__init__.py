@@ -1,8 +1,11 @@
 """Latent-task families, samplers and exact Bayesian references.
 
 ``registry`` maps family names to their classes (``FAMILIES``, imported on first lookup);
-``base`` holds the family interface, ``FamilyConfig``, ``Batch`` and ``make_family``; each
-family (``dice``, ``markov``, ``linreg``, ``sparse_linreg``) lives in its own module. Names
+``base`` holds the family interface, the flat serialised ``FamilyConfig``, ``PoolConfig``
+(the fields every family reads), ``Batch`` and ``make_family``; each family (``dice``,
+``markov``, ``linreg``, ``sparse_linreg``, ``dyck``) lives in its own module with its own
+config dataclass, and answers for its own token layout (query positions, labels, current
+tokens, context-free loss), so no code outside ``tasks/`` branches on the family's kind. Names
 are re-exported lazily so that ``import tvlens.tasks`` imports no torch.
 """
 
@@ -18,7 +21,12 @@ _EXPORTS = {
     "TaskFamily": "tvlens.tasks.base",
     "derive_seed": "tvlens.tasks.base",
     "make_family": "tvlens.tasks.base",
+    "PoolConfig": "tvlens.tasks.base",
     "Dice": "tvlens.tasks.dice",
+    "DiceConfig": "tvlens.tasks.dice",
+    "MarkovConfig": "tvlens.tasks.markov",
+    "LinRegConfig": "tvlens.tasks.linreg",
+    "SparseLinRegConfig": "tvlens.tasks.sparse_linreg",
     "LinReg": "tvlens.tasks.linreg",
     "Markov": "tvlens.tasks.markov",
     "SparseLinReg": "tvlens.tasks.sparse_linreg",

@@ -24,7 +24,7 @@ import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
 import torch
@@ -134,6 +134,40 @@ class FamilyConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PoolConfig:
+    """The fields every family reads: its task pool, mixture, length and seed.
+
+    Each family declares its own frozen config (``DiceConfig``, ``LinRegConfig``, …) as a
+    subclass holding only the fields it reads, and keeps it as ``family.config``. The flat
+    :class:`FamilyConfig` stays the serialised form (a run's ``config.json``); a family
+    reads its own fields from it with :meth:`from_config`.
+    """
+
+    name: str = "dice"
+    n_major: int = 3
+    k: int = -1
+    p_minor: float = 0.1
+    seq_len: int = 64
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, config: FamilyConfig | PoolConfig) -> PoolConfig:
+        """This family's fields of ``config`` (a flat :class:`FamilyConfig` or a typed one)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
+
+    @property
+    def n_minor(self) -> int:
+        return 0 if self.k < 0 else 2**self.k
+
+    def validate(self) -> None:
+        """Checks of the family's own fields (the flat config checks the shared ones)."""
+        FamilyConfig(**self.to_dict()).validate()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def derive_seed(*parts: object) -> int:
     """A stable 63-bit seed from any parts: sampling is a pure function of its key."""
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
@@ -172,10 +206,12 @@ class TaskFamily(ABC):
     param_dims: int = 1
     #: what :meth:`divergence` measures: ``kl`` (distributions) or ``sq_err`` (means)
     divergence_name: str = "kl"
+    #: the family's own config dataclass (``None``: keep the flat :class:`FamilyConfig`)
+    config_class: type[PoolConfig] | None = None
 
-    def __init__(self, config: FamilyConfig) -> None:
+    def __init__(self, config: FamilyConfig | PoolConfig) -> None:
         config.validate()
-        self.config = config
+        self.config = config if self.config_class is None else self.config_class.from_config(config)
         g = generator("pool", self.name, config.seed)
         n = config.n_major + config.n_minor
         self.pool: Tensor = self.sample_prior(n, g)

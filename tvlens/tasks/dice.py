@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tvlens.tasks.base import Batch, TaskFamily, _expand_params, exclusive_cumsum
+from tvlens.tasks.base import Batch, PoolConfig, TaskFamily, _expand_params, exclusive_cumsum
+
+
+@dataclass(frozen=True)
+class DiceConfig(PoolConfig):
+    """Dice: the pool fields plus the number of symbols ``vocab``."""
+
+    vocab: int = 6
 
 
 class Dice(TaskFamily):
@@ -18,6 +27,7 @@ class Dice(TaskFamily):
     name = "dice"
     kind = "discrete"
     param_dims = 1
+    config_class = DiceConfig
 
     @property
     def bos(self) -> int:

@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from tvlens.tasks.base import Batch, ConfigError, FamilyConfig, TaskFamily, _expand_params
+from tvlens.tasks.base import (
+    Batch,
+    ConfigError,
+    FamilyConfig,
+    PoolConfig,
+    TaskFamily,
+    _expand_params,
+)
+
+
+@dataclass(frozen=True)
+class LinRegConfig(PoolConfig):
+    """Linear regression: the pool fields plus the input dimension and the noise σ."""
+
+    name: str = "linreg"
+    seq_len: int = 40
+    dim: int = 6
+    noise: float = 0.5
 
 
 class LinReg(TaskFamily):
@@ -22,8 +40,9 @@ class LinReg(TaskFamily):
     kind = "regression"
     param_dims = 1
     divergence_name = "sq_err"
+    config_class = LinRegConfig
 
-    def __init__(self, config: FamilyConfig) -> None:
+    def __init__(self, config: FamilyConfig | LinRegConfig) -> None:
         if config.seq_len % 2:
             raise ConfigError(
                 f"family.seq_len={config.seq_len} must be even for regression: "
@@ -40,7 +59,7 @@ class LinReg(TaskFamily):
         return 1
 
     @classmethod
-    def d_in_for(cls, config: FamilyConfig) -> int:
+    def d_in_for(cls, config: FamilyConfig | LinRegConfig) -> int:
         return config.dim + 1
 
     @property

@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tvlens.tasks.base import Batch, TaskFamily, _expand_params, exclusive_cumsum
+from tvlens.tasks.base import Batch, PoolConfig, TaskFamily, _expand_params, exclusive_cumsum
+
+
+@dataclass(frozen=True)
+class MarkovConfig(PoolConfig):
+    """Markov chains: the pool fields plus the number of states ``vocab``."""
+
+    name: str = "markov"
+    vocab: int = 8
 
 
 class Markov(TaskFamily):
@@ -17,6 +27,7 @@ class Markov(TaskFamily):
     name = "markov"
     kind = "discrete"
     param_dims = 2
+    config_class = MarkovConfig
 
     @property
     def bos(self) -> int:

@@ -23,16 +23,30 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from tvlens.tasks.base import Batch, ConfigError, FamilyConfig, generator
-from tvlens.tasks.linreg import LinReg
+from tvlens.tasks.linreg import LinReg, LinRegConfig
 
 #: elements of the largest ``[chunk, n, C·M, s, s]`` tensor built by the enumeration
 _ENUM_BUDGET = 2**24
+
+
+@dataclass(frozen=True)
+class SparseLinRegConfig(LinRegConfig):
+    """Sparse regression: linear regression's fields plus the concepts and the sparsity."""
+
+    name: str = "sparse_linreg"
+    n_major: int = 4
+    seq_len: int = 24
+    dim: int = 5
+    noise: float = 0.25
+    n_concepts: int = 4
+    sparsity: int = 2
 
 
 class SparseLinReg(LinReg):
@@ -44,8 +58,9 @@ class SparseLinReg(LinReg):
     """
 
     name = "sparse_linreg"
+    config_class = SparseLinRegConfig
 
-    def __init__(self, config: FamilyConfig) -> None:
+    def __init__(self, config: FamilyConfig | SparseLinRegConfig) -> None:
         d, s, c = config.dim, config.sparsity, config.n_concepts
         if not 1 <= s < d:
             raise ConfigError(

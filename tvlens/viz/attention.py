@@ -1,13 +1,8 @@
-"""Attention patterns for chosen heads: computed through the bridge, drawn offline.
+"""Attention patterns for chosen heads, drawn offline (computed by :mod:`tvlens.analyses.attention`).
 
-The patterns come from ``blocks.{l}.attn.hook_pattern`` (``[batch, head, q, k]``) of any
-TransformerBridge on one sequence (:func:`bridge_attention`): a sample of a trained tvlens
-run (:func:`attention_patterns`) or a text prompt of a pretrained model
-(:func:`prompt_attention`). They are saved tidy as ``analyses/attention.csv`` (layer, head,
-q, k, value and the token at each position), where the report finds them; the report
-computes them itself for a trained synthetic run that lacks the table.
-
-Two views:
+The table is ``analyses/attention.csv`` (layer, head, q, k, value and the token at each
+position), written by :func:`tvlens.analyses.attention.analyse_attention`; this module only
+draws it and never runs a model. Two views:
 
 * :func:`attention_figure` draws them as **plotly heatmaps**, which the HTML report embeds.
   We draw with plotly rather than circuitsvis on purpose: a circuitsvis widget loads its
@@ -16,241 +11,63 @@ Two views:
   widget. plotly's JavaScript is inlined once per report, so this view works anywhere.
 * :func:`attention_view` returns the circuitsvis widget (``attention_heads``) for notebook
   users who want its hover-by-token view.
+
+The computing functions that used to live here (``attention_patterns``, ``bridge_attention``,
+``write_attention``, …) are deprecated aliases of :mod:`tvlens.analyses.attention`.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-import torch
-from jaxtyping import Float
 from plotly.subplots import make_subplots
-from torch import Tensor
 
-from tvlens.hooks import check_hook_names, hook_name
-from tvlens.models.checkpoint import atomic_write_text
-
-if TYPE_CHECKING:
-    from tvlens.models import Run
+from tvlens.analyses.attention import COLUMNS as COLUMNS
+from tvlens.analyses.attention import CSV_NAME, check_table
 
 log = logging.getLogger(__name__)
 
+#: deprecated names: they compute, so they live in tvlens.analyses.attention now
+_MOVED = (
+    "MAX_DEFAULT_HEADS",
+    "attention_patterns",
+    "bridge_attention",
+    "mean_entropy",
+    "parse_heads",
+    "pattern_frame",
+    "prompt_attention",
+    "save_attention",
+    "select_heads",
+    "token_labels",
+    "write_attention",
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MOVED:
+        warnings.warn(
+            f"tvlens.viz.attention.{name} moved to tvlens.analyses.attention.{name}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return getattr(importlib.import_module("tvlens.analyses.attention"), name)
+    raise AttributeError(f"module 'tvlens.viz.attention' has no attribute {name!r}")
+
+
 SECTION = "Attention patterns"
-CSV_NAME = "attention"
-COLUMNS = ("layer", "head", "q", "k", "value", "q_token", "k_token")
 MAX_COLS = 4
-#: with no heads chosen, models with more heads than this show the most focused ones
-MAX_DEFAULT_HEADS = 16
-
-
-def token_labels(run: Run, inputs: Tensor) -> list[str]:
-    """Readable labels for one sequence: the symbol (or BOS) if discrete, x_i / y_i else."""
-    return run.family.token_labels(inputs)
-
-
-def parse_heads(spec: str) -> list[tuple[int, int]]:
-    """``"0.1,2.3"`` → ``[(0, 1), (2, 3)]`` (layer.head pairs, as on the command line)."""
-    heads = []
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        layer, dot, head = item.partition(".")
-        if not dot or not layer.isdigit() or not head.isdigit():
-            raise ValueError(f"head {item!r} must look like LAYER.HEAD (e.g. 0.1); got {spec!r}.")
-        heads.append((int(layer), int(head)))
-    if not heads:
-        raise ValueError(f"no heads in {spec!r}; give LAYER.HEAD pairs such as 0.1,2.3.")
-    return heads
-
-
-def select_heads(
-    n_layers: int,
-    n_heads: int,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[tuple[int, int]] | None = None,
-) -> dict[int, list[int]]:
-    """Layer -> heads to keep (all heads of ``layers``, or the ``heads`` pairs), validated
-    against the model's shape."""
-    if heads is not None and layers is not None:
-        raise ValueError("pass either layers= (all their heads) or heads= (layer, head pairs).")
-    if heads is None:
-        layers = list(range(n_layers)) if layers is None else list(layers)
-        heads = [(layer, h) for layer in layers for h in range(n_heads)]
-    chosen: dict[int, list[int]] = {}
-    for layer, head in heads:
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise ValueError(
-                f"head ({layer}, {head}) does not exist: the model has {n_layers} layers "
-                f"and {n_heads} heads per layer."
-            )
-        if int(head) not in chosen.setdefault(int(layer), []):
-            chosen[int(layer)].append(int(head))
-    if not chosen:
-        raise ValueError("no heads chosen; pass at least one layer or (layer, head) pair.")
-    return chosen
-
-
-def mean_entropy(pattern: Float[Tensor, "head q k"]) -> Float[Tensor, " head"]:
-    """Mean over queries of each head's attention entropy (nats); low = focused."""
-    p = pattern.clamp_min(1e-12)
-    return -(pattern * p.log()).sum(-1).mean(-1)
-
-
-@torch.no_grad()
-def bridge_attention(
-    bridge: Any,
-    inputs: Tensor,
-    labels: Sequence[str],
-    *,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[tuple[int, int]] | None = None,
-) -> pd.DataFrame:
-    """Tidy attention patterns of any TransformerBridge on one sequence (a batch of 1).
-
-    Reads ``blocks.{l}.attn.hook_pattern`` with ``run_with_cache(names_filter=...)``. Choose
-    heads with ``heads=[(layer, head), ...]`` or whole ``layers=``. With neither, every head
-    is kept when the model has at most ``MAX_DEFAULT_HEADS``; otherwise each layer keeps its
-    ``MAX_DEFAULT_HEADS // n_layers`` (at least one) heads of lowest mean attention entropy on
-    this sequence, the most focused ones. Columns: ``COLUMNS``.
-    """
-    if inputs.shape[0] != 1:
-        raise ValueError(
-            f"attention patterns are drawn for one sequence; got a batch of {inputs.shape[0]}. "
-            "Index the batch first, e.g. batch.inputs[:1]."
-        )
-    if len(labels) != inputs.shape[1]:
-        raise ValueError(f"{len(labels)} labels for a sequence of {inputs.shape[1]} positions.")
-    auto = heads is None and layers is None
-    chosen = select_heads(bridge.cfg.n_layers, bridge.cfg.n_heads, layers, heads)
-    names = check_hook_names(
-        bridge, [hook_name(layer, "attn.hook_pattern") for layer in sorted(chosen)]
-    )
-    device = next(bridge.parameters()).device
-    _, cache = bridge.run_with_cache(inputs.to(device), names_filter=lambda n: n in names)
-    patterns: dict[int, Float[Tensor, "head q k"]] = {
-        layer: cache[hook_name(layer, "attn.hook_pattern")][0].float().cpu() for layer in chosen
-    }
-    if auto and sum(len(h) for h in chosen.values()) > MAX_DEFAULT_HEADS:
-        per_layer = max(1, MAX_DEFAULT_HEADS // len(chosen))
-        chosen = {
-            layer: sorted(mean_entropy(p).argsort()[:per_layer].tolist())
-            for layer, p in patterns.items()
-        }
-        log.info("attention: %d heads per layer with the lowest mean entropy", per_layer)
-    frames = [
-        pattern_frame(patterns[layer][head], labels, layer, head)
-        for layer in sorted(chosen)
-        for head in chosen[layer]
-    ]
-    return pd.concat(frames, ignore_index=True)
-
-
-def attention_patterns(
-    run: Run,
-    inputs: Tensor | None = None,
-    *,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[tuple[int, int]] | None = None,
-    split: str = "major",
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Tidy attention patterns (layer, head, q, k, value, q_token, k_token) of a trained
-    tvlens run on one sequence.
-
-    ``inputs`` is one sequence (``[pos]`` token ids, ``[pos, d_in]`` regression features, or
-    either with a leading batch of 1); by default one sequence of ``split`` drawn with
-    ``seed``. Heads are chosen as in :func:`bridge_attention`.
-    """
-    if inputs is None:
-        inputs = run.family.sample(split, 1, seed=seed).inputs
-    inputs = run.family.as_batch(inputs)
-    run.model.check_inputs(inputs)
-    return bridge_attention(
-        run.bridge, inputs, token_labels(run, inputs[0]), layers=layers, heads=heads
-    )
-
-
-def prompt_attention(
-    bridge: Any,
-    text: str,
-    *,
-    layers: Sequence[int] | None = None,
-    heads: Sequence[tuple[int, int]] | None = None,
-) -> pd.DataFrame:
-    """Attention patterns of a pretrained bridge (``tvlens.llm.load``) on one text prompt,
-    labelled by its tokens (the tokenizer's own, BOS included when it adds one)."""
-    tok = getattr(bridge, "tokenizer", None)
-    if tok is None:
-        raise ValueError("this bridge has no tokenizer; use bridge_attention with token ids.")
-    ids = tok(text, return_tensors="pt")["input_ids"]
-    labels = tok.convert_ids_to_tokens(ids[0].tolist())
-    return bridge_attention(bridge, ids, labels, layers=layers, heads=heads)
-
-
-def pattern_frame(
-    pattern: Float[Tensor, "q k"], labels: Sequence[str], layer: int, head: int
-) -> pd.DataFrame:
-    """One head's ``[q, k]`` pattern as tidy rows (causal: only ``k <= q``)."""
-    t = pattern.shape[0]
-    if pattern.shape != (t, t) or len(labels) != t:
-        raise ValueError(
-            f"pattern must be square [q, k] with one label per position; got "
-            f"{tuple(pattern.shape)} and {len(labels)} labels."
-        )
-    q, k = np.tril_indices(t)
-    return pd.DataFrame(
-        {
-            "layer": layer,
-            "head": head,
-            "q": q,
-            "k": k,
-            "value": pattern.numpy()[q, k],
-            "q_token": [labels[i] for i in q],
-            "k_token": [labels[i] for i in k],
-        }
-    )
-
-
-def save_attention(df: pd.DataFrame, run_dir: Path | str) -> Path:
-    """Write an attention table to ``RUN_DIR/analyses/attention.csv`` (atomically), where
-    the report finds it."""
-    _check(df)
-    out = Path(run_dir) / "analyses" / f"{CSV_NAME}.csv"
-    atomic_write_text(out, df.to_csv(index=False))
-    log.info("wrote %s (%d heads)", out, df.groupby(["layer", "head"]).ngroups)
-    return out
-
-
-def write_attention(
-    run_dir: Path | str,
-    *,
-    heads: Sequence[tuple[int, int]] | None = None,
-    split: str = "major",
-    seed: int = 0,
-    step: int | None = None,
-) -> Path:
-    """Compute attention patterns of a trained run (its last checkpoint unless ``step``) and
-    save ``analyses/attention.csv`` with a ``step`` column."""
-    from tvlens.models import load_run
-
-    run = load_run(run_dir, step=step)
-    df = attention_patterns(run, heads=heads, split=split, seed=seed)
-    return save_attention(df.assign(step=run.step), run_dir)
 
 
 def _check(df: pd.DataFrame) -> None:
-    missing = [c for c in ("layer", "head", "q", "k", "value") if c not in df.columns]
-    if missing:
-        raise ValueError(
-            f"attention table lacks column(s) {missing}; build it with attention_patterns()."
-        )
-    if df.empty:
-        raise ValueError("attention table is empty; choose at least one head.")
+    check_table(df)
 
 
 def _matrix(d: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
@@ -307,6 +124,7 @@ def attention_figure(df: pd.DataFrame) -> go.Figure:
 def attention_view(df: pd.DataFrame, layer: int, heads: Sequence[int] | None = None) -> Any:
     """A circuitsvis attention widget for one layer (for notebooks; it loads JS from a CDN)."""
     import circuitsvis as cv
+    import torch
 
     _check(df)
     d = df[df["layer"] == layer]

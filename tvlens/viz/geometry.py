@@ -1,7 +1,7 @@
 """Figures for task-vector geometry and the two modes (tables of :mod:`tvlens.analyses`).
 
 Each function takes the tidy table written as ``analyses/<name>.csv`` (see
-:func:`tvlens.experiments.two_modes.analyse_run` and the experiment's across-k tables) and
+:func:`tvlens.analyses.two_modes.analyse_two_modes` and the experiment's across-k tables) and
 returns a plotly figure; ``FIGURES`` maps the CSV stem to its function for the report.
 """
 

@@ -29,7 +29,8 @@ import importlib.resources
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -40,21 +41,14 @@ import plotly
 import plotly.graph_objects as go
 import plotly.offline
 
-from tvlens.models.checkpoint import atomic_write_text
+from tvlens.io import save_text
+from tvlens.registry import figure_modules
 
 log = logging.getLogger(__name__)
 
-#: viz modules scanned for ``SECTION`` / ``FIGURES``, in report order; missing ones are skipped.
-VIZ_MODULES: tuple[str, ...] = (
-    "tvlens.viz.training",
-    "tvlens.viz.geometry",
-    "tvlens.viz.steering",
-    "tvlens.viz.paper",
-    "tvlens.viz.decodability",
-    "tvlens.viz.patching",
-    "tvlens.viz.llm",
-    "tvlens.viz.attention",
-)
+#: viz modules scanned for ``SECTION`` / ``FIGURES``, in report order: the figure modules of
+#: the analysis registry (:func:`tvlens.registry.figure_modules`); missing ones are skipped.
+VIZ_MODULES: tuple[str, ...] = figure_modules()
 ANALYSES = "analyses"
 METRICS = "metrics"
 REPORT_NAME = "report.html"
@@ -324,49 +318,29 @@ def summary_html(run_dir: Path, results: dict[str, Path], absent: Sequence[Absen
     return "\n".join(parts)
 
 
-def ensure_attention(run_dir: Path, results: dict[str, Path]) -> str | None:
-    """Compute ``analyses/attention.csv`` for a trained synthetic run that lacks it, or whose
-    table was computed at an earlier checkpoint than the run's last.
-
-    Attention is one forward pass of one sequence, so the report computes it rather than
-    leaving the section out. Tables without a ``step`` column (saved by hand, e.g. from a
-    pretrained model) are kept as they are. Returns a note when it could not be computed.
-    """
-    from tvlens.models import list_checkpoints
-    from tvlens.viz.attention import CSV_NAME, write_attention
-
-    steps = list_checkpoints(run_dir)
-    if not steps:
-        return None
-    if CSV_NAME in results:
-        try:
-            old = pd.read_csv(results[CSV_NAME], nrows=1)
-        except Exception:  # noqa: BLE001 — unreadable: the figure's error box will say why
-            return None
-        if "step" not in old.columns or old.empty or int(old["step"].iloc[0]) == steps[-1]:
-            return None
-        log.info("report: attention.csv is from step %s; recomputing", old["step"].iloc[0])
-    try:
-        results[CSV_NAME] = write_attention(run_dir)
-    except Exception as e:  # noqa: BLE001 — the rest of the report still stands
-        log.warning("report: could not compute attention patterns: %s", e)
-        return f"Attention patterns could not be computed: {type(e).__name__}: {e}"
-    return None
-
-
 def write_report(
     run_dir: Path | str,
     out: Path | str | None = None,
     *,
     modules: Sequence[str] = VIZ_MODULES,
-    attention: bool = True,
+    attention: bool | None = None,
     title: str | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> Path:
     """Write one self-contained offline ``report.html`` for ``run_dir`` and return its path.
 
-    ``attention=True`` computes ``analyses/attention.csv`` first when the run has weight
-    checkpoints but no attention table (one forward pass), so the attention section exists.
+    The report only reads tables: it never loads a model. ``tvlens report`` computes a
+    missing attention table first (:func:`tvlens.analyses.attention.ensure_attention`).
+    ``notes`` maps a viz module to a message shown at the top of its section (e.g. why a
+    table could not be computed). ``attention`` is deprecated and ignored.
     """
+    if attention is not None:
+        warnings.warn(
+            "write_report(attention=...) is deprecated and ignored: the report never runs a "
+            "model; call tvlens.analyses.attention.ensure_attention(run_dir) first.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(
@@ -374,11 +348,7 @@ def write_report(
             "`tvlens demo`, or pass an existing run directory."
         )
     results = discover_results(run_dir)
-    notes: dict[str, str] = {}
-    if attention and "tvlens.viz.attention" in modules:
-        note = ensure_attention(run_dir, results)
-        if note:
-            notes["tvlens.viz.attention"] = note
+    notes = dict(notes or {})
     roots = [n for n in ("config.json", *ROOT_TABLES, *ROOT_JSON) if (run_dir / n).exists()]
     if not results and not roots:
         raise FileNotFoundError(
@@ -401,7 +371,7 @@ def write_report(
         title or f"tvlens report: {run_dir.resolve().name}",
         absent,
     )
-    atomic_write_text(out, page)
+    save_text(out, page)
     n_fig = sum(f.error is None for s in sections for f in s.figures)
     n_err = sum(f.error is not None for s in sections for f in s.figures)
     log.info("wrote %s (%d figures, %d errors, %d sections)", out, n_fig, n_err, len(sections))

@@ -25,11 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tvlens.viz.attention import parse_heads, write_attention
-    from tvlens.viz.report import write_report
+    from tvlens.analyses.attention import ensure_attention, parse_heads, write_attention
+    from tvlens.viz.report import discover_results, write_report
 
+    notes = {}
     if args.heads:
         write_attention(args.run_dir, heads=parse_heads(args.heads))
-    path = write_report(args.run_dir, args.out, attention=not args.no_attention)
+    elif not args.no_attention and Path(args.run_dir).is_dir():
+        # the report only reads tables: compute the attention table here when it is missing
+        note = ensure_attention(args.run_dir, discover_results(args.run_dir))
+        if note:
+            notes["tvlens.viz.attention"] = note
+    path = write_report(args.run_dir, args.out, notes=notes)
     print(f"report: {path}")
     return 0

@@ -1,0 +1,164 @@
+"""The two modes (SCIENCE.md A): task vectors, their geometry, steering and the mode diagnostic.
+
+:func:`analyse_two_modes` is the run-level driver: it builds the task vectors once and runs
+every geometry analysis on them (ANOVA R², the simplex fit, posterior alignment, principal
+angles, the 3-D view, subspace ablation, steering, convexity, the paper's definitions) and,
+over the run's checkpoints, the mode diagnostic and the geometry over training. The pure
+functions live in :mod:`~tvlens.analyses.task_vectors`, :mod:`~tvlens.analyses.geometry`,
+:mod:`~tvlens.analyses.steering`, :mod:`~tvlens.analyses.modes` and
+:mod:`~tvlens.analyses.paper_metrics`. ``tvlens experiment two-modes`` runs it once per k.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from tvlens.analyses.common import analyses_dir, save_tables
+from tvlens.analyses.geometry import (
+    fit_beta,
+    geometry_over_training,
+    geometry_points,
+    principal_angle_table,
+    simplex_table,
+    subspace_ablation,
+)
+from tvlens.analyses.modes import mode_diagnostic
+from tvlens.analyses.paper_metrics import paper_anova, paper_ood_r2
+from tvlens.analyses.steering import convexity_table, steering_table
+from tvlens.analyses.task_vectors import anova_r2, task_vectors
+from tvlens.models.evaluate import eval_batches
+from tvlens.models.train import list_checkpoints
+from tvlens.tasks.base import Batch
+
+if TYPE_CHECKING:
+    from tvlens.models import Run
+
+log = logging.getLogger(__name__)
+
+#: seed offset of the analysis batches (held out from the training-time evaluation batches)
+ANALYSIS_SEED_OFFSET = 1
+
+
+def analyse_two_modes(
+    run: Run,
+    out_dir: Path | str | None = None,
+    *,
+    seed: int | None = None,
+    n_eval: int = 256,
+    n_causal: int = 96,
+    n_training: int = 64,
+    n_per_task: int = 64,
+    n_random: int = 5,
+    layers: Sequence[int] | None = None,
+    modes: bool = True,
+    save: bool = True,
+    progress: bool = False,
+    n_paper_tasks: int = 128,
+) -> dict[str, pd.DataFrame]:
+    """Every task-vector analysis of SCIENCE.md (A) on a trained run; writes
+    ``out_dir/<name>.csv`` (default ``RUN_DIR/analyses``; nothing when ``save=False``) and
+    returns the tables by name. ``seed`` defaults to the run's training seed + 1, held out
+    from training and from the task-vector estimate.
+
+    Tables: ``task_vectors`` (θ norms of the majors and ≤ 8 minors), ``anova_r2`` (task /
+    task + token R² per layer), ``simplex_fit`` (simplex, task + token and affine-plane R², norms in / orthogonal, per
+    layer × split), ``alignment`` and ``alignment_summary`` (β_t against the exact
+    posterior), ``beta_posterior`` (scatter sample), ``principal_angles``,
+    ``geometry_points`` (3-D view at the best layer), ``ablation`` (task subspace vs
+    ``n_random`` random subspaces of equal rank), ``steering``, ``convexity``, and over the
+    run's checkpoints ``modes`` (the mode diagnostic) and ``geometry_training`` (the simplex
+    table per step); the last two are skipped when ``modes=False``. ``paper_ood_r2`` and
+    ``paper_anova`` hold the reference code's definitions (:mod:`tvlens.analyses.
+    paper_metrics`; ``n_paper_tasks`` OOD tasks × as many sequences each).
+
+    The best layer — where the major-task states fit the simplex best — picks the layer of
+    the 3-D view and of the β scatter. The geometry uses ``n_eval`` sequences per split; the
+    interventions (ablation, steering, convexity) and the mode diagnostic, which need one
+    forward pass per condition, use the first ``n_causal`` of them, and the geometry over
+    training ``n_training`` sequences per split at each checkpoint. All are drawn with seeds
+    held out from training and from the task-vector estimate. On the demo model this takes
+    about 10 s on 2 idle CPU cores (17 s on one thread).
+    """
+    if n_causal > n_eval:
+        raise ValueError(f"n_causal={n_causal} exceeds n_eval={n_eval}; lower n_causal.")
+    fam, model = run.family, run.model
+    model.eval()
+    if seed is None:
+        seed = run.config.train.seed + ANALYSIS_SEED_OFFSET
+    batches = eval_batches(fam, n_eval, seed=seed)
+    small = {name: _head(b, n_causal) for name, b in batches.items()}
+    t0 = time.perf_counter()
+    tv = task_vectors(
+        model,
+        fam,
+        layers,
+        tasks="all",
+        max_minor=8,
+        n_per_task=n_per_task,
+        seed=seed,
+        progress=progress,
+    )
+    tables: dict[str, pd.DataFrame] = {"task_vectors": tv.to_frame()}
+    tables["anova_r2"] = anova_r2(model, fam, tv.layers, seed=seed + 1)
+    # the reference code's definitions, beside tvlens's (paper_metrics)
+    tables["paper_ood_r2"] = paper_ood_r2(
+        model, fam, tv.layers, n_tasks=n_paper_tasks, n_per_task=n_paper_tasks, seed=seed
+    )
+    tables["paper_anova"] = paper_anova(model, fam, tv.layers, seed=seed + 2)
+    tables["simplex_fit"] = simplex_table(model, fam, tv, batches)
+    best = best_layer(tables["simplex_fit"])
+    fit = fit_beta(model, fam, tv, batches["major"])
+    tables["alignment"] = fit.by_position()
+    tables["alignment_summary"] = fit.summary()
+    tables["beta_posterior"] = fit.points(best)
+    tables["principal_angles"] = principal_angle_table(model, tv, batches)
+    tables["geometry_points"] = geometry_points(model, tv, batches, best)
+    tables["ablation"] = subspace_ablation(
+        model,
+        fam,
+        small,
+        {layer: tv.basis(layer) for layer in tv.layers},
+        point=tv.point,
+        n_random=n_random,
+        seed=seed,
+    )
+    tables["steering"] = steering_table(model, fam, tv, small["major"], tv.layers)
+    tables["convexity"] = convexity_table(model, fam, tv, small["major"], tv.layers)
+    if modes and list_checkpoints(run.dir):
+        tables["modes"] = mode_diagnostic(run.dir, n=n_causal, seed=seed, progress=progress)
+        tables["geometry_training"] = geometry_over_training(
+            run.dir, n=n_training, n_per_task=n_per_task // 2, seed=seed, progress=progress
+        )
+    for df in tables.values():
+        if "k" not in df.columns:
+            df.insert(0, "k", fam.config.k)
+    if save:
+        save_tables(tables, analyses_dir(run, out_dir))
+    log.info("analysed %s in %.1f s (best layer %d)", run.dir, time.perf_counter() - t0, best)
+    return tables
+
+
+def _head(batch: Batch, n: int) -> Batch:
+    """The first ``n`` sequences of ``batch``."""
+    return Batch(
+        batch.inputs[:n],
+        batch.targets[:n],
+        batch.target_mask[:n],
+        batch.task_ids[:n],
+        batch.params[:n],
+        batch.split,
+    )
+
+
+def best_layer(simplex: pd.DataFrame, split: str = "major") -> int:
+    """The layer where ``split``'s states fit the task simplex best (highest simplex R²)."""
+    rows = simplex[simplex["split"] == split]
+    if rows.empty:
+        raise ValueError(f"the simplex table has no {split!r} rows; fit it on a {split} batch.")
+    return int(rows.loc[rows["r2_task"].idxmax(), "layer"])
