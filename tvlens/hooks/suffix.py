@@ -534,9 +534,13 @@ class BridgeSuffixRunner:
         except Exception as e:  # noqa: BLE001
             self._refuse("stacking", f"{type(e).__name__}: {e}")
         try:
-            rows = torch.tensor([seq - 1], device=resid_pre0.device)
+            if positions is None:
+                rows = torch.tensor([seq - 1], device=resid_pre0.device)
+                expected = reference[:, rows]
+            else:  # reference holds the checked positions only; compare the last of them
+                rows, expected = positions[-1:].to(resid_pre0.device), reference[:, -1:]
             only = self._blocks(resid_pre0, 0, 0, 1, None, rows, rows_mlp=True)
-            self.rows_ok = _close(only, reference[:, rows], atol)
+            self.rows_ok = _close(only, expected, atol)
             if not self.rows_ok:
                 self._refuse("read-rows MLP", "the last MLP on read rows differs from the forward")
         except Exception as e:  # noqa: BLE001
