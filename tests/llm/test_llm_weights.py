@@ -334,6 +334,9 @@ def test_get_assembles_checks_and_reuses_offline(fake_model, cache, monkeypatch)
     # a corrupt cache is rebuilt from the kept GGUF, still offline
     (folder / "config.json").write_text("{}")
     assert W.get(spec, verify=True) == folder and len(calls) == 2
+    # a registered name resolves to its folder, as `--model NAME` does
+    monkeypatch.setitem(W.REGISTRY, "fake", spec)
+    assert W.resolve("fake") == str(folder) and len(calls) == 2
 
 
 def test_get_refuses_bad_wheels(fake_model, tmp_path, monkeypatch):
