@@ -527,7 +527,6 @@ def run_trial(payload: Mapping[str, Any]) -> dict[str, Any]:
 def _run_trial(payload: Mapping[str, Any], final: Path, partial: Path) -> dict[str, Any]:
     import torch
 
-    from tvlens.io import fsync_dir, run_lock, save_json
     from tvlens.models import RunConfig
 
     if final.exists():
@@ -535,8 +534,22 @@ def _run_trial(payload: Mapping[str, Any], final: Path, partial: Path) -> dict[s
             f"{final} exists but holds no {TRIAL_JSON}, so it is not a finished trial of this "
             "sweep; move it away (or delete it) and run the sweep again."
         )
-    torch.set_num_threads(int(payload["threads"]))
     config = RunConfig.from_dict(payload["config"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(payload["threads"]))
+    try:
+        return _run_trial_locked(payload, config, final, partial)
+    finally:
+        torch.set_num_threads(threads)  # the local engine runs trials in this process
+
+
+def _run_trial_locked(
+    payload: Mapping[str, Any], config: Any, final: Path, partial: Path
+) -> dict[str, Any]:
+    import torch
+
+    from tvlens.io import fsync_dir, run_lock, save_json
+
     t0 = time.perf_counter()
     with run_lock(partial, f"tvlens sweep trial {payload['id']}, pid {os.getpid()}"):
         (partial / "error.txt").unlink(missing_ok=True)
@@ -568,7 +581,7 @@ def _run_trial(payload: Mapping[str, Any], final: Path, partial: Path) -> dict[s
         os.replace(partial, final)  # the whole run directory appears at once
         fsync_dir(final.parent)
         fsync_dir(partial.parent)
-    return _finite(rec)
+    return rec
 
 
 def _finite(obj: Any) -> Any:
@@ -704,7 +717,11 @@ def run_sweep(
         bar = _Progress(len(todo), len(done), spec.name, enabled=progress)
         try:
             for tid, rec in engine.run(
-                [t.to_payload(out) for t in todo], run_trial, bar.update, spec.resources
+                # absolute: a Ray worker on another node does not start in our directory
+                [t.to_payload(out.absolute()) for t in todo],
+                run_trial,
+                bar.update,
+                spec.resources,
             ):
                 records[tid] = rec
                 if rec.get("status") != "done":
