@@ -318,7 +318,8 @@ def test_ray_engine_gives_bit_identical_trials_to_the_local_engine(tmp_path):
         remote = run_sweep(spec, tmp_path / "ray", RayEngine(), progress=False)
     finally:
         ray.shutdown()
-    assert local.ok and remote.ok, (local.records, remote.records)
+    errors = [(r["trial"], r["error"]) for r in local.records + remote.records if r["error"]]
+    assert local.ok and remote.ok, errors
     for t in spec.trials():
         a, b = _outputs(tmp_path / "local" / t.id), _outputs(tmp_path / "ray" / t.id)
         assert len(a) > 20 and a == b, t.id

@@ -15,8 +15,29 @@ import argparse
 import sys
 from pathlib import Path
 
+EPILOG = """\
+a sweep config (YAML; the same keys in JSON):
+  name: dice-two-modes
+  families: [dice]                 # task families
+  ks: [-1, 0, 2, 4, 6, 8]          # 2**k minor tasks; -1: none
+  seeds: [0, 1]                    # each sets model.seed, train.seed, family.seed
+  model: {n_layers: 4, d_model: 64}   # or models: {NAME: {...}, ...}
+  family: {seq_len: 64}            # optional, shared by every family
+  train: {steps: 1500}             # train.device defaults to cuda when resources.gpu > 0
+  analyses: [two_modes]            # registry names, or {NAME: {option: value}}
+  resources: {cpu: 1, gpu: 0}      # per trial
+  trial_dir: "{family}_{model}_k{k}_s{seed}"
+
+examples:
+  tvlens sweep sweeps/dice_two_modes.yaml --out runs/sweep_dice
+  tvlens sweep sweeps/dice_two_modes.yaml --out runs/sweep_dice --engine ray
+  tvlens sweep sweeps/dice_two_modes_reference.yaml --out /shared/dice_ref --engine ray --address auto
+"""
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = EPILOG
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("config", type=Path, metavar="CONFIG", help="sweep config (.json/.yaml)")
     parser.add_argument("--out", type=Path, required=True, help="sweep directory")
     parser.add_argument(
