@@ -288,6 +288,105 @@ def tv_study(model: Any, tasks: list[str], n: int, variants: list[str], out: Pat
     return pd.concat(frames, ignore_index=True)
 
 
+def _md(df: Any) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summarize(run_dir: Path) -> str:
+    """Markdown tables of a ``tvlens llm`` run directory (for the README)."""
+    import pandas as pd
+
+    a = run_dir / "analyses"
+    out = []
+    meta = json.loads((run_dir / "config.json").read_text())
+    out.append(f"timings (s): {meta.get('timings_s')}")
+    if (a / "llm_icl.csv").is_file():
+        icl = pd.read_csv(a / "llm_icl.csv")
+        t = icl.pivot(index="task", columns="shots", values="accuracy")
+        t.columns = [f"{c}-shot" for c in t.columns]
+        t["majority"] = icl.groupby("task")["baseline"].first()
+        out.append(_md(t.reset_index()))
+    for name, cond in (
+        ("llm_task_vectors", "task_vector"),
+        ("llm_function_vectors", "function_vector"),
+    ):
+        if not (a / f"{name}.csv").is_file():
+            continue
+        d = pd.read_csv(a / f"{name}.csv")
+        rows = []
+        for task, g in d.groupby("task"):
+            x = g[g["condition"] == cond]
+            best = x.loc[x["accuracy"].idxmax()]
+            icl = float(g[g["condition"] == "icl"]["accuracy"].iloc[0])
+            zero = float(g[g["condition"] == "zero_shot"]["accuracy"].iloc[0])
+            by = x.set_index("layer")["accuracy"]
+            rows.append(
+                {
+                    "task": task,
+                    "zero-shot": zero,
+                    f"ICL ({int(g['shots'].iloc[0])} shots)": icl,
+                    "best layer": int(best["layer"]),
+                    "accuracy": float(best["accuracy"]),
+                    "share of ICL": float(best["accuracy"]) / icl if icl else float("nan"),
+                    "by layer (every 3rd)": " ".join(f"{v:.2f}" for v in by.iloc[::3]),
+                }
+            )
+        out.append(f"{cond}:\n" + _md(pd.DataFrame(rows)))
+    if (a / "llm_fv_heads.csv").is_file():
+        h = pd.read_csv(a / "llm_fv_heads.csv")
+        rows = []
+        for task, g in h.groupby("task"):
+            top = g.sort_values("ie", ascending=False).head(5)
+            rows.append(
+                {
+                    "task": task,
+                    "top heads (layer.head: IE)": ", ".join(
+                        f"{int(r.layer)}.{int(r.head)}: {r.ie:.3f}" for r in top.itertuples()
+                    ),
+                }
+            )
+        out.append(_md(pd.DataFrame(rows)))
+    if (a / "llm_decodability.csv").is_file():
+        d = pd.read_csv(a / "llm_decodability.csv")
+        d = d[d["method"] == "knn"]
+        for group, g in d.groupby("group"):
+            t = g.pivot_table(index="n_examples", columns="layer", values="td")
+            keep = list(t.columns[::3]) + (
+                [t.columns[-1]] if t.columns[-1] not in t.columns[::3] else []
+            )
+            t = t[keep]
+            t.columns = [f"L{c}" for c in t.columns]
+            t.insert(0, "chance", g.groupby("n_examples")["chance"].first())
+            out.append(f"TD kNN {group} (rows: shots):\n" + _md(t.reset_index()))
+    if (a / "llm_td_correlation.csv").is_file():
+        c = pd.read_csv(a / "llm_td_correlation.csv").dropna(subset=["r"])
+        rows = []
+        for group, g in c.groupby("group"):
+            best = g.loc[g["r"].idxmax()]
+            rows.append(
+                {
+                    "group": group,
+                    "best layer": int(best["layer"]),
+                    "r": float(best["r"]),
+                    "R2": float(best["r2"]),
+                    "p": float(best["p_value"]),
+                    "n points": int(best["n_points"]),
+                }
+            )
+        if rows:
+            out.append("TD vs ICL accuracy:\n" + _md(pd.DataFrame(rows)))
+    if (a / "llm_simplex.csv").is_file():
+        sx = pd.read_csv(a / "llm_simplex.csv")
+        t = sx.pivot_table(index=["group", "layer"], columns="split", values="projection_r2")
+        out.append("projection R² on the task-mean subspace:\n" + _md(t.reset_index().iloc[::3]))
+    return "\n\n".join(out)
+
+
 def machine(threads: int) -> dict[str, Any]:
     info = {
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
@@ -324,7 +423,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--study-tasks", default="antonym,uppercase,country_capital")
     parser.add_argument("--study-variants", default=",".join(TV_VARIANTS))
+    parser.add_argument(
+        "--summarize", type=Path, default=None, help="instead: print a run's tables"
+    )
     args = parser.parse_args(argv)
+    if args.summarize is not None:
+        print(summarize(args.summarize))
+        return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     from tvlens.llm import load
