@@ -387,6 +387,31 @@ def summarize(run_dir: Path) -> str:
     return "\n\n".join(out)
 
 
+def fv_norm_check(model: Any, task_name: str, n: int, k: int, layers: list[int]) -> None:
+    """Gemma: the function vector through the post-attention norm (tvlens) against the raw
+    sum of head outputs before it (what tvlens did before), on the same heads: cosine, norm
+    ratio, and zero-shot accuracy when each is added at ``layers``."""
+    task = load_task(task_name)
+    z = fv.query_head_outputs(model, task, 10, n)
+    ie = fv.head_indirect_effects(model, task, z.mean(0), 10, max(4, n // 2))
+    heads = fv.top_heads(ie, k)
+    new = fv.function_vector(model, z, heads)
+    raw = fv.head_outputs(model, z.mean(0))
+    old = torch.stack([raw[layer, h] for layer, h in heads]).sum(0)
+    cos = float(torch.nn.functional.cosine_similarity(new, old, dim=0))
+    print(f"{task_name}: top heads {heads}")
+    print(
+        f"  |FV normed| {float(new.norm()):.2f}  |FV raw| {float(old.norm()):.2f}  cosine {cos:.3f}"
+    )
+    for name, vec in (("normed", new), ("raw", old)):
+        sw = fv.function_vector_sweep(model, task, vec, layers, n)
+        acc = sw[sw["condition"] == "function_vector"].set_index("layer")["accuracy"]
+        print(
+            f"  {name:7s} accuracy by layer "
+            + " ".join(f"{int(i)}:{v:.2f}" for i, v in acc.items())
+        )
+
+
 def machine(threads: int) -> dict[str, Any]:
     info = {
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
@@ -435,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     from tvlens.llm import load
 
     model = load(args.model, device="cpu", dtype="float32")
+    if args.fv_norm_check:
+        fv_norm_check(model, args.task, args.n, 10, args.layers)
+        return 0
     if args.study is not None:
         tasks, variants = args.study_tasks.split(","), args.study_variants.split(",")
         tv_study(model, tasks, args.n, variants, args.study)
