@@ -8,22 +8,24 @@
    ``IE(l, h) = mean_prompts P_patched(y) − P_corrupted(y)``.
 3. **Function vector.** The heads with the largest IE are summed through their output
    projections: ``v = Σ_{(l,h) ∈ top-k} z̄[l, h] W_O[l, h]`` (a ``d_model`` vector).
+   Gemma-2/3 normalise the attention output (``post_attention_layernorm``, TL's
+   ``ln1_post``) before the residual add; there each head's contribution is split exactly
+   (:func:`head_contributions`: the head's share of the normalised output, scaled by the
+   whole output's RMS on that prompt) and averaged over the clean prompts, so ``v`` is the
+   top heads' mean contribution *to the residual stream* for every architecture.
 4. **Intervention.** ``v`` is added to the residual stream (``resid_post`` of layer ℓ) at the
    query token of zero-shot prompts; sweeping ℓ gives accuracy by layer.
 
-The IE sweep reuses the patching engine's bridge runner
-(:class:`tvlens.hooks.suffix.BridgeSuffixRunner`): for each corrupted batch it records one
-forward, then per head replays only blocks ``l..L-1`` (and, where the runner verified it
-exact, only positions from the batch's first query token on) with an ordinary TL hook
-(:func:`tvlens.hooks.rowwise.patch_head_rows_hook`) doing the patch, for any bridge.
+Speed. Corrupted prompts are batched by length; each batch runs once
+(:class:`tvlens.llm.prompts.QueryReplay`, over the patching engine's
+:class:`tvlens.hooks.suffix.BridgeSuffixRunner`) and is then rerun from layer ``l`` only, from
+the batch's first query position on (prefix keys and values cached, where the runner verified
+it exact), with the ``n_heads`` patches of layer ``l`` as stacked copies of the batch and only
+each row's query token unembedded. ``engine="full"`` runs complete forwards instead; the tests
+check both agree, and :mod:`tvlens.llm.reference` (plain HF hooks) agrees with both.
 (:func:`tvlens.analyses.patching.patch_sweep` patches a clean run's own activations into an
 aligned corrupted input; Todd et al. patch the *task mean* at the query token of prompts of
-different lengths, which that sweep does not express.) ``engine="full"`` runs complete
-forwards instead; the tests check both agree.
-
-Gemma-2 normalises the attention output (``post_attention_layernorm``) before adding it to
-the residual, so there ``z̄ W_O`` is the head's contribution to the o-projection, not
-exactly to the residual; the IE (step 2) is exact for every architecture.
+different lengths, which that sweep does not express.)
 """
 
 from __future__ import annotations
