@@ -16,20 +16,28 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "analyse_decodability": "tvlens.analyses",
     "analyse_patching": "tvlens.analyses",
-    "anova_r2": "tvlens.analyses",
+    "analyse_two_modes": "tvlens.analyses",
+    "analyse_dynamics": "tvlens.analyses",
+    "analyse_attention": "tvlens.analyses",
+    "as_bridge": "tvlens.hooks",
+    "check_layers": "tvlens.hooks",
+    "ANALYSES": "tvlens.registry",
+    "run_analyses": "tvlens.registry",
+    "anova_table": "tvlens.analyses",
     "convexity_table": "tvlens.analyses",
     "decodability_table": "tvlens.analyses",
     "fit_beta": "tvlens.analyses",
-    "mode_diagnostic": "tvlens.analyses",
+    "mode_table": "tvlens.analyses",
     "patch_sweep": "tvlens.analyses",
     "principal_angles": "tvlens.analyses",
     "project_simplex": "tvlens.analyses",
     "projection_r2": "tvlens.analyses",
+    "fit_simplex": "tvlens.analyses",
     "simplex_fit": "tvlens.analyses",
     "steering_hook": "tvlens.analyses",
     "steering_table": "tvlens.analyses",
-    "subspace_ablation": "tvlens.analyses",
-    "task_decodability": "tvlens.analyses",
+    "ablation_table": "tvlens.analyses",
+    "task_decodability_table": "tvlens.analyses",
     "task_vectors": "tvlens.analyses",
     "add_hook": "tvlens.hooks",
     "capture": "tvlens.hooks",
@@ -55,6 +63,13 @@ _EXPORTS = {
     "make_family": "tvlens.tasks",
     "write_report": "tvlens.viz.report",
 }
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+#: old public names -> the naming rule's names (README, "API"); kept for one release
+DEPRECATED = {
+    "anova_r2": "anova_table",
+    "mode_diagnostic": "mode_table",
+    "subspace_ablation": "ablation_table",
+    "task_decodability": "task_decodability_table",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, DEPRECATED)
 
 __all__ = sorted(_EXPORTS)

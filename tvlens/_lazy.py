@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -35,14 +36,27 @@ class _Package(types.ModuleType):
 
 
 def lazy_exports(
-    package: str, exports: dict[str, str]
+    package: str, exports: dict[str, str], deprecated: dict[str, str] | None = None
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
-    """``(__getattr__, __dir__)`` for ``package``, whose ``exports`` map name -> module."""
+    """``(__getattr__, __dir__)`` for ``package``, whose ``exports`` map name -> module.
+
+    ``deprecated`` maps old public names to their new names (both resolve to the same
+    object); reading an old name warns once per call site with ``DeprecationWarning``.
+    """
     module = sys.modules[package]
     module.__class__ = _Package
     module._EXPORTS = exports
+    deprecated = deprecated or {}
 
     def __getattr__(name: str) -> Any:
+        if name in deprecated:
+            new = deprecated[name]
+            warnings.warn(
+                f"{package}.{name} is deprecated; use {package}.{new} (same function).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return __getattr__(new)
         if name in exports:
             value = getattr(importlib.import_module(exports[name]), name)
             setattr(module, name, value)  # cache: later reads skip __getattr__
@@ -50,6 +64,6 @@ def lazy_exports(
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
     def __dir__() -> list[str]:
-        return sorted({*module.__dict__, *exports})
+        return sorted({*module.__dict__, *exports, *deprecated})
 
     return __getattr__, __dir__

@@ -255,3 +255,15 @@ def test_task_decodability_end_to_end_on_a_token_family():
     assert (zero["td"] <= zero["chance"] + 0.2).all()
     with pytest.raises(ValueError, match="no concepts"):
         task_decodability(model, fam, label="concept", n=30)
+
+
+def test_knn_neighbours_match_scikit_learn_leave_one_out():
+    from sklearn.neighbors import NearestNeighbors
+
+    from tvlens.analyses.decodability import knn_neighbours
+
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0))
+    ours = knn_neighbours(x, k=6)
+    # kneighbors() without X queries every training point and excludes the point itself
+    theirs = NearestNeighbors(n_neighbors=6).fit(x.numpy()).kneighbors(return_distance=False)
+    assert torch.equal(ours, torch.from_numpy(theirs))

@@ -362,3 +362,18 @@ def test_full_rank_ablation_erases_the_input(tiny_model):
     hook = project_out_hook(torch.eye(16), positions=None)
     out = model.bridge.run_with_hooks(x, fwd_hooks=[(hook_name(1), hook)])
     torch.testing.assert_close(out, out[:1, :1].expand_as(out))
+
+
+def test_principal_angles_are_the_planted_ones():
+    import math
+
+    from tvlens.analyses.geometry import principal_angles
+
+    # span{e0, e1} against span{e0, cos t e1 + sin t e2}: angles 0 and t (t small and large)
+    for t in (1e-6, 0.3, 1.2):
+        a = torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]], dtype=torch.float64)
+        b = torch.tensor([[1.0, 0, 0, 0], [0, math.cos(t), math.sin(t), 0]], dtype=torch.float64)
+        got = principal_angles(a, b)
+        assert torch.allclose(got, torch.tensor([0.0, t], dtype=torch.float64), atol=1e-12)
+    # a null direction is dropped: rank 1 against rank 2 gives one angle
+    assert principal_angles(torch.tensor([[1.0, 0, 0], [0, 0, 0]]), torch.eye(3)[:2]).numel() == 1

@@ -21,9 +21,11 @@ Three entry points, from the most general to the most specific:
   writes ``analyses/decodability.csv``.
 
 Library choice. kNN is written in **torch**: leave-one-out is exact when the diagonal of the
-distance matrix is masked, and a whole sweep is a few matrix products.
-(scikit-learn's ``KNeighborsClassifier`` has no leave-one-out mode; asking it for ``k + 1``
-neighbours and dropping the first is wrong as soon as two points coincide.) The probe uses
+distance matrix is masked, and a whole sweep is a few matrix products. scikit-learn has the
+same leave-one-out query (``NearestNeighbors.kneighbors()`` called without ``X`` excludes
+each point itself, by index, so an exact duplicate still counts); the tests check that both
+return the same neighbours. The torch version keeps the vote's tie-break (the class of the
+nearer neighbour) explicit and runs on the tensors as they come. The probe uses
 **scikit-learn**: a tested multinomial L-BFGS logistic regression, with the standardiser
 inside a ``Pipeline`` so it is fitted on the training split only.
 
@@ -568,7 +570,7 @@ def collect_representations(
     return Representations(reps, labels, layers, n_examples, positions, batch, label, split, point)
 
 
-def task_decodability(
+def task_decodability_table(
     model: Any,
     family: TaskFamily,
     *,
@@ -632,7 +634,7 @@ def analyse_decodability(
     TD and ICL loss over the run's checkpoints are
     :func:`tvlens.analyses.dynamics.analyse_dynamics` (its own registry entry).
     """
-    df = task_decodability(
+    df = task_decodability_table(
         run.model,
         run.family,
         n=n,
@@ -645,3 +647,7 @@ def analyse_decodability(
     result = {"decodability": df}
     save_tables(result, analyses_dir(run, out_dir))
     return result
+
+
+#: deprecated name of :func:`task_decodability_table` (kept for one release)
+task_decodability = task_decodability_table

@@ -306,12 +306,19 @@ def projection_r2(
 
 
 def principal_angles(a: Float[Tensor, "r d"], b: Float[Tensor, "s d"]) -> Float[Tensor, " m"]:
-    """Principal angles (radians, ascending) between span(a) and span(b), rows spanning."""
+    """Principal angles (radians, ascending) between span(a) and span(b), rows spanning.
+
+    Null directions are dropped first (:func:`~tvlens.hooks.orthonormal_basis`); the angles
+    are ``scipy.linalg.subspace_angles``'s, which stays accurate for small angles (it uses
+    sines there, where the arccos of the singular values loses precision).
+    """
+    from scipy.linalg import subspace_angles
+
     qa, qb = orthonormal_basis(a).double(), orthonormal_basis(b).double()
     if qa.shape[0] == 0 or qb.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64)
-    s = torch.linalg.svdvals(qa @ qb.T).clamp(-1.0, 1.0)
-    return torch.arccos(s).sort().values
+    angles = subspace_angles(qa.T.numpy(), qb.T.numpy())
+    return torch.from_numpy(angles.copy()).sort().values
 
 
 def top_components(states: Float[Tensor, "n d"], r: int) -> Float[Tensor, "r d"]:
@@ -521,7 +528,7 @@ def masked_mean(values: Float[Tensor, "batch pos"], batch: Batch, positions: Pos
     return float((values[:, idx] * mask).sum() / mask.sum().clamp_min(1))
 
 
-def subspace_ablation(
+def ablation_table(
     model: Any,
     family: TaskFamily,
     batches: Mapping[str, Batch],
@@ -573,3 +580,11 @@ def subspace_ablation(
                     }
                 )
     return pd.DataFrame(rows)
+
+
+#: deprecated name of :func:`ablation_table` (kept for one release)
+subspace_ablation = ablation_table
+
+#: the naming rule's name for :func:`simplex_fit` (maths is a verb); ``simplex_fit`` stays
+#: the definition's name for one release
+fit_simplex = simplex_fit

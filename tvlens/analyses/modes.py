@@ -60,7 +60,7 @@ def mode_scores(
     return pd.DataFrame(rows)
 
 
-def mode_diagnostic(
+def mode_table(
     run_dir: Path | str,
     steps: Sequence[int] | None = None,
     splits: Sequence[str] = ("major", "minor", "ood"),
@@ -110,7 +110,11 @@ def mode_heatmap_table(runs: Mapping[int, Path | str], **kwargs) -> pd.DataFrame
         raise ValueError("no runs given; pass {k: run_dir} for at least one run.")
     frames = []
     for k, run_dir in sorted(runs.items()):
-        df = mode_diagnostic(run_dir, **kwargs)
+        df = mode_table(run_dir, **kwargs)
         df["log2_n_minor"] = k
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
+
+
+#: deprecated name of :func:`mode_table` (kept for one release)
+mode_diagnostic = mode_table

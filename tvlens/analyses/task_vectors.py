@@ -230,7 +230,7 @@ def anova_fit(
     return resid_task.float(), resid_both.float()
 
 
-def anova_r2(
+def anova_table(
     model: Any,
     family: TaskFamily,
     layers: Sequence[int] | None = None,
@@ -285,3 +285,7 @@ def current_tokens(family: TaskFamily, batch: Batch) -> Int[Tensor, "batch pos"]
     0 / 1 for x / y positions (regression, whose tokens are continuous): the family's own
     :meth:`~tvlens.tasks.base.TaskFamily.current_tokens`."""
     return family.current_tokens(batch)
+
+
+#: deprecated name of :func:`anova_table` (kept for one release)
+anova_r2 = anova_table

@@ -21,17 +21,17 @@ import pandas as pd
 
 from tvlens.analyses.common import analyses_dir, save_tables
 from tvlens.analyses.geometry import (
+    ablation_table,
     fit_beta,
     geometry_over_training,
     geometry_points,
     principal_angle_table,
     simplex_table,
-    subspace_ablation,
 )
-from tvlens.analyses.modes import mode_diagnostic
+from tvlens.analyses.modes import mode_table
 from tvlens.analyses.paper_metrics import paper_anova, paper_ood_r2
 from tvlens.analyses.steering import convexity_table, steering_table
-from tvlens.analyses.task_vectors import anova_r2, task_vectors
+from tvlens.analyses.task_vectors import anova_table, task_vectors
 from tvlens.models.evaluate import eval_batches
 from tvlens.models.train import list_checkpoints
 from tvlens.tasks.base import Batch
@@ -105,7 +105,7 @@ def analyse_two_modes(
         progress=progress,
     )
     tables: dict[str, pd.DataFrame] = {"task_vectors": tv.to_frame()}
-    tables["anova_r2"] = anova_r2(model, fam, tv.layers, seed=seed + 1)
+    tables["anova_r2"] = anova_table(model, fam, tv.layers, seed=seed + 1)
     # the reference code's definitions, beside tvlens's (paper_metrics)
     tables["paper_ood_r2"] = paper_ood_r2(
         model, fam, tv.layers, n_tasks=n_paper_tasks, n_per_task=n_paper_tasks, seed=seed
@@ -119,7 +119,7 @@ def analyse_two_modes(
     tables["beta_posterior"] = fit.points(best)
     tables["principal_angles"] = principal_angle_table(model, tv, batches)
     tables["geometry_points"] = geometry_points(model, tv, batches, best)
-    tables["ablation"] = subspace_ablation(
+    tables["ablation"] = ablation_table(
         model,
         fam,
         small,
@@ -131,7 +131,7 @@ def analyse_two_modes(
     tables["steering"] = steering_table(model, fam, tv, small["major"], tv.layers)
     tables["convexity"] = convexity_table(model, fam, tv, small["major"], tv.layers)
     if modes and list_checkpoints(run.dir):
-        tables["modes"] = mode_diagnostic(run.dir, n=n_causal, seed=seed, progress=progress)
+        tables["modes"] = mode_table(run.dir, n=n_causal, seed=seed, progress=progress)
         tables["geometry_training"] = geometry_over_training(
             run.dir, n=n_training, n_per_task=n_per_task // 2, seed=seed, progress=progress
         )

@@ -52,11 +52,12 @@ from tvlens.analyses.dynamics import (
 )
 from tvlens.analyses.finetune import compare_finetuning, finetune_summary
 from tvlens.experiments.train_cmd import add_config_arguments, config_from_args
+from tvlens.io import save_csv
 from tvlens.models import Run, RunConfig, list_checkpoints, load_run, train
-from tvlens.models.checkpoint import atomic_write_text
+from tvlens.registry import figure_functions
 from tvlens.tasks import SPLITS, make_family
 from tvlens.tasks.base import TaskFamily
-from tvlens.viz.decodability import FIGURES
+from tvlens.viz.common import write_figures as _write_figures
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +132,9 @@ def nearest_step(steps: list[int], target: float) -> int:
 
 
 def write_figures(analyses: dict[str, pd.DataFrame], fig_dir: Path) -> list[Path]:
-    """One HTML figure per analysis that :mod:`tvlens.viz.decodability` can draw."""
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, df in analyses.items():
-        if name in FIGURES and not df.empty:
-            path = fig_dir / f"{name}.html"
-            FIGURES[name](df).write_html(path, include_plotlyjs="directory")
-            paths.append(path)
-    return paths
+    """One HTML figure per table that the registry's decodability analyses can draw."""
+    figures = figure_functions(["decodability", "dynamics", "decodability_experiment"])
+    return _write_figures(analyses, fig_dir, figures)
 
 
 def correlations(groups: pd.DataFrame, top: int) -> pd.DataFrame:
@@ -459,7 +454,7 @@ def run(args: argparse.Namespace) -> int:
         ]
     )
     results = pd.concat([results, timing], ignore_index=True)
-    atomic_write_text(out / "results.csv", results.to_csv(index=False))
+    save_csv(out / "results.csv", results)
     with pd.option_context("display.max_rows", 300, "display.width", 200):
         print(results.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep=""))
     print(f"results: {out / 'results.csv'}  figures: {out / 'figures'}  ({wall:.0f} s)")

@@ -16,7 +16,9 @@ from tvlens.tasks.base import ConfigError
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that trains: family, mixture and sizes."""
     parser.add_argument("--family", default="dice", help=f"one of {sorted(FAMILIES)}")
-    parser.add_argument("--config", type=Path, help="a config JSON (overrides the flags below)")
+    parser.add_argument(
+        "--config", type=Path, help="a config JSON; the flags below and --set override its values"
+    )
     parser.add_argument("--k", type=int, help="2**k minor tasks; -1 for none")
     parser.add_argument("--steps", type=int, help="training steps")
     parser.add_argument("--layers", type=int, help="number of layers")

@@ -1,4 +1,12 @@
-"""Capture, patch and steer hooks over TransformerLens hook names."""
+"""Capture, patch and steer hooks over TransformerLens hook names.
+
+``core`` holds the one hook vocabulary (:func:`hook_name`, TransformerLens's own
+``get_act_name`` grammar: ``hook_name(2, "z") == "blocks.2.attn.hook_z"``), the one bridge
+adapter (:func:`as_bridge`) and layer check (:func:`check_layers`), capture and the hook
+factories; ``rowwise`` the one-position-per-row hooks for padded prompts; ``suffix`` the
+patching engines that re-run only the blocks after a patch; ``tl_compat`` the TransformerLens
+private APIs behind a version check. Names are re-exported lazily (no torch on import).
+"""
 
 from tvlens._lazy import lazy_exports
 

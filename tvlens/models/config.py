@@ -155,10 +155,8 @@ class RunConfig:
         check_fields(self.family, "family")
         self.family.validate()
         self.train.validate()
-        regression = FAMILIES[self.family.name].kind == "regression"
-        self.model.validate(
-            seq_len=self.family.seq_len, d_in=self.family.dim + 1 if regression else None
-        )
+        d_in = FAMILIES[self.family.name].d_in_for(self.family)  # the family owns its layout
+        self.model.validate(seq_len=self.family.seq_len, d_in=d_in)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,7 +22,7 @@ import torch.nn as nn
 from torch import Tensor
 from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
-from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+from transformer_lens.model_bridge.sources import build_bridge_from_module  # public in TL 4.3
 from transformer_lens.model_bridge.sources.native import NativeModel, initialize_native_model
 
 from tvlens.models.config import ModelConfig
