@@ -68,7 +68,8 @@ CORRUPT_SEED_OFFSET = 7919
 
 
 def z_name(layer: int) -> str:
-    return hook_name(layer, "attn.hook_z")
+    """``blocks.{layer}.attn.hook_z`` (TL's short name ``z``, via :func:`tvlens.hooks.hook_name`)."""
+    return hook_name(layer, "z")
 
 
 @torch.no_grad()
