@@ -149,7 +149,10 @@ def check_fields(obj: Any, section: str) -> None:
     read back from JSON equals the one written. Raises :class:`ConfigError` on the first
     field of the wrong type or with a non-finite float.
     """
-    hints = typing.get_type_hints(type(obj))
+    try:
+        hints = typing.get_type_hints(type(obj))
+    except (NameError, TypeError):  # an annotation that cannot be resolved is not checked
+        hints = {}
     for f in dataclasses.fields(obj):
         tp = hints.get(f.name, Any)
         value = getattr(obj, f.name)
@@ -204,8 +207,10 @@ def check_orthonormal(basis: Tensor, name: str = "basis", atol: float = 1e-4) ->
         raise InvalidInputError(f"{name} must be [r, d]; got shape {tuple(basis.shape)}.")
     if not torch.isfinite(basis).all():
         raise InvalidInputError(f"{name} contains NaN/inf; build it from finite vectors.")
+    if basis.shape[0] == 0:
+        return  # the zero subspace: nothing to check
     gram = basis.double() @ basis.double().T
-    err = float((gram - torch.eye(basis.shape[0], dtype=torch.float64)).abs().max(initial=0.0))
+    err = float((gram - torch.eye(basis.shape[0], dtype=torch.float64)).abs().max())
     if err > atol:
         raise InvalidInputError(
             f"the rows of {name} are not orthonormal (max |B Bᵀ − I| = {err:.3g} > {atol}); "

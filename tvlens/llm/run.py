@@ -81,6 +81,9 @@ def run_llm(
     """
     cfg = config or LLMConfig()
     run_dir = Path(run_dir)
+    tasks = load_tasks(cfg.tasks)  # validate every input before anything is deleted
+    if {"decodability", "geometry"} & set(cfg.analyses):
+        load_tasks(cfg.td_tasks)
     run_dir.mkdir(parents=True, exist_ok=True)
     stale = [*(run_dir / "analyses").glob("llm_*.csv"), run_dir / "function_vectors.safetensors"]
     for path in stale:  # a rerun must not leave tables of analyses it did not redo
@@ -106,7 +109,6 @@ def run_llm(
         atomic_write_text(run_dir / "config.json", text)
 
     write_meta()
-    tasks = load_tasks(cfg.tasks)
     common = {"template": cfg.template, "seed": cfg.seed, "batch_size": cfg.batch_size}
     tables: dict[str, pd.DataFrame] = {}
     layers = list(cfg.layers) if cfg.layers is not None else None
