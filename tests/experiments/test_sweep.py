@@ -303,6 +303,39 @@ def _has_ray() -> bool:
     return True
 
 
+def _gpu_placement() -> list[dict]:
+    """Run four 1-GPU probe tasks through RayEngine; each reports the GPU it was given."""
+    from tvlens.experiments.sweep import Resources
+
+    def probe(p: dict) -> dict:  # nested: Ray ships it by value to its workers
+        import os
+        import time
+
+        import ray
+
+        t0 = time.time()
+        time.sleep(0.5)
+        gpus = ray.get_gpu_ids()
+        cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+        return {
+            **p["axes"],
+            "status": "done",
+            "gpus": gpus,
+            "cvd": cvd,
+            "t0": t0,
+            "t1": time.time(),
+        }
+
+    running: list[int] = []
+    engine = RayEngine()
+    payloads = [{"id": f"t{i}", "axes": {"trial": f"t{i}"}} for i in range(4)]
+    out = list(
+        engine.run(payloads, probe, lambda *a, **k: running.append(k["running"]), Resources(1, 1))
+    )
+    assert running[0] == 2  # two slots: 2 CPUs and 2 GPUs, one of each per trial
+    return [r for _, r in out]
+
+
 @pytest.mark.skipif(
     not _has_ray(),
     reason="Ray is not installed (optional extra): pip install -c constraints.txt -e '.[ray]'",
@@ -312,12 +345,20 @@ def test_ray_engine_gives_bit_identical_trials_to_the_local_engine(tmp_path):
 
     spec = SweepSpec.from_dict(tiny(ks=[-1, 1]))
     local = run_sweep(spec, tmp_path / "local", LocalEngine(1), progress=False)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # two logical GPUs (none needed physically): the trials above ask for none
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     try:
         assert ray.cluster_resources()["CPU"] == 2
         remote = run_sweep(spec, tmp_path / "ray", RayEngine(), progress=False)
+        placed = _gpu_placement()
     finally:
         ray.shutdown()
+    # resources {gpu: 1}: every task got one GPU of its own, two ran at a time
+    assert all(len(r["gpus"]) == 1 and r["cvd"] == str(r["gpus"][0]) for r in placed)
+    assert sorted(r["gpus"][0] for r in placed) == [0, 0, 1, 1]
+    for gpu in (0, 1):
+        a, b = sorted((r["t0"], r["t1"]) for r in placed if r["gpus"][0] == gpu)
+        assert a[1] <= b[0], "two tasks shared one GPU"
     errors = [(r["trial"], r["error"]) for r in local.records + remote.records if r["error"]]
     assert local.ok and remote.ok, errors
     for t in spec.trials():
