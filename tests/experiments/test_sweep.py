@@ -14,7 +14,7 @@ import pytest
 from tvlens.cli import main
 from tvlens.experiments import sweep as sweep_mod
 from tvlens.experiments.engines import LocalEngine, RayEngine, make_engine
-from tvlens.experiments.sweep import PARTIAL, SweepSpec, run_sweep
+from tvlens.experiments.sweep import PARTIAL, SweepSpec, Trial, run_sweep
 from tvlens.models import RunConfig, train
 from tvlens.models.checkpoint import load_checkpoint, read_meta
 from tvlens.tasks.base import ConfigError
@@ -209,6 +209,34 @@ def test_interrupted_trial_resumes_and_matches_an_uninterrupted_one(tmp_path):
     a = _outputs(tmp_path / "a" / trial.id)
     assert a == _outputs(tmp_path / "b" / trial.id)
     assert "checkpoints/step_000012.safetensors" in a and "analyses/simplex_fit.csv" in a
+
+
+def test_a_run_trained_outside_the_sweep_is_adopted_not_retrained(tmp_path):
+    # e.g. `tvlens experiment two-modes` wrote k1/ before; trial_dir "k{k}" names it
+    spec = SweepSpec.from_dict(tiny(ks=[1, 2], trial_dir="k{k}"))
+    one, two = spec.trials()
+    train(RunConfig.from_dict(one.config), tmp_path / "k1", progress=False)
+    ckpt = tmp_path / "k1" / "checkpoints" / "step_000012.safetensors"
+    before = ckpt.stat().st_mtime_ns
+    other = json.loads(json.dumps(two.config))
+    other["train"]["lr"] = 1e-3  # a different run where trial k2 belongs
+    train(RunConfig.from_dict(other), tmp_path / "k2", progress=False)
+
+    result = run_sweep(spec, tmp_path, LocalEngine(1), progress=False)
+    assert result.ran == ["k1", "k2"] and result.failed == ["k2"]
+    assert ckpt.stat().st_mtime_ns == before  # reused, not retrained
+    assert json.loads((tmp_path / "k1" / "trial.json").read_text())["status"] == "done"
+    assert (tmp_path / "k1" / "analyses" / "simplex_fit.csv").exists()
+    err = result.records[1]["error"]
+    assert "different config" in err and "train.lr" in err
+    assert (tmp_path / "k2" / "config.json").exists()  # refused, left as it was
+
+
+def test_trials_built_from_run_configs_equal_the_spec_trials():
+    spec = SweepSpec.from_dict(tiny(ks=[-1, 2], trial_dir="k{k}"))
+    for t in spec.trials():
+        cfg = RunConfig.from_dict(t.config)
+        assert Trial.from_config(t.id, cfg, t.analyses, t.resources) == t
 
 
 def boom(run, *, seed: int = 0) -> dict:

@@ -45,7 +45,7 @@ import socket
 import string
 import time
 import traceback
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,32 @@ class Trial:
             "d_model": m["d_model"],
             "steps": self.config["train"]["steps"],
         }
+
+    @classmethod
+    def from_config(
+        cls,
+        id: str,
+        config: Any,
+        analyses: Mapping[str, Mapping[str, Any]],
+        resources: Resources | None = None,
+        model: str | None = None,
+    ) -> Trial:
+        """A trial for one ready-made run config (a :class:`RunConfig` or its dict), for
+        callers with their own directory names; family, k and seed come from the config."""
+        from tvlens.models import RunConfig
+
+        cfg = config if isinstance(config, RunConfig) else RunConfig.from_dict(dict(config))
+        m = cfg.model
+        return cls(
+            id,
+            cfg.family.name,
+            model or f"L{m.n_layers}d{m.d_model}",
+            int(cfg.family.k),
+            int(cfg.train.seed),
+            cfg.to_dict(),
+            {n: dict(o) for n, o in analyses.items()},
+            resources or Resources(),
+        )
 
     def to_payload(self, out: Path) -> dict[str, Any]:
         """Everything a worker needs, as plain JSON-able data (no pickled objects)."""
@@ -530,10 +556,7 @@ def _run_trial(payload: Mapping[str, Any], final: Path, partial: Path) -> dict[s
     from tvlens.models import RunConfig
 
     if final.exists():
-        raise FileExistsError(
-            f"{final} exists but holds no {TRIAL_JSON}, so it is not a finished trial of this "
-            "sweep; move it away (or delete it) and run the sweep again."
-        )
+        adopt(final, partial, payload["config"])
     config = RunConfig.from_dict(payload["config"])
     threads = torch.get_num_threads()
     torch.set_num_threads(int(payload["threads"]))
@@ -582,6 +605,37 @@ def _run_trial_locked(
         fsync_dir(final.parent)
         fsync_dir(partial.parent)
     return rec
+
+
+def adopt(final: Path, partial: Path, config: Mapping[str, Any]) -> None:
+    """Take over a run directory that ``tvlens train`` or ``tvlens experiment`` wrote where
+    the trial belongs (no ``trial.json``): with the same config it moves into the staging
+    area, where training resumes or is reused and the analyses run, then moves back.
+    Anything else there is refused rather than overwritten."""
+    from tvlens.io import run_lock
+    from tvlens.models.train import config_diff
+
+    cfg = final / "config.json"
+    if not cfg.exists():
+        raise FileExistsError(
+            f"{final} exists but is neither a finished trial ({TRIAL_JSON}) nor a run "
+            "(config.json); move it away (or delete it) and run the sweep again."
+        )
+    diff = config_diff(json.loads(cfg.read_text(encoding="utf-8")), json.loads(json.dumps(config)))
+    if diff:
+        raise FileExistsError(
+            f"{final} holds a run with a different config ({'; '.join(diff[:3])}); delete it "
+            "or run the sweep into another --out."
+        )
+    if partial.exists():
+        raise FileExistsError(
+            f"both {final} and {partial} hold this trial's run; keep one of them (delete the "
+            "other) and run the sweep again."
+        )
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    with run_lock(final, f"tvlens sweep adopting {final.name}, pid {os.getpid()}"):
+        os.replace(final, partial)
+    log.info("adopted the run in %s as trial %s", final, final.name)
 
 
 def _finite(obj: Any) -> Any:
@@ -700,28 +754,56 @@ def run_sweep(
 
     Complete trials are skipped; failures are recorded and do not stop the others.
     """
+    out = Path(out)
+    extra = {"sweep.json": json.dumps(spec.to_dict(), indent=2) + "\n"}
+    if config_text is not None:
+        extra["sweep_config.txt"] = config_text
+    return run_trials(spec.trials(), out, engine, name=spec.name, progress=progress, files=extra)
+
+
+def run_trials(
+    trials: Sequence[Trial],
+    out: Path | str,
+    engine: Any = None,
+    *,
+    name: str = "sweep",
+    progress: bool = True,
+    files: Mapping[str, str] | None = None,
+) -> SweepResult:
+    """Run the missing ``trials`` into ``out`` (see :func:`run_sweep`), for callers that
+    build their trials themselves, e.g. an experiment with its own directory names
+    (``Trial(id="k2", ...)``). ``files`` are written into ``out`` first (name -> text)."""
     from tvlens.experiments.engines import LocalEngine
     from tvlens.io import run_lock, save_text
 
     out = Path(out)
     engine = engine or LocalEngine()
-    trials = spec.trials()
+    trials = list(trials)
+    if not trials:
+        raise ValueError("no trials to run; list at least one k, seed and family.")
+    ids = [t.id for t in trials]
+    if len(set(ids)) < len(ids):
+        raise ValueError(
+            f"trial ids must be unique; {sorted({i for i in ids if ids.count(i) > 1})} repeat."
+        )
+    resources = trials[0].resources
+    if any(t.resources != resources for t in trials):
+        raise ValueError("every trial of one sweep must ask for the same resources.")
     t0 = time.perf_counter()
-    with run_lock(out, f"tvlens sweep {spec.name}, pid {os.getpid()}"):
-        if config_text is not None:
-            save_text(out / "sweep_config.txt", config_text)
-        save_text(out / "sweep.json", json.dumps(spec.to_dict(), indent=2) + "\n")
+    with run_lock(out, f"tvlens sweep {name}, pid {os.getpid()}"):
+        for fname, text in (files or {}).items():
+            save_text(out / fname, text)
         done = completed(out, trials)
         todo = [t for t in trials if t.id not in done]
         records = dict(done)
-        bar = _Progress(len(todo), len(done), spec.name, enabled=progress)
+        bar = _Progress(len(todo), len(done), name, enabled=progress)
         try:
             for tid, rec in engine.run(
                 # absolute: a Ray worker on another node does not start in our directory
                 [t.to_payload(out.absolute()) for t in todo],
                 run_trial,
                 bar.update,
-                spec.resources,
+                resources,
             ):
                 records[tid] = rec
                 if rec.get("status") != "done":
@@ -731,7 +813,7 @@ def run_sweep(
             # results.csv over every trial, written even when interrupted
             ordered = [records[t.id] for t in trials if t.id in records]
             write_results(out, ordered)
-        if "two_modes" in spec.analyses:
+        if any("two_modes" in t.analyses for t in trials):
             finish_two_modes(out, trials, records)
         try:  # nothing in progress any more: drop the empty staging directory
             (out / PARTIAL).rmdir()
@@ -741,7 +823,7 @@ def run_sweep(
     return SweepResult(
         records=[records[t.id] for t in trials if t.id in records],
         ran=[t.id for t in todo],
-        skipped=sorted(done),
+        skipped=[t.id for t in trials if t.id in done],
         failed=failed,
         seconds=time.perf_counter() - t0,
     )
