@@ -31,6 +31,7 @@ __all__ = [
     "check_batch_size",
     "check_fields",
     "check_finite_value",
+    "check_model_inputs",
     "check_orthonormal",
     "check_states",
     "check_token_ids",
@@ -249,3 +250,15 @@ def check_batch_size(batch_size: Any, name: str = "batch_size") -> int:
     if batch_size < 1:
         raise InvalidInputError(f"{name}={batch_size} must be >= 1; pass e.g. {name}=256.")
     return int(batch_size)
+
+
+def check_model_inputs(model: Any, inputs: Tensor) -> None:
+    """Inputs a model can run: its own ``check_inputs`` if it has one (tvlens task models),
+    else integer token ids checked against ``model.cfg.d_vocab`` (a TransformerLens bridge)."""
+    check = getattr(model, "check_inputs", None)
+    if callable(check):
+        check(inputs)
+        return
+    vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if isinstance(vocab, int) and vocab > 0:
+        check_token_ids(inputs, vocab)

@@ -211,3 +211,57 @@ def test_llm_force_with_a_malformed_task_file_deletes_nothing(tmp_path):
         run_llm(None, run_dir, LLMConfig(tasks=str(bad), analyses=("icl",)))
     assert old.read_text() == "task,acc\nantonym,0.5\n"
     assert (run_dir / "function_vectors.safetensors").read_bytes() == b"previous"
+
+
+def test_analyses_refuse_degenerate_states():
+    from tvlens.analyses.geometry import projection_r2, simplex_fit
+
+    verts = torch.eye(3, 4)
+    w = torch.rand(6, 3, generator=torch.Generator().manual_seed(0))
+    good = (w / w.sum(1, keepdim=True)) @ verts  # on the simplex: R² = 1 exactly
+    assert simplex_fit(good, verts).r2_task == pytest.approx(1.0, abs=1e-5)
+    for states, message in [
+        (torch.zeros(0, 4), "0 sample"),
+        (good[:1], "1 sample"),
+        (torch.ones(6, 4), "identical"),
+        (good.clone().index_fill_(0, torch.tensor([1]), math.inf), "NaN/inf"),
+        (good.clone().index_fill_(0, torch.tensor([2]), math.nan), "NaN/inf"),
+    ]:
+        with pytest.raises(InvalidInputError, match=message):
+            simplex_fit(states, verts)
+        with pytest.raises(InvalidInputError, match=message):
+            projection_r2(states, verts[:2], torch.zeros(4))
+    with pytest.raises(InvalidInputError, match="not orthonormal"):
+        projection_r2(good, 3 * verts[:2], torch.zeros(4))
+    assert projection_r2(good, verts, torch.zeros(4)) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_capture_and_the_model_refuse_bad_token_ids_and_batch_sizes():
+    from tiny import tiny_config
+
+    from tvlens.hooks import capture
+    from tvlens.models import TaskModel
+    from tvlens.tasks import make_family
+
+    cfg = tiny_config()
+    fam = make_family(cfg.family)
+    model = TaskModel(cfg.model, fam)
+    ids = fam.sample("major", 2, seed=0).inputs
+    names = ["blocks.0.hook_resid_post"]
+    assert capture(model.bridge, ids, names)[names[0]].shape[0] == 2
+    with pytest.raises(InvalidInputError, match="batch_size=0 must be >= 1"):
+        capture(model.bridge, ids, names, batch_size=0)
+    bad = ids.clone()
+    bad[0, 0] = fam.d_vocab
+    with pytest.raises(InvalidInputError, match="outside|token ids in"):
+        capture(model.bridge, bad, names)
+    with pytest.raises(InvalidInputError, match="token ids in"):
+        model(bad)
+
+
+def test_a_metric_returning_nan_is_an_error_not_a_nan_table():
+    from tvlens.analyses.patching import _scalar
+
+    assert _scalar(lambda logits: logits.mean(), torch.ones(2, 3)) == 1.0
+    with pytest.raises(InvalidInputError, match="the metric returned nan"):
+        _scalar(lambda logits: logits.mean() * math.nan, torch.ones(2, 3))

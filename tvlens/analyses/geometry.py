@@ -151,6 +151,15 @@ def simplex_fit(
         raise ValueError(
             f"{states.shape[0]} states but {tokens.shape[0]} tokens; pass one token per state."
         )
+    if states.shape[1] != vertices.shape[1]:
+        raise ValueError(
+            f"states have width {states.shape[1]} but vertices {vertices.shape[1]}; capture "
+            "both at the same hook."
+        )
+    from tvlens.validation import check_states  # degenerate input: a clear error, not garbage
+
+    check_states(states, "states")
+    check_states(vertices, "vertices", min_samples=1, varying=False)
     beta_aff = affine_weights(states, vertices)
     beta = project_simplex(beta_aff)
     fitted = beta @ vertices
@@ -300,6 +309,10 @@ def projection_r2(
     ``1 − Σ‖(I − P)(h − c)‖² / Σ‖h − mean h‖²``; ``basis`` rows must be orthonormal.
     Negative when the states sit off the subspace by more than they vary.
     """
+    from tvlens.validation import check_orthonormal, check_states
+
+    check_states(states, "states")
+    check_orthonormal(basis, "basis")
     h = states - centre
     resid = h - (h @ basis.T) @ basis
     return r2(states, states - resid)

@@ -164,7 +164,9 @@ def _scalar(metric: Metric, logits: Tensor) -> float:
             f"the metric must return one scalar for the whole batch; it returned shape "
             f"{tuple(out.shape)}. Reduce over the batch (e.g. .mean()) inside the metric."
         )
-    return float(out)
+    from tvlens.validation import check_finite_value
+
+    return check_finite_value(float(out), "the metric")
 
 
 def _check_metric_positions(metric: Metric, logits: Tensor, read: Tensor, value: float) -> None:

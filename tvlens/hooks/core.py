@@ -138,6 +138,10 @@ def capture(
     Runs ``run_with_cache`` in batches with a ``names_filter`` so that nothing else is
     stored; returns CPU tensors of shape ``[N, P, ...]``.
     """
+    from tvlens.validation import check_batch_size, check_model_inputs
+
+    batch_size = check_batch_size(batch_size)
+    check_model_inputs(model, inputs)
     names = check_hook_names(model, names)
     idx = resolve_positions(positions, inputs.shape[1])
     wanted = set(names)
@@ -194,6 +198,10 @@ def capture_means(
     With ``reduce_positions`` the positions are averaged too (→ ``[n_groups, d]``);
     otherwise the result keeps them (→ ``[n_groups, P, d]``).
     """
+    from tvlens.validation import check_batch_size, check_model_inputs
+
+    batch_size = check_batch_size(batch_size)
+    check_model_inputs(model, inputs)
     names = check_hook_names(model, names)
     idx = resolve_positions(positions, inputs.shape[1])
     wanted = set(names)

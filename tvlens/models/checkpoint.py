@@ -31,6 +31,7 @@ from tvlens.io import atomic_write_bytes, save_text
 FORMAT = "tvlens-checkpoint"
 FORMAT_VERSION = 2
 SUFFIX = ".safetensors"
+KEY = "tvlens"  # the one safetensors metadata key: JSON with format, version, sha256, meta
 
 
 class CheckpointError(RuntimeError):
@@ -85,16 +86,21 @@ def checkpoint_path(stem: Path | str) -> Path:
 def save_checkpoint(stem: Path, tensors: Mapping[str, Tensor], meta: Mapping[str, Any]) -> Path:
     """Write ``stem.safetensors`` (tensors + ``meta`` + SHA-256) atomically; return its path.
 
-    Any legacy ``stem.json`` sidecar is removed afterwards, so the directory never holds
-    two versions of one checkpoint.
+    The header carries one metadata key, ``tvlens``, so the file's bytes are a pure function
+    of ``tensors`` and ``meta`` (safetensors orders several keys at random). Any legacy
+    ``stem.json`` sidecar is removed afterwards, so one checkpoint never has two versions.
     """
     path = checkpoint_path(stem)
     contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta_json = json.dumps(dict(meta))
-    base = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "meta": meta_json}
-    header, data = _split(st_save(contiguous, metadata=base), path)
-    digest = _digest(header, meta_json, data)
-    blob = st_save(contiguous, metadata={**base, "sha256": digest})
+    header, data = _split(st_save(contiguous), path)
+    record = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sha256": _digest(header, meta_json, data),
+        "meta": meta_json,
+    }
+    blob = st_save(contiguous, metadata={KEY: json.dumps(record)})
     atomic_write_bytes(path, blob)
     path.with_suffix(".json").unlink(missing_ok=True)
     return path
@@ -130,29 +136,33 @@ def load_checkpoint(
     blob = path.read_bytes()
     try:
         header, data = _split(blob, path)
-        info = header.get("__metadata__") or {}
     except CheckpointError:
         if sidecar:
             return _load_v1(path, tensors)
         raise
-    if sidecar and info.get("format_version") != str(FORMAT_VERSION):
-        return _load_v1(path, tensors)
+    try:
+        info = json.loads((header.get("__metadata__") or {}).get(KEY, "null"))
+    except (json.JSONDecodeError, TypeError):
+        info = None
+    if not isinstance(info, dict):
+        if sidecar:
+            return _load_v1(path, tensors)
+        raise CheckpointError(
+            f"{path} is not a tvlens checkpoint (no {KEY!r} record in its header); load it "
+            "with the tool that wrote it."
+        )
     if info.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not a tvlens checkpoint (format={info.get('format')!r}); load it "
             "with the tool that wrote it."
         )
-    try:
-        version = int(info.get("format_version", "0"))
-    except ValueError:
-        version = -1
-    if version != FORMAT_VERSION:
+    if info.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format version {info.get('format_version')!r}; this "
             f"tvlens reads {FORMAT_VERSION} — upgrade tvlens or retrain."
         )
-    meta_json = info.get("meta", "")
-    if _digest(header, meta_json, data) != info.get("sha256"):
+    meta_json = info.get("meta")
+    if not isinstance(meta_json, str) or _digest(header, meta_json, data) != info.get("sha256"):
         raise CheckpointError(
             f"{path} does not match the SHA-256 it records: the file is truncated, corrupt "
             "or was edited. Use another checkpoint step or retrain."

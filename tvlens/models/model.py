@@ -27,6 +27,7 @@ from transformer_lens.model_bridge.sources.native import NativeModel, initialize
 
 from tvlens.models.config import ModelConfig
 from tvlens.tasks.base import TaskFamily
+from tvlens.validation import check_token_ids
 
 
 class TaskNativeModel(NativeModel):
@@ -118,6 +119,7 @@ class TaskModel(nn.Module):
                     f"expected token ids of shape [batch, pos] (integer); got "
                     f"{inputs.dtype} of shape {tuple(inputs.shape)}."
                 )
+            check_token_ids(inputs, self.tl_config.d_vocab)
         elif inputs.dim() != 3 or inputs.shape[-1] != self.d_in:
             raise ValueError(
                 f"expected regression tokens of shape [batch, pos, {self.d_in}]; got "
