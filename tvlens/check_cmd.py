@@ -115,8 +115,14 @@ def check_run(run_dir: Path | str) -> list[Finding]:
             add("problem", what, "; ".join(bad))
         else:
             add("ok", what, f"sha256 {meta['sha256'][:12]}…, weights fit config.json")
-    if not steps:
+    if not steps and has_resume_state(run_dir):
         add("problem", "checkpoints", f"no weight checkpoint in {run_dir / CKPT_DIR}.")
+    elif not steps:
+        add(
+            "note",
+            "checkpoints",
+            "none yet: the run stopped before its first checkpoint; --resume starts it.",
+        )
 
     # -------------------------------------------------------------------- resume state
     resume_step = None

@@ -67,11 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except (ValueError, KeyError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
         if args.verbose:
             raise
         print(f"tvlens {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # files are written atomically: nothing half-written remains
+        print(
+            f"tvlens {args.command}: interrupted (a training run continues with --resume)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":
