@@ -86,13 +86,15 @@ def _check_local(name: str) -> str:
     if not path.exists():
         raise LoadError(
             f"model path {path} does not exist. Pass an existing local model directory (with "
-            "config.json, weights and tokenizer) or a hub id such as 'google/gemma-2-2b'."
+            "config.json, weights and tokenizer), a .gguf file, a registered model (smollm2, "
+            "gemma3-270m) or a hub id such as 'google/gemma-2-2b'."
         )
     if not (path / "config.json").is_file():
         raise LoadError(
-            f"{path} has no config.json, so it is not a HF model directory. Point to the "
-            "folder written by save_pretrained or `huggingface-cli download NAME --local-dir "
-            "DIR`."
+            f"{path} has no config.json, so it is not a HF model directory, and holds no "
+            ".gguf file. Point to the folder written by save_pretrained or `huggingface-cli "
+            "download NAME --local-dir DIR`, to a .gguf file, or use a registered model "
+            "(`tvlens llm models`)."
         )
     return str(path)
 
