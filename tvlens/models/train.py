@@ -55,7 +55,7 @@ class Run:
     model: TaskModel
     step: int
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
-    sha256: str | None = None  # of the checkpoint loaded (None: trained in this process)
+    sha256: str | None = None  # of the weight checkpoint at ``step`` (None: none saved there)
 
     @property
     def source(self) -> dict:
@@ -387,7 +387,7 @@ def _train_locked(
     if end < tc.steps and end % tc.eval_every and end > start:
         save_resume(end)
     model.eval()
-    return Run(run_dir, config, family, model, end, pd.DataFrame(rows))
+    return Run(run_dir, config, family, model, end, pd.DataFrame(rows), sha256=index.get(end))
 
 
 def load_run(run_dir: Path | str, step: int | None = None) -> Run:
