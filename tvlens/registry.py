@@ -123,6 +123,14 @@ ANALYSES: dict[str, Analysis] = {
             "the demo's retrieval and learning models side by side (written by tvlens demo)",
         ),
         _entry(
+            "probes",
+            "tvlens.analyses.probes:analyse_probes",
+            ["probes", "probe_angles"],
+            ["tvlens.viz.paper"],
+            "linear probes for the learning reference's sufficient statistics, in and off "
+            "the task subspace",
+        ),
+        _entry(
             "decodability",
             "tvlens.analyses.decodability:analyse_decodability",
             ["decodability"],

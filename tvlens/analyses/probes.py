@@ -226,7 +226,9 @@ def probes(
 
 def analyse_probes(
     run: Any,
+    out_dir: Path | str | None = None,
     *,
+    seed: int | None = None,
     n: int = 512,
     n_per_task: int = 64,
     splits: Sequence[str] = ("major", "ood"),
@@ -234,14 +236,15 @@ def analyse_probes(
     save: bool = True,
     progress: bool = False,
 ) -> dict[str, pd.DataFrame]:
-    """Sufficient-statistic probes on a trained run (``RUN_DIR/analyses/probes.csv`` and
-    ``probe_angles.csv``): ``n`` held-out sequences per split, task vectors from
-    ``n_per_task`` sequences of each major task. Tables carry the run's ``k``."""
-    from tvlens.models.checkpoint import atomic_write_text  # local: keeps the maths light
+    """Sufficient-statistic probes on a trained run (``probes.csv`` and ``probe_angles.csv``
+    in ``out_dir``, default ``RUN_DIR/analyses``): ``n`` held-out sequences per split, task
+    vectors from ``n_per_task`` sequences of each major task. Tables carry the run's ``k``.
+    ``seed`` defaults to the run's training seed + 7."""
+    from tvlens.analyses.common import analyses_dir, save_tables
 
     fam, model = run.family, run.model
     model.eval()
-    seed = run.config.train.seed + 7
+    seed = run.config.train.seed + 7 if seed is None else int(seed)
     tv = task_vectors(model, fam, n_per_task=n_per_task, seed=seed, progress=progress)
     wanted = [s for s in splits if not (s == "minor" and fam.n_minor == 0)]
     # split keys ("major", "ood") are never drawn in training; the seed offset keeps these
@@ -251,10 +254,7 @@ def analyse_probes(
     for df in tables.values():
         df.insert(0, "k", fam.config.k)
     if save:
-        out = Path(run.dir) / "analyses"
-        out.mkdir(parents=True, exist_ok=True)
-        for name, df in tables.items():
-            atomic_write_text(out / f"{name}.csv", df.to_csv(index=False))
+        save_tables(tables, analyses_dir(run, out_dir))
     return tables
 
 

@@ -34,6 +34,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="run directory")
     parser.add_argument("--retrain", action="store_true", help="delete --out and train again")
     parser.add_argument("--no-report", action="store_true", help="skip analyses and the report")
+    parser.add_argument(
+        "--learning-k",
+        type=int,
+        default=8,
+        help="also train a model with 2**K minor tasks (learning mode) in parallel, one "
+        "thread each, and report the two side by side (default 8)",
+    )
+    parser.add_argument(
+        "--single", action="store_true", help="train only the main model (no learning model)"
+    )
 
 
 def summary(run: Run, size: int = SUMMARY_SIZE) -> pd.DataFrame:
@@ -95,6 +105,15 @@ def run(args: argparse.Namespace) -> int:
     if args.retrain and run_dir.exists():
         shutil.rmtree(run_dir)
     t0 = time.perf_counter()
+    c0 = time.process_time()
+    learning = None
+    if not args.single:  # the learning-mode model trains beside this one, one thread each
+        from tvlens.experiments import demo_modes
+
+        torch.set_num_threads(1)
+        learning_dir = run_dir / f"learning_k{args.learning_k}"
+        learning_cfg = demo_modes.with_k(config, args.learning_k)
+        learning = demo_modes.start(learning_cfg, learning_dir, analyse=not args.no_report)
     if _finished(run_dir, config):
         log.info("%s already holds a finished run; reusing it (--retrain to start over)", run_dir)
         result = load_run(run_dir)
@@ -129,6 +148,23 @@ def run(args: argparse.Namespace) -> int:
         )
     if not args.no_report:
         verdict["analysis_seconds"] = analyse(result)
+    verdict["main_cpu_seconds"] = round(time.process_time() - c0, 1)
+    if learning is not None:
+        pool, fut = learning
+        verdict["learning_model"] = {"k": args.learning_k, **fut.result()}
+        pool.shutdown()
+        if not args.no_report:
+            both = demo_modes.side_by_side(
+                {f"k={config.family.k}": run_dir, f"k={args.learning_k}": learning_dir}
+            )
+            save_csv(run_dir / "analyses" / "demo_two_modes.csv", both)
+            print("\nThe two modes side by side (best layer of each model):")
+            print(
+                both.drop(columns="metric").to_string(
+                    index=False, float_format=lambda x: f"{x:.3f}"
+                )
+            )
+    verdict["wall_seconds"] = round(time.perf_counter() - t0, 1)
     save_text(run_dir / "demo.json", json.dumps(verdict, indent=2))
     if not args.no_report:
         from tvlens.viz.report import write_report

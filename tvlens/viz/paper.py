@@ -127,7 +127,58 @@ def demo_two_modes(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def probes_by_layer(df: pd.DataFrame) -> go.Figure:
+    """Held-out R² of the sufficient-statistic probes by layer: one line per view (full
+    state, task subspace, its orthogonal complement, random control); one panel per split."""
+    require_columns(df, ["layer", "split", "view", "r2"], "probes", "tvlens.analyses.probes")
+    splits = list(dict.fromkeys(df["split"].astype(str)))
+    fig = make_subplots(rows=1, cols=len(splits), shared_yaxes=True, subplot_titles=splits)
+    dash = {"full": "solid", "task": "dash", "orth": "dot", "random": "dashdot"}
+    for j, split in enumerate(splits, start=1):
+        d = df[df["split"].astype(str) == split]
+        for i, (view, g) in enumerate(d.groupby("view", sort=False)):
+            g = g.sort_values("layer")
+            fig.add_scatter(
+                x=g["layer"],
+                y=g["r2"],
+                mode="lines+markers",
+                name=str(view),
+                legendgroup=str(view),
+                showlegend=j == 1,
+                line={"color": PALETTE[i % len(PALETTE)], "dash": dash.get(str(view), "solid")},
+                row=1,
+                col=j,
+            )
+    fig.update_xaxes(title_text="layer")
+    fig.update_layout(title="Probes for the learning reference's statistics", yaxis_title="R²")
+    return fig
+
+
+def probe_angles_by_layer(df: pd.DataFrame) -> go.Figure:
+    """Mean principal angle between the probe's read-out subspace and the task subspace."""
+    require_columns(df, ["layer", "split", "angle_deg"], "probe_angles", "tvlens.analyses.probes")
+    mean = df.groupby(["split", "layer"], as_index=False)["angle_deg"].mean()
+    fig = go.Figure()
+    for i, (split, g) in enumerate(mean.groupby("split", sort=False)):
+        fig.add_scatter(
+            x=g["layer"],
+            y=g["angle_deg"],
+            mode="lines+markers",
+            name=str(split),
+            line={"color": SPLIT_COLOURS.get(str(split), PALETTE[i % len(PALETTE)])},
+        )
+    fig.update_layout(
+        title="Probe read-out vs task subspace (90°: read off the plane)",
+        xaxis_title="layer",
+        yaxis_title="mean principal angle (°)",
+        yaxis_range=[0, 91],
+    )
+    return fig
+
+
 FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure]] = {
+    "probes": probes_by_layer,
+    "probe_angles": probe_angles_by_layer,
     "demo_two_modes": demo_two_modes,
     "paper_ood_r2": paper_ood_r2_by_layer,
     "paper_anova": paper_anova_by_layer,
