@@ -232,6 +232,25 @@ def test_a_run_trained_outside_the_sweep_is_adopted_not_retrained(tmp_path):
     assert (tmp_path / "k2" / "config.json").exists()  # refused, left as it was
 
 
+def test_changed_analyses_rerun_on_the_trained_model(tmp_path):
+    first = SweepSpec.from_dict(tiny(ks=[1], analyses={"dynamics": {"n": 40}}))
+    assert run_sweep(first, tmp_path, LocalEngine(1), progress=False).ok
+    (trial,) = first.trials()
+    run_dir = tmp_path / trial.id
+    ckpt = run_dir / "checkpoints" / "step_000012.safetensors"
+    before = ckpt.stat().st_mtime_ns
+    assert run_sweep(first, tmp_path, LocalEngine(1), progress=False).ran == []  # unchanged
+
+    second = SweepSpec.from_dict(tiny(ks=[1], analyses={"patching": {"n_per_task": 2}}))
+    result = run_sweep(second, tmp_path, LocalEngine(1), progress=False)
+    assert result.ok and result.ran == [trial.id]
+    assert ckpt.stat().st_mtime_ns == before  # the model is reused
+    rec = json.loads((run_dir / "trial.json").read_text())
+    assert rec["analyses"] == {"patching": {"n_per_task": 2}}
+    assert (run_dir / "analyses" / "patching_heads.csv").exists()
+    assert not (run_dir / "analyses" / "decodability_dynamics.csv").exists()  # stale, removed
+
+
 def test_trials_built_from_run_configs_equal_the_spec_trials():
     spec = SweepSpec.from_dict(tiny(ks=[-1, 2], trial_dir="k{k}"))
     for t in spec.trials():

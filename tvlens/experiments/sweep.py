@@ -70,6 +70,16 @@ FALLBACK_DRIVERS: dict[str, str] = {
     "dynamics": "tvlens.analyses.dynamics:analyse_dynamics",
     "patching": "tvlens.analyses.patching:analyse_patching",
 }
+#: per-analysis summaries the sweep writes beyond the drivers' tables: ``headline`` gives a
+#: trial's results.csv numbers, ``across_k`` the across-k tables. Named as strings and
+#: imported on use, like the registry's drivers (the experiments build on the sweep, not
+#: the other way round).
+SUMMARY_HOOKS: dict[str, dict[str, str]] = {
+    "two_modes": {
+        "headline": "tvlens.experiments.two_modes:headline",
+        "across_k": "tvlens.experiments.two_modes:across_k",
+    },
+}
 #: options the sweep passes itself (never from the config)
 _RESERVED = {"run", "out_dir", "save", "progress"}
 
@@ -532,7 +542,10 @@ def run_trial(payload: Mapping[str, Any]) -> dict[str, Any]:
     record: dict[str, Any] = {**payload["axes"], "status": "failed", "seconds": 0.0, "error": ""}
     try:
         if (final / TRIAL_JSON).exists():
-            return {**_read_record(final), "skipped": True}
+            prev = _read_record(final)
+            if prev.get("analyses") == _plain(payload["analyses"]):
+                return {**prev, "skipped": True}
+            # other analyses or options than last time: keep the model, redo the analyses
         record.update(_run_trial(payload, final, partial))
         record["status"] = "done"
     except BaseException as e:  # noqa: BLE001 — a failed trial is reported, never fatal
@@ -576,6 +589,11 @@ def _run_trial_locked(
     t0 = time.perf_counter()
     with run_lock(partial, f"tvlens sweep trial {payload['id']}, pid {os.getpid()}"):
         (partial / "error.txt").unlink(missing_ok=True)
+        if (partial / TRIAL_JSON).exists():  # re-analysing: drop the tables it wrote before
+            prev = _read_record(partial)
+            for stem in {t for names in (prev.get("tables") or {}).values() for t in names}:
+                (partial / "analyses" / f"{stem}.csv").unlink(missing_ok=True)
+            (partial / TRIAL_JSON).unlink()
         run = train_or_resume(config, partial)
         t_train = time.perf_counter() - t0
         tables_written: dict[str, list[str]] = {}
@@ -590,6 +608,7 @@ def _run_trial_locked(
             "train_seconds": round(t_train, 2),
             "seconds": round(time.perf_counter() - t0, 2),
             "error": "",
+            "analyses": _plain(payload["analyses"]),
             "tables": tables_written,
             "headline": headline,
             "config": payload["config"],
@@ -608,9 +627,10 @@ def _run_trial_locked(
 
 
 def adopt(final: Path, partial: Path, config: Mapping[str, Any]) -> None:
-    """Take over a run directory that ``tvlens train`` or ``tvlens experiment`` wrote where
-    the trial belongs (no ``trial.json``): with the same config it moves into the staging
-    area, where training resumes or is reused and the analyses run, then moves back.
+    """Take over a run directory where the trial belongs that needs its analyses run: one
+    that ``tvlens train`` or ``tvlens experiment`` wrote (no ``trial.json``), or a finished
+    trial whose analyses changed. With the same run config it moves into the staging area,
+    where training is reused (or resumed) and the analyses run, then moves back.
     Anything else there is refused rather than overwritten."""
     from tvlens.io import run_lock
     from tvlens.models.train import config_diff
@@ -651,6 +671,11 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def _plain(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists), for comparisons."""
+    return json.loads(json.dumps(obj))
+
+
 def _read_record(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / TRIAL_JSON).read_text(encoding="utf-8"))
 
@@ -685,8 +710,7 @@ def call_driver(name: str, run: Any, options: Mapping[str, Any]) -> dict[str, An
 def headline_for(name: str, tables: Mapping[str, Any], run: Any) -> dict[str, Any]:
     """The numbers of analysis ``name`` that go into the trial's ``results.csv`` row."""
     if name == "two_modes":
-        from tvlens.experiments.two_modes import headline
-
+        headline = _hook("two_modes", "headline")
         row = headline(dict(tables), run.metrics if len(run.metrics) else None)
         row.pop("k", None)
         row.pop("n_minor", None)
@@ -721,8 +745,9 @@ class SweepResult:
 
 
 def completed(out: Path, trials: Iterable[Trial]) -> dict[str, dict[str, Any]]:
-    """Records of the trials already complete in ``out``; a complete trial whose config
-    differs from the sweep's is an error naming the trial and the fix."""
+    """Records of the trials already complete in ``out`` with the same analyses and options
+    (with other analyses a trial keeps its model and re-runs them); a complete trial whose
+    run config differs from the sweep's is an error naming the trial and the fix."""
     from tvlens.models.train import config_diff
 
     done = {}
@@ -737,6 +762,8 @@ def completed(out: Path, trials: Iterable[Trial]) -> dict[str, dict[str, Any]]:
                 f"{out / t.id} was trained with a different config ({'; '.join(diff[:3])}); "
                 "run this sweep into another --out, or delete that trial directory to redo it."
             )
+        if rec.get("analyses") != _plain(t.analyses):
+            continue  # same model, other analyses: the trial re-runs its analyses only
         done[t.id] = rec
     return done
 
@@ -859,9 +886,10 @@ def finish_two_modes(out: Path, trials: list[Trial], records: Mapping[str, dict]
     """
     import pandas as pd
 
-    from tvlens.experiments.two_modes import across_k, load_tables, save_tables
+    from tvlens.analyses.common import save_tables
     from tvlens.viz.common import write_figures
 
+    across_k = _hook("two_modes", "across_k")
     figures = _two_modes_figures()
     groups: dict[tuple[str, str, int], list[Trial]] = {}
     for t in trials:
@@ -872,7 +900,7 @@ def finish_two_modes(out: Path, trials: list[Trial], records: Mapping[str, dict]
     results = pd.read_csv(out / RESULTS)
     stacked: dict[str, list[pd.DataFrame]] = {}
     for (fam, model, seed), members in groups.items():
-        per_k = {t.k: load_tables(out / t.id) for t in members}
+        per_k = {t.k: _load_tables(out / t.id) for t in members}
         tables = across_k(per_k)
         sel = (results["family"] == fam) & (results["model"] == model) & (results["seed"] == seed)
         res = results[sel & (results["status"] == "done")]
@@ -891,6 +919,21 @@ def finish_two_modes(out: Path, trials: list[Trial], records: Mapping[str, dict]
                 df = df.assign(family=fam, model=model, seed=seed)
             stacked.setdefault(name, []).append(df)
     save_tables({n: pd.concat(v, ignore_index=True) for n, v in stacked.items()}, out / "analyses")
+
+
+def _load_tables(run_dir: Path) -> dict[str, Any]:
+    """A run directory's ``analyses/*.csv`` tables, by name."""
+    import pandas as pd
+
+    return {p.stem: pd.read_csv(p) for p in sorted((run_dir / "analyses").glob("*.csv"))}
+
+
+def _hook(analysis: str, kind: str) -> Callable[..., Any]:
+    """A summary function of ``analysis`` named in :data:`SUMMARY_HOOKS`, imported on use."""
+    import importlib
+
+    module, _, fn = SUMMARY_HOOKS[analysis][kind].partition(":")
+    return getattr(importlib.import_module(module), fn)
 
 
 def _two_modes_figures() -> dict[str, Callable[..., Any]]:

@@ -30,21 +30,17 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
 from tvlens.analyses.common import save_tables as _save_tables
 from tvlens.analyses.two_modes import ANALYSIS_SEED_OFFSET as ANALYSIS_SEED_OFFSET
 from tvlens.analyses.two_modes import analyse_two_modes, best_layer
 from tvlens.experiments.train_cmd import add_config_arguments, config_from_args
-from tvlens.io import save_csv, save_text
+from tvlens.io import save_text
 from tvlens.models import Run, RunConfig, list_checkpoints, load_run, train
 from tvlens.models.train import has_resume_state
 
@@ -222,20 +218,6 @@ def sweep_configs(base: RunConfig, ks: Sequence[int]) -> dict[int, RunConfig]:
     return out
 
 
-def process_k(
-    config: dict, run_dir: str, retrain: bool, threads: int | None, analysis: dict
-) -> float:
-    """Train (or reuse) one run and analyse it; returns the seconds spent. Runs in a worker
-    process when ``--jobs > 1``; results are exchanged through the run directory."""
-    if threads:
-        torch.set_num_threads(threads)
-    t0 = time.perf_counter()
-    run = train_or_load(RunConfig.from_dict(config), Path(run_dir), retrain=retrain)
-    log.info("k=%s trained in %.0f s", config["family"]["k"], time.perf_counter() - t0)
-    analyse_run(run, **analysis)
-    return time.perf_counter() - t0
-
-
 def run_sweep(
     base: RunConfig,
     exp_dir: Path,
@@ -247,61 +229,40 @@ def run_sweep(
     analysis: dict | None = None,
 ) -> pd.DataFrame:
     """Train and analyse one model per k, then write ``results.csv``, the across-k
-    ``analyses/*.csv`` and ``figures/*.html`` into ``exp_dir``; returns the results table."""
-    from tvlens.registry import figure_functions
-    from tvlens.viz.common import write_figures
+    ``analyses/*.csv`` and ``figures/*.html`` into ``exp_dir``; returns the results table.
 
-    figures = figure_functions(["two_modes", "two_modes_sweep"])
+    This is a sweep (:func:`tvlens.experiments.sweep.run_trials`): one trial per k in
+    ``exp_dir/k{k}``, each written atomically. A rerun runs only the missing ks (a run
+    trained here by an older tvlens is reused and analysed), and a failed k is reported
+    after the others have finished."""
+    from tvlens.experiments.engines import LocalEngine
+    from tvlens.experiments.sweep import Resources, Trial, run_trials
+
     exp_dir = Path(exp_dir)
-    exp_dir.mkdir(parents=True, exist_ok=True)
     if jobs < 1:
         raise ValueError(f"jobs={jobs}; use at least 1 worker.")
     configs = sweep_configs(base, ks)
-    analysis = dict(analysis or {})
-    seconds: dict[int, float] = {}
-    bar = tqdm(total=len(configs), desc="two-modes sweep", disable=None)
-    if jobs == 1:
-        for k, cfg in configs.items():
-            seconds[k] = process_k(
-                cfg.to_dict(), str(run_dir_for(exp_dir, k)), retrain, threads, analysis
-            )
-            bar.update()
-    else:
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            futures = {
-                pool.submit(
-                    process_k,
-                    cfg.to_dict(),
-                    str(run_dir_for(exp_dir, k)),
-                    retrain,
-                    threads or 1,
-                    analysis,
-                ): k
-                for k, cfg in configs.items()
-            }
-            for fut in as_completed(futures):
-                seconds[futures[fut]] = fut.result()
-                bar.update()
-    bar.close()
-    per_k = {k: load_tables(run_dir_for(exp_dir, k)) for k in configs}
-    rows = []
-    for k in configs:
-        metrics_path = run_dir_for(exp_dir, k) / "metrics.csv"
-        metrics = pd.read_csv(metrics_path) if metrics_path.exists() else None
-        rows.append({**headline(per_k[k], metrics), "seconds": round(seconds[k], 1)})
-    results = pd.DataFrame(rows)
-    save_csv(exp_dir / "results.csv", results)
-    tables = across_k(per_k)
-    tables["results"] = results
-    save_tables({n: t for n, t in tables.items() if n != "results"}, exp_dir / ANALYSES)
-    write_figures(tables, exp_dir / "figures", figures)
-    for k in configs:
-        best = int(results.loc[results["k"] == k, "best_layer"].iloc[0])
-        pts = per_k[k]["geometry_points"]
-        write_figures(
-            {"geometry_points": pts[pts["layer"] == best]}, exp_dir / "figures", figures, f"k{k}_"
+    if retrain:
+        for k in configs:
+            shutil.rmtree(run_dir_for(exp_dir, k), ignore_errors=True)
+    resources = Resources(cpu=threads or 1)
+    trials = [
+        Trial.from_config(
+            run_dir_for(exp_dir, k).name, cfg, {"two_modes": analysis or {}}, resources
         )
-    return results
+        for k, cfg in configs.items()
+    ]
+    try:
+        result = run_trials(trials, exp_dir, LocalEngine(jobs), name="two-modes")
+    except FileExistsError as e:  # a finished k with another config
+        raise FileExistsError(f"{e} Or pass --retrain to replace it.") from None
+    if result.failed:
+        errors = {r["trial"]: r["error"] for r in result.records if r["status"] != "done"}
+        raise RuntimeError(
+            f"{len(errors)} of {len(trials)} ks failed ({errors}); the others are in "
+            f"{exp_dir / 'results.csv'}. Fix the cause and rerun: only the failed ks run."
+        )
+    return pd.read_csv(exp_dir / "results.csv")
 
 
 # ----------------------------------------------------------------------------- CLI
