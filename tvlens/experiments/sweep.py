@@ -190,6 +190,8 @@ class SweepSpec:
     source: str = "sweep config"
 
     def __post_init__(self) -> None:
+        if not self.models:
+            self.models = {"": {}}  # one model of the default size, named by its shape
         self._trials = _build_trials(self)
 
     def trials(self) -> list[Trial]:
