@@ -73,10 +73,17 @@ def check_run(run_dir: Path | str) -> list[Finding]:
     cfg_path = run_dir / "config.json"
     config = None
     try:
-        config = RunConfig.load(cfg_path)
-        add("ok", "config.json", f"valid ({config.family.name}, {config.train.steps} steps)")
-    except ConfigError as e:
-        add("problem", "config.json", str(e))
+        kind = json.loads(cfg_path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind is not None:  # a run of another kind (e.g. llm): only its tables are checked
+        add("note", "config.json", f"a {kind!r} run: no checkpoints to verify")
+    else:
+        try:
+            config = RunConfig.load(cfg_path)
+            add("ok", "config.json", f"valid ({config.family.name}, {config.train.steps} steps)")
+        except ConfigError as e:
+            add("problem", "config.json", str(e))
     wanted = _jsonable(config) if config is not None else None
 
     model = None
@@ -115,7 +122,9 @@ def check_run(run_dir: Path | str) -> list[Finding]:
             add("problem", what, "; ".join(bad))
         else:
             add("ok", what, f"sha256 {meta['sha256'][:12]}…, weights fit config.json")
-    if not steps and has_resume_state(run_dir):
+    if kind is not None:
+        pass
+    elif not steps and has_resume_state(run_dir):
         add("problem", "checkpoints", f"no weight checkpoint in {run_dir / CKPT_DIR}.")
     elif not steps:
         add(
@@ -127,7 +136,8 @@ def check_run(run_dir: Path | str) -> list[Finding]:
     # -------------------------------------------------------------------- resume state
     resume_step = None
     if not has_resume_state(run_dir):
-        add("note", "resume state", "none (format-1 runs and copies without it cannot resume).")
+        if kind is None:
+            add("note", "resume state", "none (format-1 runs and copies cannot resume).")
     else:
         try:
             tensors, meta = load_checkpoint(_ckpt_stem(run_dir, "resume"))
@@ -213,7 +223,8 @@ def check_run(run_dir: Path | str) -> list[Finding]:
                 )
 
     # ------------------------------------------------------------------------ analyses
-    for d in sorted({run_dir, *(p.parent for p in run_dir.rglob(PROVENANCE))}):
+    dirs = {run_dir / "analyses", *(p.parent for p in run_dir.rglob(PROVENANCE))}
+    for d in sorted(p for p in dirs if p.is_dir()):
         if CKPT_DIR in d.relative_to(run_dir).parts:
             continue
         prov = read_provenance(d)

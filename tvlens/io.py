@@ -236,6 +236,10 @@ def run_lock(directory: Path | str, purpose: str = "tvlens") -> Iterator[Path]:
     import fcntl
 
     directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise NotADirectoryError(
+            f"{directory} is a file, not a directory; choose another output directory."
+        )
     directory.mkdir(parents=True, exist_ok=True)
     key = directory.resolve()
     if key in _HELD:
