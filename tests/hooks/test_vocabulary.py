@@ -52,6 +52,8 @@ def test_one_bridge_adapter_and_one_layer_check():
     assert check_layers(bridge, [2, 0]) == [2, 0]
     with pytest.raises(ValueError, match="not valid for a 3-layer model"):
         check_layers(bridge, [3])
+    with pytest.raises(IndexError):  # LayerError is both: callers that index keep working
+        check_layers(bridge, [-1])
     with pytest.raises(ValueError, match="not valid"):
         check_layers(bridge, [])
 

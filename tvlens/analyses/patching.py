@@ -49,7 +49,13 @@ from tqdm.auto import tqdm
 
 from tvlens.analyses.common import analyses_dir, save_tables
 from tvlens.analyses.task_vectors import sample_tasks
-from tvlens.hooks.core import as_bridge, check_hook_names, hook_name, resolve_positions
+from tvlens.hooks.core import (
+    as_bridge,
+    check_hook_names,
+    check_layers,
+    hook_name,
+    resolve_positions,
+)
 from tvlens.hooks.suffix import BridgeSuffixRunner, NativeSuffixRunner, native_model
 from tvlens.tasks.base import Batch, TaskFamily
 
@@ -270,11 +276,7 @@ def patch_sweep(
     point, by = _check_point(bridge, point, by)
     if by == "head" and positions is not None:
         raise ValueError("by='head' patches every position; use by='head_pos' to pick positions.")
-    n_layers = bridge.cfg.n_layers
-    layer_list = list(range(n_layers)) if layers is None else [int(x) for x in layers]
-    layer_list = list(dict.fromkeys(layer_list))
-    if not layer_list or any(not 0 <= x < n_layers for x in layer_list):
-        raise IndexError(f"layers {layer_list} empty or out of range for {n_layers} layers.")
+    layer_list = list(dict.fromkeys(check_layers(bridge, layers)))
     device = next(bridge.parameters()).device
     base_in, src_in = (corrupted, clean) if mode == "denoise" else (clean, corrupted)
     base_in, src_in = base_in.to(device), src_in.to(device)

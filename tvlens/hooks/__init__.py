@@ -16,6 +16,7 @@ _EXPORTS = {
     "add_hook": "tvlens.hooks.core",
     "as_bridge": "tvlens.hooks.core",
     "check_layers": "tvlens.hooks.core",
+    "LayerError": "tvlens.hooks.core",
     "capture": "tvlens.hooks.core",
     "capture_means": "tvlens.hooks.core",
     "check_hook_names": "tvlens.hooks.core",

@@ -68,10 +68,15 @@ def as_bridge(model: Any) -> Any:
     )
 
 
+class LayerError(ValueError, IndexError):
+    """Layers that are not blocks of the model (a ValueError, and an IndexError as indices)."""
+
+
 def check_layers(model: Any, layers: Iterable[int] | None) -> list[int]:
     """``layers`` (default: every block) as a list of ints, each a block of ``model``.
 
-    The one layer check: raises ``ValueError`` naming the bad layers and the valid range.
+    The one layer check: raises :class:`LayerError` (a ``ValueError`` and an ``IndexError``)
+    naming the bad layers and the valid range.
     """
     n = int(as_bridge(model).cfg.n_layers)
     if layers is None:
@@ -79,7 +84,7 @@ def check_layers(model: Any, layers: Iterable[int] | None) -> list[int]:
     layers = [int(x) for x in layers]
     bad = [x for x in layers if not 0 <= x < n]
     if bad or not layers:
-        raise ValueError(
+        raise LayerError(
             f"layers {layers} are not valid for a {n}-layer model (empty or out of range); "
             f"use 0..{n - 1}."
         )

@@ -17,6 +17,7 @@ import pandas as pd
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from tvlens.hooks.core import check_layers as _check_layers
 from tvlens.hooks.core import hook_name
 from tvlens.hooks.rowwise import patch_rows_hook
 from tvlens.llm.prompts import (
@@ -34,17 +35,9 @@ from tvlens.llm.tasks import NLTask
 
 
 def check_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
-    """``layers`` (default: all) as a list, with a clear error for out-of-range ones."""
-    n = model.cfg.n_layers
-    if layers is None:
-        return list(range(n))
-    layers = [int(layer) for layer in layers]
-    bad = [layer for layer in layers if not 0 <= layer < n]
-    if bad or not layers:
-        raise ValueError(
-            f"layers {layers} are empty or out of range for a {n}-layer model (0..{n - 1})."
-        )
-    return layers
+    """``layers`` (default: all) as a list, with a clear error for out-of-range ones
+    (:func:`tvlens.hooks.check_layers`, the one layer check)."""
+    return _check_layers(model, layers)
 
 
 def condition_row(task: str, layer: int, condition: str, scored: Scored, **extra: Any) -> dict:
