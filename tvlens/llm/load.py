@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from tvlens.llm.errors import LoadError as LoadError
+
 log = logging.getLogger(__name__)
 
 DTYPES = {
@@ -46,10 +48,6 @@ DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
 }
-
-
-class LoadError(RuntimeError):
-    """A model could not be loaded; the message says what to do."""
 
 
 def resolve_dtype(

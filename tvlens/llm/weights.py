@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tvlens.llm.load import LoadError
+from tvlens.llm.errors import LoadError
 
 log = logging.getLogger(__name__)
 
