@@ -10,6 +10,7 @@ import pytest
 from tiny import tiny_config
 
 from tvlens import registry
+from tvlens.io import read_provenance
 from tvlens.models import train
 from tvlens.viz import report
 
@@ -54,6 +55,8 @@ def test_run_analyses_writes_the_registered_tables(tmp_path):
     assert set(seconds) == set(names)
     expected = {t for n in names for t in registry.get(n).tables}
     assert set(tables) == expected
+    provenance = read_provenance(run.dir / "analyses")
     for name in expected:
         on_disk = pd.read_csv(run.dir / "analyses" / f"{name}.csv")
         assert len(on_disk) == len(tables[name]) > 0
+        assert provenance[f"{name}.csv"]["source"] == run.source  # step and checkpoint hash

@@ -22,7 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tvlens.analyses.common import analyses_dir, save_analysis
+from tvlens.analyses.common import analyses_dir, run_source, save_analysis
 from tvlens.hooks.core import check_hook_names, hook_name
 
 if TYPE_CHECKING:
@@ -279,5 +279,5 @@ def analyse_attention(
     writes ``analyses/attention.csv`` (with a ``step`` column)."""
     df = attention_patterns(run, heads=heads, split=split, seed=seed).assign(step=run.step)
     check_table(df)
-    save_analysis(df, analyses_dir(run, out_dir), CSV_NAME)
+    save_analysis(df, analyses_dir(run, out_dir), CSV_NAME, run_source(run))
     return {CSV_NAME: df}

@@ -28,13 +28,24 @@ def analyses_dir(run: Any, out_dir: Path | str | None = None) -> Path:
     return Path(out_dir) if out_dir is not None else Path(run.dir) / ANALYSES_DIR
 
 
-def save_analysis(df: pd.DataFrame, out_dir: Path | str, name: str) -> Path:
-    """Write ``df`` to ``out_dir/<name>.csv`` atomically (the report reads these)."""
-    path = save_csv(Path(out_dir) / f"{name}.csv", df)
+def run_source(run: Any) -> dict | None:
+    """Where a run's results come from (step and checkpoint hash), for provenance records."""
+    source = getattr(run, "source", None)
+    return source if isinstance(source, dict) else None
+
+
+def save_analysis(
+    df: pd.DataFrame, out_dir: Path | str, name: str, source: dict | None = None
+) -> Path:
+    """Write ``df`` to ``out_dir/<name>.csv`` atomically (the report reads these);
+    ``source`` (:func:`run_source`) goes to the directory's provenance record."""
+    path = save_csv(Path(out_dir) / f"{name}.csv", df, source=source)
     log.info("wrote %s", path)
     return path
 
 
-def save_tables(tables: Mapping[str, pd.DataFrame], out_dir: Path | str) -> list[Path]:
+def save_tables(
+    tables: Mapping[str, pd.DataFrame], out_dir: Path | str, source: dict | None = None
+) -> list[Path]:
     """Write every table of a driver's result; returns the paths in order."""
-    return [save_analysis(df, out_dir, name) for name, df in tables.items()]
+    return [save_analysis(df, out_dir, name, source) for name, df in tables.items()]

@@ -51,7 +51,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tvlens.analyses.common import analyses_dir, save_tables
+from tvlens.analyses.common import analyses_dir, run_source, save_tables
 from tvlens.hooks.core import as_bridge, capture, hook_name
 from tvlens.tasks.base import Batch, TaskFamily, derive_seed
 
@@ -645,7 +645,7 @@ def analyse_decodability(
     )
     df.insert(0, "step", run.step)
     result = {"decodability": df}
-    save_tables(result, analyses_dir(run, out_dir))
+    save_tables(result, analyses_dir(run, out_dir), run_source(run))
     return result
 
 

@@ -28,7 +28,7 @@ from scipy import stats
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tvlens.analyses.common import analyses_dir, save_tables
+from tvlens.analyses.common import analyses_dir, run_source, save_tables
 from tvlens.analyses.decodability import (
     DEFAULT_K,
     Label,
@@ -194,7 +194,7 @@ def analyse_dynamics(
     result = {
         "decodability_dynamics": decodability_dynamics(run.dir, n=n, seed=seed, progress=False)
     }
-    save_tables(result, analyses_dir(run, out_dir))
+    save_tables(result, analyses_dir(run, out_dir), run_source(run))
     return result
 
 

@@ -47,7 +47,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tvlens.analyses.common import analyses_dir, save_tables
+from tvlens.analyses.common import analyses_dir, run_source, save_tables
 from tvlens.analyses.task_vectors import sample_tasks
 from tvlens.hooks.core import (
     as_bridge,
@@ -717,5 +717,5 @@ def analyse_patching(
         )
         table.attrs = dict(df.attrs)
         tables[name] = table
-    save_tables(tables, analyses_dir(run, out_dir))
+    save_tables(tables, analyses_dir(run, out_dir), run_source(run))
     return tables

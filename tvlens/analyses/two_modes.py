@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from tvlens.analyses.common import analyses_dir, save_tables
+from tvlens.analyses.common import analyses_dir, run_source, save_tables
 from tvlens.analyses.geometry import (
     ablation_table,
     fit_beta,
@@ -139,7 +139,7 @@ def analyse_two_modes(
         if "k" not in df.columns:
             df.insert(0, "k", fam.config.k)
     if save:
-        save_tables(tables, analyses_dir(run, out_dir))
+        save_tables(tables, analyses_dir(run, out_dir), run_source(run))
     log.info("analysed %s in %.1f s (best layer %d)", run.dir, time.perf_counter() - t0, best)
     return tables
 
