@@ -457,6 +457,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.dummy_diag:
+        from tvlens.llm import reference as ref
+        from tvlens.llm.weights import resolve
+
+        hf = ref.load_hf(resolve(args.model))
+        for t in args.study_tasks.split(","):
+            task = load_task(t)
+            zero, source = (
+                sample_prompts(task, args.n, 0),
+                sample_prompts(task, args.n, 5, dummy_query=True),
+            )
+            df = ref.reference_task_vectors(hf, zero, source, args.layers)
+            print(
+                t, df[df["condition"] == "task_vector"].to_string(index=False), sep="\n", flush=True
+            )
+        return 0
     from tvlens.llm import load
 
     model = load(args.model, device="cpu", dtype="float32")

@@ -106,25 +106,11 @@ def test_reference_rejects_unpaired_prompts(hf_models):
         ref.reference_task_vectors(hf_models["llama"], zero, zero[:2], [0])
 
 
-def _smollm2_path() -> Path | None:
-    for p in (os.environ.get("TVLENS_SMOLLM2"), "/tmp/models/smollm2"):
-        if p and (Path(p) / "model.safetensors").is_file():
-            return Path(p)
-    try:
-        from tvlens.llm.load import cached_model_path  # the model registry, when present
-    except ImportError:
-        return None
-    try:
-        return Path(cached_model_path("smollm2"))
-    except Exception:  # noqa: BLE001 - not installed: the test skips
-        return None
-
-
 @pytest.mark.slow
-def test_real_smollm2_task_and_function_vectors_agree_with_the_reference():
-    path = _smollm2_path()
-    if path is None:
-        pytest.skip("SmolLM2-135M weights are not installed (tvlens llm get smollm2)")
+def test_real_smollm2_task_and_function_vectors_agree_with_the_reference(request):
+    """Measured 2026-12-01 (shared machine, load ~20): passes in about 12 minutes."""
+    env = os.environ.get("TVLENS_SMOLLM2")  # a local folder, e.g. converted by hand
+    path = Path(env) if env else request.getfixturevalue("smollm2_path")
     from tvlens.llm.load import load
 
     torch.manual_seed(0)

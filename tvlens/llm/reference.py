@@ -165,24 +165,30 @@ def reference_task_vectors(
 ) -> pd.DataFrame:
     """Hendel task vectors: the source prompt's layer-ℓ output at its last token replaces
     the zero-shot prompt's there. Rows ``task, layer, condition (zero_shot, task_vector),
-    accuracy, p_answer, n``."""
+    accuracy, p_answer, n``; task-vector rows also give ``dummy_answer``, the share of
+    prompts whose patched prediction is the *dummy* query's answer (θ carrying the source
+    prompt's own answer rather than the task)."""
     if len(zero) != len(source) or [p.target for p in zero] != [p.target for p in source]:
         raise ValueError("zero-shot and source prompts must pair up (same targets, in order).")
     base, patched = [], {layer: [] for layer in layers}
-    for z, s in tqdm(
-        list(zip(zero, source, strict=True)), desc="reference TV", disable=not progress
-    ):
+    dummy = {layer: 0 for layer in layers}
+    pairs = list(zip(zero, source, strict=True))
+    for z, s in tqdm(pairs, desc="reference TV", disable=not progress):
         ids, first = prompt_ids(hf.tokenizer, z)
-        theta = layer_outputs(hf, prompt_ids(hf.tokenizer, s)[0])
+        source_ids, dummy_first = prompt_ids(hf.tokenizer, s)  # the dummy query's own answer
+        theta = layer_outputs(hf, source_ids)
         base.append(_score(_last_logits(hf, ids), first))
         for layer in layers:
             hook = (hf.layers[layer], _replace_last(theta[layer]))
-            patched[layer].append(_score(_last_logits(hf, ids, [hook]), first))
+            logits = _last_logits(hf, ids, [hook])
+            patched[layer].append(_score(logits, first))
+            dummy[layer] += int(int(logits.argmax()) == dummy_first != first)
     task = zero[0].task
     rows = []
     for layer in layers:
         rows.append(_rows(task, layer, "zero_shot", base))
-        rows.append(_rows(task, layer, "task_vector", patched[layer]))
+        tv = _rows(task, layer, "task_vector", patched[layer])
+        rows.append({**tv, "dummy_answer": dummy[layer] / len(zero)})
     return pd.DataFrame(rows)
 
 
