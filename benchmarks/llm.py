@@ -451,6 +451,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--summarize", type=Path, default=None, help="instead: print a run's tables"
     )
+    parser.add_argument(
+        "--fv-norm-check",
+        action="store_true",
+        help="instead: Gemma FV through vs before the post-attention norm (--task, --n, --layers)",
+    )
+    parser.add_argument(
+        "--dummy-diag",
+        action="store_true",
+        help="instead: reference task vectors at --layers with the share of patched "
+        "predictions that are the dummy query's answer (--study-tasks, --n prompts)",
+    )
     args = parser.parse_args(argv)
     if args.summarize is not None:
         print(summarize(args.summarize))
