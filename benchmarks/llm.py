@@ -94,6 +94,9 @@ def tl_task_vectors(
     tok = model.tokenizer
     zero = encode(tok, sample_prompts(task, n, 0))
     source = encode(tok, sample_prompts(task, n, 5, dummy_query=True))
+    # the zero-shot and ICL baselines task_vector_sweep also reports
+    tl_probs(model, zero, None, bs)
+    tl_probs(model, encode(tok, sample_prompts(task, n, 5)), None, bs)
     names = [hook_name(layer, "resid_post") for layer in layers]
     theta = {name: [] for name in names}
     with torch.no_grad():
@@ -130,6 +133,9 @@ def tl_head_ie(model: Any, task: Any, z_mean: torch.Tensor, layers: list[int], n
 
 def tl_fv_sweep(model: Any, task: Any, vector: torch.Tensor, layers: list[int], n: int, bs: int):
     zero = encode(model.tokenizer, sample_prompts(task, n, 0))
+    # the zero-shot and ICL baselines function_vector_sweep also reports
+    tl_probs(model, zero, None, bs)
+    tl_probs(model, encode(model.tokenizer, sample_prompts(task, n, 10)), None, bs)
     return {
         layer: tl_probs(
             model,
