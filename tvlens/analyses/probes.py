@@ -8,7 +8,9 @@ same statistics):
 * dice — token counts (per observation: the running frequencies);
 * markov — bigram (transition) counts, per transition seen;
 * linreg / sparse_linreg — XᵀX (upper triangle) and Xᵀy, per example seen;
-* a family may define its own ``sufficient_statistics(batch)`` (Dyck: steps seen, height).
+* dyck — steps seen and height reached.
+
+Each family computes its own statistics (``family.sufficient_statistics(batch)``).
 
 :func:`probe_table` fits ridge probes from states to the statistics, per layer and split,
 on four views of each state: the full state, its coordinates in the task subspace
@@ -28,7 +30,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
@@ -36,7 +37,7 @@ from tvlens.analyses.geometry import capture_states, principal_angles, random_ba
 from tvlens.analyses.task_vectors import DEFAULT_POSITIONS, TaskVectors, task_vectors
 from tvlens.hooks import resolve_positions
 from tvlens.hooks.core import Positions
-from tvlens.tasks.base import Batch, TaskFamily, exclusive_cumsum
+from tvlens.tasks.base import Batch, TaskFamily
 
 VIEWS = ("full", "task", "orth", "random")
 
@@ -49,29 +50,6 @@ def sufficient_statistics(family: TaskFamily, batch: Batch) -> Float[Tensor, "ba
     own = getattr(family, "sufficient_statistics", None)
     if callable(own):
         return own(batch)
-    t = torch.arange(batch.targets.shape[1], dtype=torch.float32).view(1, -1, 1)
-    if family.name == "dice":
-        v = family.config.vocab
-        counts = exclusive_cumsum(F.one_hot(batch.targets, v).float())
-        return counts / t.clamp_min(1)
-    if family.name == "markov":
-        v = family.config.vocab
-        prev = batch.inputs.clamp_max(v - 1)
-        trans = F.one_hot(prev, v).unsqueeze(-1) * F.one_hot(batch.targets, v).unsqueeze(-2)
-        trans = trans.float().flatten(2)
-        trans[:, 0] = 0.0  # BOS -> x_1 is not a transition
-        counts = exclusive_cumsum(trans)
-        return counts / counts.sum(-1, keepdim=True).clamp_min(1)
-    if family.kind == "regression" and hasattr(family, "xs"):
-        d = family.config.dim
-        x = family.xs(batch)  # [B, T, d], zero at y positions
-        y = torch.nan_to_num(batch.targets) * batch.target_mask
-        xx = exclusive_cumsum((x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(2))
-        xy = exclusive_cumsum(x * y.unsqueeze(-1))
-        n = exclusive_cumsum(batch.target_mask.float().unsqueeze(-1)).clamp_min(1)
-        iu = torch.triu_indices(d, d)
-        xx = xx.view(*xx.shape[:2], d, d)[:, :, iu[0], iu[1]]
-        return torch.cat([xx, xy], dim=-1) / n
     raise ValueError(
         f"no sufficient statistics are defined for family {family.name!r}; give the family "
         "a sufficient_statistics(batch) -> [B, T, S] method."
@@ -211,8 +189,8 @@ def probes(
         idx = resolve_positions(positions, batch.inputs.shape[1])
         states = capture_states(model, tv, batch, layers, idx, batch_size)
         stats = sufficient_statistics(family, batch)[:, idx]
-        if family.kind == "regression":  # x positions only: where y is predicted
-            keep = batch.target_mask[0, idx]
+        keep = batch.target_mask[0, idx]  # scored positions only (regression: the x tokens)
+        if not bool(keep.all()):
             states = {k: v[:, keep] for k, v in states.items()}
             stats = stats[:, keep]
         df, ang = probe_table(states, stats, bases, centres, split=split, lam=lam, seed=seed)

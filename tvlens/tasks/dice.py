@@ -62,3 +62,11 @@ class Dice(TaskFamily):
         counts = exclusive_cumsum(F.one_hot(batch.targets, v).float())
         t = torch.arange(batch.targets.shape[1], dtype=torch.float32).view(1, -1, 1)
         return (counts + 1.0) / (t + v)
+
+    def sufficient_statistics(self, batch: Batch) -> Tensor:
+        """The Dirichlet-multinomial learner's statistic: symbol frequencies of the targets
+        seen before each position ``[B, T, V]`` (for :mod:`tvlens.analyses.probes`)."""
+        v = self.config.vocab
+        t = torch.arange(batch.targets.shape[1], dtype=torch.float32).view(1, -1, 1)
+        counts = exclusive_cumsum(F.one_hot(batch.targets, v).float())
+        return counts / t.clamp_min(1)

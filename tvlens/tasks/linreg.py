@@ -15,6 +15,7 @@ from tvlens.tasks.base import (
     PoolConfig,
     TaskFamily,
     _expand_params,
+    exclusive_cumsum,
 )
 
 
@@ -147,3 +148,16 @@ class LinReg(TaskFamily):
         out = torch.zeros_like(batch.targets)
         out[:, 0::2] = torch.einsum("bnd,bnd->bn", batch.inputs[:, 0::2, : self.config.dim], w)
         return out
+
+    def sufficient_statistics(self, batch: Batch) -> Tensor:
+        """Ridge's statistics from the pairs seen before each position: the upper triangle of
+        XᵀX and Xᵀy, per observed pair ``[B, T, d(d+1)/2 + d]``."""
+        d = self.config.dim
+        x = self.xs(batch)  # [B, T, d], zero at y positions
+        y = torch.nan_to_num(batch.targets) * batch.target_mask
+        xx = exclusive_cumsum((x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(2))
+        xy = exclusive_cumsum(x * y.unsqueeze(-1))
+        n = exclusive_cumsum(batch.target_mask.float().unsqueeze(-1)).clamp_min(1)
+        iu = torch.triu_indices(d, d)
+        xx = xx.view(*xx.shape[:2], d, d)[:, :, iu[0], iu[1]]
+        return torch.cat([xx, xy], dim=-1) / n

@@ -75,3 +75,14 @@ class Markov(TaskFamily):
         pred = (row + 1.0) / (row.sum(-1, keepdim=True) + v)
         pred[:, 0] = 1.0 / v
         return pred
+
+    def sufficient_statistics(self, batch: Batch) -> Tensor:
+        """The add-one bigram learner's statistic: transition frequencies seen before each
+        position ``[B, T, V·V]`` (BOS → x_1 is not a transition)."""
+        v = self.config.vocab
+        prev = batch.inputs.clamp_max(v - 1)
+        trans = F.one_hot(prev, v).unsqueeze(-1) * F.one_hot(batch.targets, v).unsqueeze(-2)
+        trans = trans.float().flatten(2)
+        trans[:, 0] = 0.0
+        counts = exclusive_cumsum(trans)
+        return counts / counts.sum(-1, keepdim=True).clamp_min(1)
