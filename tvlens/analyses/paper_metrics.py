@@ -269,9 +269,9 @@ def force_tokens(family: TaskFamily, batch: Batch, position: int) -> tuple[Batch
     Returns the enlarged batch (copies of sequence i are rows ``i*V … i*V + V − 1``) and the
     forced token of each row. Discrete families only; the targets are left as sampled.
     """
-    if family.kind != "discrete":
+    if family.d_in is not None:
         raise ValueError(
-            f"forcing tokens needs a discrete family; {family.name!r} reads continuous "
+            f"forcing tokens needs a discrete family (token ids); {family.name!r} reads continuous "
             "tokens. Use force=False (the token is then x / y position type)."
         )
     v = family.config.vocab
@@ -316,7 +316,7 @@ def paper_anova(
     """
     bridge = as_bridge(model)
     layers = _check_layers(bridge, layers)
-    discrete = family.kind == "discrete"
+    discrete = family.d_in is None  # token ids, not feature vectors
     force = discrete if force is None else force
     if positions is None:
         positions = -1 if force else slice(-16, None)
