@@ -338,21 +338,9 @@ def function_vector_sweep(
     def hooks_at(layer: int, rows: Tensor, pos: Tensor) -> list[tuple[str, Any]]:
         return [(hook_name(layer, point), add_rows_hook(vector, pos))]
 
-    if mode == "first_token":
-        steered = layer_sweep(
-            model, zero, layers, hooks_at, batch_size, engine, progress, "function vector"
-        )
-    else:
-        steered = {
-            layer: run_prompts(
-                model,
-                zero,
-                hooks=lambda idx, qpos, layer=layer: hooks_at(layer, idx, qpos),
-                mode=mode,
-                batch_size=batch_size,
-            )
-            for layer in tqdm(layers, desc="function vector", disable=None if progress else True)
-        }
+    steered = layer_sweep(
+        model, zero, layers, hooks_at, batch_size, engine, progress, "function vector", mode=mode
+    )
     rows = []
     for layer in layers:
         for condition, scored in (

@@ -558,13 +558,26 @@ def layer_sweep(
     engine: Literal["auto", "full"] = "auto",
     progress: bool = False,
     desc: str = "layers",
+    mode: ScoreMode = "first_token",
 ) -> dict[int, Scored]:
-    """First-token scores of ``enc`` with ``hooks_at(layer, rows, pos)`` on, for each layer.
+    """Scores of ``enc`` with ``hooks_at(layer, rows, pos)`` on, for each layer.
 
     ``hooks_at`` returns hooks acting on ``layer`` (or later) for prompts ``rows`` whose query
-    tokens sit at ``pos``. Each batch runs once and is rerun from each layer by
-    :class:`QueryReplay`; the result equals :func:`run_prompts` with the same hooks.
+    tokens sit at ``pos``. For first-token scoring each batch runs once and is rerun from each
+    layer by :class:`QueryReplay`; the result equals :func:`run_prompts` with the same hooks,
+    which is what other modes run, one full pass per layer.
     """
+    if mode != "first_token":
+        return {
+            layer: run_prompts(
+                model,
+                enc,
+                hooks=lambda idx, qpos, layer=layer: hooks_at(layer, idx, qpos),
+                mode=mode,
+                batch_size=batch_size,
+            )
+            for layer in tqdm(layers, desc=desc, disable=None if progress else True)
+        }
     n = len(enc)
     correct = {layer: torch.zeros(n, dtype=torch.bool) for layer in layers}
     probs = {layer: torch.zeros(n) for layer in layers}

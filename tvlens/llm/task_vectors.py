@@ -15,7 +15,6 @@ from typing import Any
 
 import pandas as pd
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from tvlens.hooks.core import check_layers as _check_layers
 from tvlens.hooks.core import hook_name
@@ -97,21 +96,9 @@ def task_vector_sweep(
     def hooks_at(layer: int, rows: Tensor, pos: Tensor) -> list[tuple[str, Any]]:
         return [(names[layer], patch_rows_hook(vectors[names[layer]][rows], pos))]
 
-    if mode == "first_token":
-        patched = layer_sweep(
-            model, zero, layers, hooks_at, batch_size, engine, progress, "task vectors"
-        )
-    else:
-        patched = {
-            layer: run_prompts(
-                model,
-                zero,
-                hooks=lambda idx, qpos, layer=layer: hooks_at(layer, idx, qpos),
-                mode=mode,
-                batch_size=batch_size,
-            )
-            for layer in tqdm(layers, desc="task vectors", disable=None if progress else True)
-        }
+    patched = layer_sweep(
+        model, zero, layers, hooks_at, batch_size, engine, progress, "task vectors", mode=mode
+    )
     rows = []
     for layer in layers:
         for condition, scored in (
