@@ -10,6 +10,8 @@ from tvlens.llm.prompts import (
     answer_tokens,
     encode,
     make_prompt,
+    nested_prompts,
+    run_nested,
     run_prompts,
     sample_prompts,
     score_answers,
@@ -146,3 +148,54 @@ def test_exact_mode_reads_only_the_answer_positions(bridges, arch):
         logits = model(enc.tokens)
     expected = score_answers(logits, enc.query_pos, enc.answers, "exact")
     assert scored.correct.tolist() == expected.tolist()
+
+
+def test_nested_prompts_are_text_prefixes_of_the_longest():
+    ps = nested_prompts(ANTONYM, 5, (4, 1, 0, 2), seed=3)
+    assert sorted(ps) == [0, 1, 2, 4]
+    for i, longest in enumerate(ps[4]):
+        assert longest == sample_prompts(ANTONYM, 5, 4, seed=3)[i]
+        chain = [*longest.demos, (longest.query, longest.answer)]
+        for s in (0, 1, 2):
+            p = ps[s][i]
+            assert p.shots == s and (p.query, p.answer) == chain[s]
+            assert (longest.text + longest.answer_text).startswith(p.text + p.answer_text)
+
+
+@pytest.mark.parametrize("mode", ["first_token", "exact"])
+def test_run_nested_equals_a_separate_pass_per_shot_count(bridges, arch, mode):
+    """One pass over the longest prompts gives every shot count's scores and states, equal
+    to :func:`run_prompts` on each shot count's own prompts (causal attention)."""
+    model = bridges[arch]
+    names = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_mid"]
+    encs = {
+        s: encode(model.tokenizer, p)
+        for s, p in nested_prompts(ANTONYM, 9, (0, 1, 3), seed=1).items()
+    }
+    got = run_nested(model, encs, capture=names, mode=mode, batch_size=4)
+    for s, enc in encs.items():
+        ref = run_prompts(model, enc, capture=names, mode=mode, batch_size=4)
+        assert torch.equal(got[s].correct, ref.correct)
+        torch.testing.assert_close(got[s].p_answer, ref.p_answer, atol=1e-5, rtol=0)
+        for n in names:
+            torch.testing.assert_close(got[s].states[n], ref.states[n], atol=1e-5, rtol=0)
+
+
+def test_run_nested_runs_rows_that_are_no_token_prefix_on_their_own(llama):
+    """A row whose tokens differ from its longest prompt (as when the tokenizer merges across
+    the cut) is not read off the long pass: its scores are those of its own tokens."""
+    encs = {
+        s: encode(llama.tokenizer, p) for s, p in nested_prompts(ANTONYM, 6, (1, 4), seed=2).items()
+    }
+    short = encs[1]
+    q = int(short.query_pos[2])
+    short.tokens[2, q - 1] = (short.tokens[2, q - 1] + 7) % llama.cfg.d_vocab  # no longer a prefix
+    got = run_nested(llama, encs, capture=["blocks.1.hook_resid_post"])
+    ref = run_prompts(llama, short, capture=["blocks.1.hook_resid_post"])
+    torch.testing.assert_close(got[1].p_answer, ref.p_answer, atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        got[1].states["blocks.1.hook_resid_post"],
+        ref.states["blocks.1.hook_resid_post"],
+        atol=1e-5,
+        rtol=0,
+    )

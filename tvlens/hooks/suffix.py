@@ -57,6 +57,14 @@ log = logging.getLogger(__name__)
 HookList = Sequence[tuple[str, Any]]
 
 
+def unembed(bridge: Any, resid: Float[Tensor, "... d"]) -> Float[Tensor, "... vocab"]:
+    """A bridge's logits from the last block's output: final norm, unembedding, and the
+    adapter's output transform (Gemma-2's final soft-cap), as its forward computes them."""
+    logits = bridge.unembed(bridge.ln_final(resid))
+    transform = getattr(getattr(bridge, "adapter", None), "apply_output_logits_transform", None)
+    return logits if transform is None else transform(logits)
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain torch module under any number of TL bridge wrappers."""
     for _ in range(8):
@@ -456,8 +464,6 @@ class BridgeSuffixRunner:
         self.replay_ok = self.batch_ok = self.suffix_ok = False
         self.rows_ok = False
         self.causal = getattr(bridge.cfg, "attention_dir", "causal") == "causal"
-        adapter = getattr(bridge, "adapter", None)
-        self._logit_transform = getattr(adapter, "apply_output_logits_transform", None)
         self.cache_kwargs = [_cache_kwarg(block) for block in bridge.blocks]
         self.refused: dict[str, str] = {}
 
@@ -652,9 +658,7 @@ class BridgeSuffixRunner:
         finally:
             for h in handles:
                 h.remove()
-        x = _read(x, read_rows)
-        logits = self.bridge.unembed(self.bridge.ln_final(x))
-        return logits if self._logit_transform is None else self._logit_transform(logits)
+        return unembed(self.bridge, _read(x, read_rows))
 
     @torch.no_grad()
     def run(

@@ -2,18 +2,18 @@
 ICL accuracy (Han et al., arXiv 2412.12276; SCIENCE.md section B).
 
 For one *group* of tasks (e.g. the six POS tasks plus Null, see
-:func:`tvlens.llm.tasks.task_groups`) and each shot count, ``n_per_task`` prompts per task are
-run once: the residual at the last prompt token is kept at every layer and the answer is
-scored, so TD and ICL accuracy come from the same forward passes. TD itself is computed by
-:mod:`tvlens.analyses.decodability` (default: leave-one-out kNN with k = 10, plus a
-logistic probe on a stratified split; chance beside every score).
+:func:`tvlens.llm.tasks.task_groups`), ``n_per_task`` prompts per task are drawn *nested*
+(:func:`tvlens.llm.prompts.nested_prompts`): prompt ``i`` at ``s`` shots is the first ``s``
+demonstrations of prompt ``i`` at the largest shot count plus the next input, so one causal
+pass over the longest prompts gives the residual at the query token of every layer and the
+scored answer for every shot count (:func:`tvlens.llm.prompts.run_nested`, checked equal to
+separate passes). TD and ICL accuracy come from the same forward passes.
 
-Each task's prompts are drawn with their own seed (derived from ``seed`` and the task name;
-the same queries at every shot count), as in the paper's independent N prompts per task.
-Tasks sharing inputs (POS, bitwise) still use every input as a query about equally often. At
-0 shots their prompts are then identical across tasks, and leave-one-out kNN scores *below*
-chance (a point's exact duplicates all carry other labels), so the default shot grid starts
-at 1.
+Each task's prompts are drawn with their own seed (derived from ``seed`` and the task name),
+as in the paper's independent N prompts per task. The shot counts of one prompt share its
+demonstrations, so TD across shots compares the same contexts cut at different lengths. The
+default shot grid starts at 1: at 0 shots tasks sharing inputs (POS, bitwise) see the same
+kind of bare query, and leave-one-out kNN on identical points scores below chance.
 
 Per-task TD (the fraction of a task's prompts that kNN assigns to it) is correlated with
 ICL accuracy across the group's tasks × shot counts, per layer (Null is left out: it has no
@@ -42,8 +42,8 @@ from tvlens.llm.prompts import (
     ScoreMode,
     Template,
     encode,
-    run_prompts,
-    sample_prompts,
+    nested_prompts,
+    run_nested,
     tokenizer_of,
 )
 from tvlens.llm.task_vectors import check_layers
@@ -117,15 +117,18 @@ def decodability_by_shots(
     labels = torch.arange(len(tasks)).repeat_interleave(n_per_task)
     td_frames, per_rows, icl_rows = [], [], []
     kept: dict[int, Tensor] = {}
-    for s in tqdm(list(shots), desc=f"TD {group}", disable=None if progress else True):
-        reps = []
-        for task in tasks:
-            task_seed = derive_seed("llm-decodability", seed, task.name)
-            enc = encode(tok, sample_prompts(task, n_per_task, s, template, task_seed))
-            scored = run_prompts(model, enc, capture=names, mode=mode, batch_size=batch_size)
-            reps.append(torch.stack([scored.states[n] for n in names], dim=1))
-            icl_rows.append({"group": group, **icl_row(task, s, enc, scored)})
-        x = torch.cat(reps)  # [N, L, d]
+    shots = sorted({int(s) for s in shots})
+    reps: dict[int, list[Tensor]] = {s: [] for s in shots}
+    for task in tqdm(tasks, desc=f"TD {group}", disable=None if progress else True):
+        task_seed = derive_seed("llm-decodability", seed, task.name)
+        prompts = nested_prompts(task, n_per_task, shots, template, task_seed)
+        encs = {s: encode(tok, p) for s, p in prompts.items()}
+        scored = run_nested(model, encs, capture=names, mode=mode, batch_size=batch_size)
+        for s in shots:
+            reps[s].append(torch.stack([scored[s].states[n] for n in names], dim=1))
+            icl_rows.append({"group": group, **icl_row(task, s, encs[s], scored[s])})
+    for s in shots:
+        x = torch.cat(reps[s])  # [N, L, d]
         td = decodability_table(
             x[:, :, None],
             labels,

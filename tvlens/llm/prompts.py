@@ -28,6 +28,7 @@ Gemma's 262k-token unembedding.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -43,6 +44,7 @@ from tvlens.llm.tasks import NLTask
 
 ScoreMode = Literal["first_token", "exact"]
 HookBuilder = Callable[[Tensor, Tensor], list[tuple[str, Any]]]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -379,6 +381,16 @@ def _store_query_hook(store: dict[str, Tensor], key: str, qpos: Int[Tensor, " b"
     return hook
 
 
+def _gather_hook(store: dict[str, Tensor], key: str, pos: Int[Tensor, "b ..."]) -> Any:
+    """Keep ``act[b, pos[b, ...]]`` (flattened to ``[b, k, ...]``, on its device) under ``key``."""
+
+    def hook(act: Tensor, hook: Any = None) -> None:
+        b = torch.arange(act.shape[0], device=act.device)[:, None]
+        store[key] = act[b, pos.flatten(1).to(act.device)].detach()
+
+    return hook
+
+
 def model_device(model: Any) -> torch.device:
     """Where inputs go: ``cfg.device`` (the embedding's device when split), else the
     first parameter's."""
@@ -433,6 +445,182 @@ def run_prompts(
                 stored[name] = torch.zeros(n, *store[name].shape[1:])
             stored[name][rows] = store[name]
     return Scored(correct=correct, p_answer=probs, states=stored)
+
+
+def nested_prompts(
+    task: NLTask,
+    n_prompts: int,
+    shots: Sequence[int],
+    template: str | Template = "arrow",
+    seed: int = 0,
+) -> dict[int, list[Prompt]]:
+    """Prompts for every shot count in ``shots`` that are prefixes of one another.
+
+    Prompt ``i`` at ``s`` shots is the first ``s`` demonstrations of prompt ``i`` at
+    ``max(shots)`` shots (:func:`sample_prompts`) followed by the input of its
+    ``(s + 1)``-th: in a causal model its query-token state and logits are those of the long
+    prompt at that position, so :func:`run_nested` scores every shot count in one pass.
+    Queries of the longest prompts walk through the task's pairs as in
+    :func:`sample_prompts`; shorter ones query a demonstration of the longest.
+    """
+    shots = sorted({int(s) for s in shots})
+    if not shots or shots[0] < 0:
+        raise ValueError(f"shots={shots}: give one or more non-negative shot counts.")
+    longest = sample_prompts(task, n_prompts, shots[-1], template, seed)
+    out = {shots[-1]: longest}
+    for s in shots[:-1]:
+        chains = [(*p.demos, (p.query, p.answer)) for p in longest]
+        out[s] = [make_prompt(task, c[s], c[:s], template) for c in chains]
+    return out
+
+
+def _subset(enc: Encoded, rows: Sequence[int]) -> Encoded:
+    idx = torch.as_tensor(list(rows), dtype=torch.long)
+    prompts = [enc.prompts[i] for i in rows] if enc.prompts else []
+    return Encoded(enc.tokens[idx], enc.query_pos[idx], [enc.answers[i] for i in rows], prompts)
+
+
+def _read_len(enc: Encoded, i: int, mode: ScoreMode) -> int:
+    """Tokens row ``i`` needs in front of its last scored position, inclusive."""
+    return int(enc.query_pos[i]) + (1 if mode == "first_token" else len(enc.answers[i]))
+
+
+@torch.no_grad()
+def run_nested(
+    model: Any,
+    encs: dict[int, Encoded],
+    capture: Sequence[str] = (),
+    mode: ScoreMode = "first_token",
+    batch_size: int = 16,
+    progress: bool = False,
+    atol: float = 1e-4,
+) -> dict[int, Scored]:
+    """:func:`run_prompts` for each shot count of ``encs`` (from :func:`nested_prompts`),
+    from one pass over the longest prompts.
+
+    Row ``i`` of a shorter shot count is read off the longest prompt ``i`` where its tokens
+    (prompt and scored answer tokens) are a prefix of it; rows the tokenizer merged across
+    the boundary are run on their own. Logits come from the last block's output at the
+    scored positions only (:func:`tvlens.hooks.suffix.unembed`); the first batch checks
+    that against the bridge's own logits and falls back to separate passes if they differ.
+    """
+    from tvlens.hooks.suffix import unembed
+
+    if mode not in ("first_token", "exact"):
+        raise ValueError(f"mode={mode!r}; choose 'first_token' or 'exact'.")
+    if not encs:
+        raise ValueError("no shot counts to run.")
+    capture = check_hook_names(model, capture)
+    smax = max(encs)
+    full = encs[smax]
+    n = len(full)
+    if any(len(e) != n for e in encs.values()):
+        raise ValueError(
+            f"every shot count needs {n} prompts, got {[len(e) for e in encs.values()]}."
+        )
+    shots = sorted(encs)
+    inside: dict[int, list[bool]] = {}
+    for s in shots:
+        e, flags = encs[s], []
+        for i in range(n):
+            k = _read_len(e, i, mode)
+            flags.append(
+                k <= full.tokens.shape[1] and bool((e.tokens[i, :k] == full.tokens[i, :k]).all())
+            )
+        inside[s] = flags
+    last = f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+    n_read = 1 if mode == "first_token" else max(len(a) for e in encs.values() for a in e.answers)
+    correct = {s: torch.zeros(n, dtype=torch.bool) for s in shots}
+    probs = {s: torch.zeros(n) for s in shots}
+    stored: dict[int, dict[str, Tensor]] = {s: {} for s in shots}
+    device = model_device(model)
+    order = length_order(full)
+    checked = False
+    for start in tqdm(range(0, n, batch_size), disable=None if progress else True, leave=False):
+        rows = order[start : start + batch_size].tolist()
+        ok = [[inside[s][i] for s in shots] for i in rows]
+        width = max(
+            _read_len(encs[s], i, mode)
+            for i, flags in zip(rows, ok, strict=True)
+            for s, f in zip(shots, flags, strict=True)
+            if f
+        )
+        # per row × shot: the query position (or that of the longest prompt when not inside)
+        q = torch.tensor(
+            [
+                [
+                    int(encs[s].query_pos[i]) if f else int(full.query_pos[i])
+                    for s, f in zip(shots, fl, strict=True)
+                ]
+                for i, fl in zip(rows, ok, strict=True)
+            ]
+        )
+        lens = torch.tensor(
+            [[len(encs[s].answers[i]) if mode == "exact" else 1 for s in shots] for i in rows]
+        )
+        t = torch.arange(n_read)
+        read = (q[:, :, None] + torch.minimum(t, lens[:, :, None] - 1)).clamp(max=width - 1)
+        store: dict[str, Tensor] = {}
+
+        def keep(key: str, pos: Tensor, store: dict[str, Tensor] = store) -> Any:
+            return _gather_hook(store, key, pos)
+
+        fwd = [(name, keep(name, q)) for name in capture] + [(last, keep(last, read))]
+        if not checked:  # the bridge's own logits at one position, to check ours against
+            fwd.append((last, keep("check", torch.full((len(rows), 1), width - 1))))
+        tokens = full.tokens[rows, :width].to(device)
+        ref = logits_at(model, tokens, torch.tensor([width - 1]), fwd)[:, 0]
+        final = store[last].view(len(rows), len(shots), n_read, -1)
+        logits = unembed(model, final)  # [b, shots, n_read, vocab]
+        if not checked:
+            ours = unembed(model, store["check"][:, 0])
+            if not torch.allclose(ours.float(), ref.float(), atol=atol, rtol=1e-4):
+                log.warning(
+                    "run_nested: the last block's output does not reproduce the bridge's "
+                    "logits (max |diff| %.2e); running every shot count separately.",
+                    float((ours.float() - ref.float()).abs().max()),
+                )
+                return {
+                    s: run_prompts(
+                        model, encs[s], capture=capture, mode=mode, batch_size=batch_size
+                    )
+                    for s in shots
+                }
+            checked = True
+        for j, s in enumerate(shots):
+            local = logits[:, j]  # [b, n_read, vocab]
+            answers = [encs[s].answers[i] for i in rows]
+            first = torch.tensor([a[0] for a in answers])
+            zero = torch.zeros(len(rows), dtype=torch.long)
+            idx = torch.tensor(rows)
+            probs[s][idx] = answer_probs(local, zero, first).cpu()
+            correct[s][idx] = score_answers(local, zero, answers, mode).cpu()
+            for name in capture:
+                value = store[name].view(len(rows), len(shots), -1)[:, j].float().cpu()
+                if name not in stored[s]:
+                    stored[s][name] = torch.zeros(n, value.shape[-1])
+                stored[s][name][idx] = value
+    out = {}
+    for s in shots:
+        alone = [i for i in range(n) if not inside[s][i]]
+        if alone:
+            log.info(
+                "run_nested: %d of %d prompts at %d shots are not token prefixes of "
+                "their longest prompt; running them on their own.",
+                len(alone),
+                n,
+                s,
+            )
+            sub = run_prompts(
+                model, _subset(encs[s], alone), capture=capture, mode=mode, batch_size=batch_size
+            )
+            idx = torch.tensor(alone)
+            correct[s][idx], probs[s][idx] = sub.correct, sub.p_answer
+            for name in capture:
+                stored[s].setdefault(name, torch.zeros(n, sub.states[name].shape[-1]))
+                stored[s][name][idx] = sub.states[name]
+        out[s] = Scored(correct=correct[s], p_answer=probs[s], states=stored[s])
+    return out
 
 
 def tokenizer_of(model: Any) -> Any:
