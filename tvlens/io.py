@@ -189,6 +189,15 @@ def save_csv(path: Path | str, df: pd.DataFrame, *, source: dict | None = None) 
     return save_text(path, df.to_csv(index=False), source=source)
 
 
+def read_csv(path: Path | str, **kwargs: Any) -> pd.DataFrame:
+    """A table tvlens wrote, read back as written: only empty cells and ``nan`` are missing.
+
+    pandas' default also reads the *strings* ``null``, ``NA``, ``None`` … as NaN, which would
+    erase the Null task (``task = null``) of the LLM tables.
+    """
+    return pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"], **kwargs)
+
+
 def read_provenance(directory: Path | str) -> dict[str, dict]:
     """``DIR/provenance.json`` (file name → ``{"source": ..., "sha256": ...}``), or ``{}``."""
     p = Path(directory) / PROVENANCE

@@ -60,6 +60,31 @@ def test_trials_are_the_product_of_the_axes_with_stable_names():
     assert SweepSpec.from_dict(tiny()).trials()[0].id == "dice_L2d16_k-1_s0"
 
 
+def test_grid_axes_set_config_fields_name_trials_and_fill_results(tmp_path):
+    """A ``grid`` axis (the Raventós sweep over the pool size) multiplies the trials, sets the
+    field in each trial's config, names the trial directory and becomes a results column."""
+    spec = SweepSpec.from_dict(
+        tiny(ks=[-1], grid={"family.n_major": [2, 3], "train.lr": [1e-3, 2e-3]})
+    )
+    trials = spec.trials()
+    assert [t.id for t in trials] == [
+        "dice_L2d16_k-1_s0_n_major2_lr0.001",
+        "dice_L2d16_k-1_s0_n_major2_lr0.002",
+        "dice_L2d16_k-1_s0_n_major3_lr0.001",
+        "dice_L2d16_k-1_s0_n_major3_lr0.002",
+    ]
+    cfg = RunConfig.from_dict(trials[3].config)
+    assert (cfg.family.n_major, cfg.train.lr) == (3, 2e-3)
+    assert trials[3].axes["n_major"] == 3 and trials[3].axes["lr"] == 2e-3
+    small = tiny(ks=[-1], grid={"family.n_major": [2, 3]}, train={**TINY["train"], "steps": 4})
+    result = run_sweep(SweepSpec.from_dict(small), tmp_path / "out", LocalEngine(1))
+    assert not result.failed
+    results = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert list(results["n_major"]) == [2, 3]
+    across = pd.read_csv(tmp_path / "out" / "analyses" / "ood_r2_vs_k.csv")
+    assert set(across["n_major"]) == {2, 3}  # one across-k group per pool size
+
+
 def test_gpu_resources_default_the_device_to_cuda():
     spec = SweepSpec.from_dict(tiny(resources={"cpu": 2, "gpu": 1}))
     assert all(t.config["train"]["device"] == "cuda" for t in spec.trials())
@@ -90,6 +115,12 @@ def test_gpu_resources_default_the_device_to_cuda():
         ({"trial_dir": "{family}_{lr}"}, "use only named fields"),
         ({"model": {"d_model": 15}}, "model.d_model=15 is not divisible by model.n_heads"),
         ({"train": {"steps": 0}}, "train.steps=0 must be >= 1"),
+        ({"grid": {"n_major": [4]}}, "grid.n_major: name a field as SECTION.FIELD"),
+        ({"grid": {"family.k": [1, 2]}}, "grid.family.k: is a sweep axis; list it under ks"),
+        ({"grid": {"family.n_major": []}}, "grid.family.n_major: must be a non-empty list"),
+        ({"grid": {"family.n_major": [4, 4]}}, "must list distinct plain values"),
+        ({"grid": {"model.steps": [1]}}, "the column 'steps' is taken"),
+        ({"grid": {"family.n_major": [0]}}, "n_major"),
     ],
 )
 def test_bad_configs_name_the_field_and_the_fix(changes, message):
@@ -420,6 +451,11 @@ def test_ray_engine_gives_bit_identical_trials_to_the_local_engine(tmp_path):
         rec = json.loads((tmp_path / "ray" / t.id / "trial.json").read_text())
         assert rec["pid"] != os.getpid()
         assert read_meta(tmp_path / "ray" / t.id / "checkpoints" / "step_000012")["step"] == 12
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "sweeps").glob("*.yaml")))
+def test_every_shipped_sweep_config_is_valid(name):
+    assert SweepSpec.load(ROOT / "sweeps" / name).trials()
 
 
 @pytest.mark.parametrize("name", ["dice_two_modes.yaml", "dice_two_modes_reference.yaml"])

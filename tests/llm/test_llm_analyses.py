@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tvlens.analyses.decodability import decodability
+from tvlens.hooks.suffix import unembed
 from tvlens.llm import function_vectors as fv
 from tvlens.llm.decodability import decodability_by_shots, td_icl_correlation, td_icl_table
 from tvlens.llm.geometry import mixture_geometry, mixture_prompts, pca_table
@@ -52,8 +53,8 @@ def test_task_vector_after_the_last_layer_reproduces_the_source_prediction(bridg
     model = bridges[arch]
     last = model.cfg.n_layers - 1
     df = task_vector_sweep(model, ANTONYM, shots=3, n_prompts=8, seed=5)
-    assert len(df) == 3 * model.cfg.n_layers
-    assert set(df["condition"]) == {"zero_shot", "icl", "task_vector"}
+    assert len(df) == 4 * model.cfg.n_layers
+    assert set(df["condition"]) == {"zero_shot", "icl", "task_vector", "mean_task_vector"}
     # zero-shot and ICL rows are the same at every layer
     for cond in ("zero_shot", "icl"):
         assert df[df["condition"] == cond]["p_answer"].nunique() == 1
@@ -62,14 +63,21 @@ def test_task_vector_after_the_last_layer_reproduces_the_source_prediction(bridg
     tok = model.tokenizer
     zero = encode(tok, sample_prompts(ANTONYM, 8, 0, seed=5))
     source = encode(tok, sample_prompts(ANTONYM, 8, 3, seed=5, dummy_query=True))
-    probs = []
+    probs, states = [], []
     for i in range(len(zero)):
         q = int(source.query_pos[i])
         with torch.no_grad():
-            logits = model(source.tokens[i : i + 1, : q + 1])
+            logits, cache = model.run_with_cache(source.tokens[i : i + 1, : q + 1])
         probs.append(float(logits[0, -1].softmax(-1)[zero.answers[i][0]]))
+        states.append(cache[f"blocks.{last}.hook_resid_post"][0, -1])
     row = df[(df["condition"] == "task_vector") & (df["layer"] == last)].iloc[0]
     assert row["p_answer"] == pytest.approx(float(np.mean(probs)), abs=1e-5)
+    # the mean task vector: every query gets the prediction of the mean source state
+    with torch.no_grad():
+        mean_probs = unembed(model, torch.stack(states).mean(0)).softmax(-1)
+    expected = float(np.mean([float(mean_probs[a[0]]) for a in zero.answers]))
+    row = df[(df["condition"] == "mean_task_vector") & (df["layer"] == last)].iloc[0]
+    assert row["p_answer"] == pytest.approx(expected, abs=1e-5)
 
 
 def test_head_outputs_sum_to_the_attention_output(bridges):
@@ -315,3 +323,16 @@ def test_run_llm_records_stage_timings_and_restricts_the_head_sweep(bridges, tmp
     assert set(meta["timings_s"]) == {"icl", "function_vectors"}
     assert all(v >= 0 for v in meta["timings_s"].values())
     assert set(tables["llm_fv_heads"]["layer"]) == {1}  # --layers limits the head IE too
+
+
+def test_tables_read_back_keep_the_null_task(tmp_path):
+    """pandas reads the string "null" as NaN; tvlens.io.read_csv (the report's reader) does
+    not, so the Null task and split survive a write and read."""
+    from tvlens.io import read_csv, save_csv
+
+    df = pd.DataFrame({"task": ["null", "antonym"], "split": ["null", "pure"], "r2": [0.5, None]})
+    save_csv(tmp_path / "t.csv", df)
+    assert pd.read_csv(tmp_path / "t.csv")["task"].isna().sum() == 1  # the trap
+    back = read_csv(tmp_path / "t.csv")
+    assert back["task"].tolist() == ["null", "antonym"] and back["split"].tolist()[0] == "null"
+    assert back["r2"].isna().tolist() == [False, True]

@@ -22,10 +22,10 @@ ANTONYM = load_task("antonym")
 
 
 def test_template_text():
-    p = make_prompt(ANTONYM, ("hot", "cold"), [("big", "small"), ("up", "down")])
+    p = make_prompt(ANTONYM, ("hot", "cold"), [("big", "small"), ("up", "down")], "arrow")
     assert p.text == "big -> small\nup -> down\nhot ->"
     assert p.answer_text == " cold" and p.shots == 2 and p.target == ("hot", "cold")
-    q = make_prompt(ANTONYM, ("hot", "cold"), [("big", "small")], "qa")
+    q = make_prompt(ANTONYM, ("hot", "cold"), [("big", "small")])  # the default: "qa"
     assert q.text == "Q: big\nA: small\n\nQ: hot\nA:"
     assert set(TEMPLATES) >= {"arrow", "qa", "colon", "io"}
     with pytest.raises(KeyError, match="unknown template"):

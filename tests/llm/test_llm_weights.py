@@ -411,3 +411,19 @@ def test_cli_get_convert_and_models(gguf_copy, cache, capsys, monkeypatch):
     assert "could not download gemma3-270m" in capsys.readouterr().err
     assert main(["llm", "--task", "antonym"]) == 1
     assert "needs --model" in capsys.readouterr().err
+
+
+def test_auto_template_is_the_registered_models_own(tmp_path, monkeypatch):
+    """``template="auto"`` resolves to the template measured best for a registered model,
+    named or given as its cache folder, and to Todd et al.'s "qa" for any other model."""
+    from tvlens.llm.config import DEFAULT_TEMPLATE, LLMConfig, resolve_template
+
+    monkeypatch.setenv("TVLENS_CACHE", str(tmp_path))
+    assert resolve_template("auto", "smollm2") == "qa"
+    assert resolve_template("auto", "gemma3-270m") == "arrow"
+    assert resolve_template("auto", str(W.model_dir("gemma3-270m"))) == "arrow"
+    assert resolve_template("auto", str(tmp_path / "some-hf-folder")) == DEFAULT_TEMPLATE == "qa"
+    assert resolve_template("colon", "gemma3-270m") == "colon"  # an explicit choice wins
+    assert LLMConfig().template == "auto"
+    with pytest.raises(ValueError, match="template='arow'; choose auto"):
+        LLMConfig(template="arow")

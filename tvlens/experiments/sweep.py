@@ -13,8 +13,13 @@ what each trial does::
     analyses: [two_modes]         # or {two_modes: {n_eval: 256}, decodability: {}}
     resources: {cpu: 1, gpu: 1}   # per trial; Ray places one gpu-1 trial per GPU
     trial_dir: "{family}_{model}_k{k}_s{seed}"   # the default
+    grid: {family.n_major: [4, 16, 64]}   # optional: more axes over config fields
 
-The trials are the product families × models × ks × seeds. Each trial trains a model with
+The trials are the product families × models × ks × seeds (× every ``grid`` axis: a
+``SECTION.FIELD`` of the family, model or train section and its values; each adds
+``_FIELDVALUE`` to the trial directory and a ``FIELD`` column to ``results.csv``, as the
+Raventós sweep over the pool size does). Each trial trains a model with
+
 :func:`tvlens.models.train` and runs the named run-level analysis drivers on it, in its own
 run directory ``OUT/<trial_dir>``. The directory is built in ``OUT/.partial/<trial_dir>`` under
 a run lock and renamed into place (one atomic ``rename``) only when training, every analysis
@@ -95,7 +100,10 @@ _KEYS = {
     "analyses",
     "resources",
     "trial_dir",
+    "grid",
 }
+#: sections a ``grid`` axis may vary, and the fields that are axes of their own
+_GRID_SECTIONS = {"family": ("seed", "k", "name"), "model": ("seed",), "train": ("seed",)}
 
 
 # ------------------------------------------------------------------------------ spec
@@ -119,11 +127,12 @@ class Trial:
     config: dict[str, Any]
     analyses: dict[str, dict[str, Any]]
     resources: Resources
+    grid: tuple[tuple[str, Any], ...] = ()  # (column, value) of each grid axis
 
     @property
     def axes(self) -> dict[str, Any]:
         m = self.config["model"]
-        return {
+        return dict(self.grid) | {
             "trial": self.id,
             "family": self.family,
             "model": self.model,
@@ -188,6 +197,7 @@ class SweepSpec:
     trial_dir: str = DEFAULT_TRIAL_DIR
     name: str = "sweep"
     source: str = "sweep config"
+    grid: dict[str, list[Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -348,6 +358,7 @@ def _parse(d: Any, source: str) -> SweepSpec:
     name = d.get("name", "sweep")
     if not isinstance(name, str):
         raise _err(source, "name", f"must be a string; got {name!r}.")
+    grid = _parse_grid(d.get("grid", {}), source)
     return SweepSpec(
         families=list(fams),
         ks=ks,
@@ -360,7 +371,41 @@ def _parse(d: Any, source: str) -> SweepSpec:
         trial_dir=trial_dir,
         name=name,
         source=source,
+        grid=grid,
     )
+
+
+def _parse_grid(raw: Any, source: str) -> dict[str, list[Any]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise _err(source, "grid", "must map SECTION.FIELD to a list of values.")
+    out: dict[str, list[Any]] = {}
+    columns: set[str] = set()
+    for key, values in raw.items():
+        section, _, name = str(key).partition(".")
+        if section not in _GRID_SECTIONS or not name or "." in name:
+            raise _err(
+                source,
+                f"grid.{key}",
+                f"name a field as SECTION.FIELD with SECTION in {sorted(_GRID_SECTIONS)}.",
+            )
+        if name in _GRID_SECTIONS[section]:
+            axis = {"seed": "seeds", "k": "ks", "name": "families"}[name]
+            raise _err(source, f"grid.{key}", f"is a sweep axis; list it under {axis}.")
+        if name in AXES or name in columns:
+            raise _err(source, f"grid.{key}", f"the column {name!r} is taken; vary another field.")
+        if not isinstance(values, list) or not values:
+            raise _err(
+                source, f"grid.{key}", f"must be a non-empty list of values; got {values!r}."
+            )
+        if any(isinstance(v, dict | list) for v in values) or len(set(map(repr, values))) < len(
+            values
+        ):
+            raise _err(source, f"grid.{key}", "must list distinct plain values (numbers, strings).")
+        columns.add(name)
+        out[str(key)] = list(values)
+    return out
 
 
 def _parse_resources(raw: Any, source: str) -> Resources:
@@ -481,10 +526,15 @@ def _build_trials(spec: SweepSpec) -> list[Trial]:
             f"{spec.trial_dir!r} uses {bad or ['{}']}; use only named fields from {list(TRIAL_DIR_FIELDS)}.",
         )
     trials, seen = [], {}
-    for fam, (mname, msizes), k, seed in itertools.product(
-        spec.families, spec.models.items(), spec.ks, spec.seeds
+    grid_axes = [[(key, v) for v in values] for key, values in spec.grid.items()]
+    for fam, (mname, msizes), k, seed, point in itertools.product(
+        spec.families, spec.models.items(), spec.ks, spec.seeds, itertools.product(*grid_axes)
     ):
-        train = dict(spec.train)
+        over: dict[str, dict[str, Any]] = {"family": {}, "model": {}, "train": {}}
+        for key, v in point:
+            section, _, name = key.partition(".")
+            over[section][name] = v
+        train = dict(spec.train) | over["train"]
         gpu = spec.resources.gpu > 0
         device = str(train.setdefault("device", "cuda" if gpu else "cpu"))
         if gpu and not device.startswith("cuda"):
@@ -502,8 +552,8 @@ def _build_trials(spec: SweepSpec) -> list[Trial]:
         try:
             cfg = RunConfig.for_family(
                 fam,
-                family={**spec.family, "k": k, "seed": seed},
-                model={**msizes, "seed": seed},
+                family={**spec.family, **over["family"], "k": k, "seed": seed},
+                model={**msizes, **over["model"], "seed": seed},
                 train={**train, "seed": seed},
             )
         except (ConfigError, TypeError) as e:
@@ -512,6 +562,8 @@ def _build_trials(spec: SweepSpec) -> list[Trial]:
             ) from None
         label = mname or f"L{cfg.model.n_layers}d{cfg.model.d_model}"
         tid = spec.trial_dir.format(family=fam, model=label, k=k, seed=seed, n_minor=n_minor(k))
+        grid = tuple((key.partition(".")[2], v) for key, v in point)
+        tid += "".join(f"_{name}{v}" for name, v in grid)
         if "/" in tid or "\\" in tid or tid.startswith(".") or tid in ("", "analyses", "figures"):
             raise _err(
                 src,
@@ -525,7 +577,9 @@ def _build_trials(spec: SweepSpec) -> list[Trial]:
                 f"{spec.trial_dir!r} gives {tid!r} to two trials ({seen[tid]} and family={fam} model={label} k={k} seed={seed}); add the axes that vary, e.g. {DEFAULT_TRIAL_DIR!r}.",
             )
         seen[tid] = f"family={fam} model={label} k={k} seed={seed}"
-        trials.append(Trial(tid, fam, label, k, seed, cfg.to_dict(), spec.analyses, spec.resources))
+        trials.append(
+            Trial(tid, fam, label, k, seed, cfg.to_dict(), spec.analyses, spec.resources, grid)
+        )
     return trials
 
 
@@ -841,7 +895,7 @@ def run_trials(
             bar.close()
             # results.csv over every trial, written even when interrupted
             ordered = [records[t.id] for t in trials if t.id in records]
-            write_results(out, ordered)
+            write_results(out, ordered, list(dict.fromkeys(n for t in trials for n, _ in t.grid)))
         if any("two_modes" in t.analyses for t in trials):
             finish_two_modes(out, trials, records)
         try:  # nothing in progress any more: drop the empty staging directory
@@ -858,15 +912,16 @@ def run_trials(
     )
 
 
-def write_results(out: Path, records: list[dict[str, Any]]) -> Any:
-    """``OUT/results.csv``: one row per trial (axes, status, seconds, error, headline)."""
+def write_results(out: Path, records: list[dict[str, Any]], grid: Sequence[str] = ()) -> Any:
+    """``OUT/results.csv``: one row per trial (axes, ``grid`` columns, status, seconds,
+    error, headline)."""
     import pandas as pd
 
     from tvlens.io import save_csv
 
     rows = []
     for rec in records:
-        row = {key: rec.get(key) for key in AXES}
+        row = {key: rec.get(key) for key in (*AXES, *grid)}
         row["status"] = rec.get("status")
         row["seconds"] = rec.get("seconds")
         row["train_seconds"] = rec.get("train_seconds")
@@ -893,22 +948,24 @@ def finish_two_modes(out: Path, trials: list[Trial], records: Mapping[str, dict]
 
     across_k = _hook("two_modes", "across_k")
     figures = _two_modes_figures()
-    groups: dict[tuple[str, str, int], list[Trial]] = {}
+    groups: dict[tuple, list[Trial]] = {}
     for t in trials:
         if records.get(t.id, {}).get("status") == "done":
-            groups.setdefault((t.family, t.model, t.seed), []).append(t)
+            groups.setdefault((t.family, t.model, t.seed, t.grid), []).append(t)
     if not groups:
         return
     results = pd.read_csv(out / RESULTS)
     stacked: dict[str, list[pd.DataFrame]] = {}
-    for (fam, model, seed), members in groups.items():
+    for (fam, model, seed, grid), members in groups.items():
         per_k = {t.k: _load_tables(out / t.id) for t in members}
         tables = across_k(per_k)
         sel = (results["family"] == fam) & (results["model"] == model) & (results["seed"] == seed)
+        for name, v in grid:
+            sel &= results[name] == v
         res = results[sel & (results["status"] == "done")]
         fig_dir = out / "figures"
         if len(groups) > 1:
-            fig_dir = fig_dir / f"{fam}_{model}_s{seed}"
+            fig_dir = fig_dir / (f"{fam}_{model}_s{seed}" + "".join(f"_{n}{v}" for n, v in grid))
         write_figures({**tables, "results": res}, fig_dir, figures)
         for t in members:
             best = int(res.loc[res["trial"] == t.id, "best_layer"].iloc[0])
@@ -918,7 +975,7 @@ def finish_two_modes(out: Path, trials: list[Trial], records: Mapping[str, dict]
             )
         for name, df in tables.items():
             if len(groups) > 1:
-                df = df.assign(family=fam, model=model, seed=seed)
+                df = df.assign(family=fam, model=model, seed=seed, **dict(grid))
             stacked.setdefault(name, []).append(df)
     save_tables({n: pd.concat(v, ignore_index=True) for n, v in stacked.items()}, out / "analyses")
 

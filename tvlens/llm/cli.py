@@ -71,7 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k-heads", type=int, default=d.k_heads, help="heads in the FV")
     parser.add_argument("--n-mixture", type=int, default=d.n_mixture, help="prompts per mix")
     parser.add_argument("--layers", type=_ints, help="layers to sweep (default all)")
-    parser.add_argument("--template", default=d.template, help="arrow, qa, colon or io")
+    parser.add_argument(
+        "--template",
+        default=d.template,
+        help="auto (default: the template measured best for a registered model, qa "
+        "otherwise), arrow, qa, colon or io",
+    )
     parser.add_argument("--mode", default=d.mode, choices=["first_token", "exact"])
     parser.add_argument("--batch-size", type=int, default=d.batch_size)
     parser.add_argument("--seed", type=int, default=d.seed)
@@ -80,7 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-devices", type=int, help="split the model over N GPUs")
     parser.add_argument("--device-map", help="HF device_map: auto, balanced, or a JSON dict")
     parser.add_argument("--report", action="store_true", help="write report.html afterwards")
-    parser.add_argument("--progress", action="store_true", help="progress bars")
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="progress bars on a terminal (default; --no-progress hides them)",
+    )
     _add_weights_commands(parser)
 
 

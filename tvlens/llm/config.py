@@ -8,10 +8,28 @@ from dataclasses import dataclass
 from typing import Any
 
 ANALYSES = ("icl", "task_vectors", "function_vectors", "decodability", "geometry")
-#: the paper's N: prompts per task for decodability
-DEFAULT_PER_TASK = 100
+#: prompts per task for decodability: half the paper's N = 100, which keeps the default
+#: run of SmolLM2 / Gemma-3-270M on 2 CPU cores inside 10 / 20 minutes (``--n-td 100``
+#: for the paper's size)
+DEFAULT_PER_TASK = 50
 #: shot counts for decodability (0 shots makes prompts of tasks sharing inputs identical)
 DEFAULT_TD_SHOTS = (1, 2, 4, 8)
+#: the prompt template of models tvlens has not measured: Todd et al.'s "Q: x / A: y". The
+#: template decides whether task vectors work at all on small models: SmolLM2's work with
+#: "qa" and barely with "x ->", Gemma-3-270M's the other way round (README, "Why task
+#: vectors were weak"), so ``template="auto"`` takes a registered model's own
+DEFAULT_TEMPLATE = "qa"
+
+
+def resolve_template(template: str, model: str) -> str:
+    """``template``, or for ``"auto"`` the one measured best on registered ``model``
+    (:func:`tvlens.llm.weights.recommended_template`: ``qa`` for SmolLM2, ``arrow`` for
+    Gemma-3-270M), else :data:`DEFAULT_TEMPLATE`."""
+    if template != "auto":
+        return template
+    from tvlens.llm.weights import recommended_template
+
+    return recommended_template(model) or DEFAULT_TEMPLATE
 
 
 @dataclass
@@ -31,7 +49,7 @@ class LLMConfig:
     k_heads: int = 10
     n_mixture: int = 20  # prompts per mixing proportion
     layers: tuple[int, ...] | None = None  # layers for the sweeps (default: all)
-    template: str = "arrow"
+    template: str = "auto"  # "auto": the registered model's template, else DEFAULT_TEMPLATE
     mode: str = "first_token"
     point: str = "resid_post"
     batch_size: int = 16
@@ -49,6 +67,8 @@ class LLMConfig:
             raise ValueError("shot counts must be non-negative and the shot lists non-empty.")
         if self.n_td <= 10 and "decodability" in self.analyses:
             raise ValueError(f"n_td={self.n_td}: kNN with k = 10 needs more than 10 prompts.")
+        if self.template not in ("auto", "arrow", "qa", "colon", "io"):
+            raise ValueError(f"template={self.template!r}; choose auto, arrow, qa, colon or io.")
         if self.mode not in ("first_token", "exact"):
             raise ValueError(f"mode={self.mode!r}; choose 'first_token' or 'exact'.")
 

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from tvlens.analyses.decodability import DEFAULT_K, Method, decodability_table, knn_loo_predict
 from tvlens.hooks.core import hook_name
-from tvlens.llm.config import DEFAULT_PER_TASK, DEFAULT_TD_SHOTS
+from tvlens.llm.config import DEFAULT_PER_TASK, DEFAULT_TD_SHOTS, DEFAULT_TEMPLATE
 from tvlens.llm.icl import icl_row
 from tvlens.llm.prompts import (
     ScoreMode,
@@ -88,7 +88,7 @@ def decodability_by_shots(
     shots: Sequence[int] = DEFAULT_SHOTS,
     n_per_task: int = DEFAULT_PER_TASK,
     layers: Sequence[int] | None = None,
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
     seed: int = 0,
     point: str = "resid_post",
     methods: Sequence[Method] = ("knn", "probe"),

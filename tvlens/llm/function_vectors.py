@@ -43,6 +43,7 @@ from tqdm.auto import tqdm
 
 from tvlens.hooks.core import hook_name
 from tvlens.hooks.rowwise import add_rows_hook
+from tvlens.llm.config import DEFAULT_TEMPLATE
 from tvlens.llm.prompts import (
     BosPolicy,
     QueryReplay,
@@ -78,7 +79,7 @@ def query_head_outputs(
     task: NLTask,
     shots: int = 10,
     n_prompts: int = 50,
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
     seed: int = 0,
     batch_size: int = 16,
     bos: BosPolicy = "auto",
@@ -97,7 +98,7 @@ def mean_head_outputs(
     task: NLTask,
     shots: int = 10,
     n_prompts: int = 50,
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
     seed: int = 0,
     batch_size: int = 16,
     bos: BosPolicy = "auto",
@@ -192,7 +193,7 @@ def head_indirect_effects(
     z_mean: Float[Tensor, "layer head d_head"],
     shots: int = 10,
     n_prompts: int = 25,
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
     seed: int = 0,
     layers: Sequence[int] | None = None,
     batch_size: int = 16,
@@ -272,6 +273,7 @@ def top_heads(ie: pd.DataFrame, k: int) -> list[tuple[int, int]]:
     return [(int(r.layer), int(r.head)) for r in ranked.head(k).itertuples()]
 
 
+@torch.no_grad()
 def function_vector(
     model: Any,
     z: Float[Tensor, "*n layer head d_head"],
@@ -306,7 +308,7 @@ def function_vector_sweep(
     layers: Sequence[int] | None = None,
     n_prompts: int = 50,
     shots: int = 10,
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
     seed: int = 0,
     mode: ScoreMode = "first_token",
     point: str = "resid_post",
@@ -371,7 +373,7 @@ def function_vector_analysis(
     n_ie: int = 25,
     n_eval: int = 50,
     layers: Sequence[int] | None = None,
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
     seed: int = 0,
     mode: ScoreMode = "first_token",
     point: str = "resid_post",

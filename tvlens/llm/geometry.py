@@ -24,6 +24,7 @@ from torch import Tensor
 
 from tvlens.analyses.geometry import alignment_scores, projection_r2, simplex_fit, top_components
 from tvlens.hooks.core import hook_name, orthonormal_basis
+from tvlens.llm.config import DEFAULT_TEMPLATE
 from tvlens.llm.prompts import (
     Prompt,
     Template,
@@ -77,7 +78,7 @@ def mixture_prompts(
     alpha: float,
     shots: int,
     n_prompts: int,
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
     seed: int = 0,
 ) -> list[Prompt]:
     """Prompts with ``round(alpha * shots)`` demos of ``a`` and the rest of ``b``, in a
@@ -122,7 +123,7 @@ def mixture_geometry(
     pair: tuple[int, int] = (0, 1),
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     n_prompts: int = 20,
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
     seed: int = 0,
     point: str = "resid_post",
     batch_size: int = 16,

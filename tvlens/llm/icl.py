@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
+from tvlens.llm.config import DEFAULT_TEMPLATE
 from tvlens.llm.prompts import (
     Encoded,
     Scored,
@@ -47,7 +48,7 @@ def icl_accuracy(
     tasks: Sequence[NLTask],
     shots: Sequence[int] = (0, 1, 2, 4, 8),
     n_prompts: int = 50,
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
     seed: int = 0,
     mode: ScoreMode = "first_token",
     batch_size: int = 16,

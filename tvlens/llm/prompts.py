@@ -1,7 +1,8 @@
 """Few-shot prompts, tokenisation that respects the tokenizer, and answer scoring.
 
 A prompt is ``demo_1 SEP demo_2 SEP ... SEP query`` where a demo is ``query + answer`` of a
-:class:`Template` (default ``"{x} ->"`` + ``" {y}"``, examples separated by a newline).
+:class:`Template` (default ``"qa"``: ``"Q: {x}\nA:"`` + ``" {y}"``, examples separated by a
+blank line, as in Todd et al.; ``"arrow"`` is ``"{x} ->"`` + ``" {y}"``).
 Demonstrations and their order are drawn with a seeded generator and never contain the
 query's own pair.
 
@@ -40,6 +41,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tvlens.hooks.core import check_hook_names
+from tvlens.llm.config import DEFAULT_TEMPLATE
 from tvlens.llm.tasks import NLTask
 
 ScoreMode = Literal["first_token", "exact"]
@@ -98,7 +100,7 @@ def make_prompt(
     task: NLTask,
     query: tuple[str, str],
     demos: Sequence[tuple[str, str]],
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
 ) -> Prompt:
     """A prompt from explicit demonstrations and a query pair."""
     t = get_template(template)
@@ -119,7 +121,7 @@ def sample_prompts(
     task: NLTask,
     n_prompts: int,
     shots: int,
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
     seed: int = 0,
     corrupt: bool = False,
     dummy_query: bool = False,
@@ -451,7 +453,7 @@ def nested_prompts(
     task: NLTask,
     n_prompts: int,
     shots: Sequence[int],
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
     seed: int = 0,
 ) -> dict[int, list[Prompt]]:
     """Prompts for every shot count in ``shots`` that are prefixes of one another.

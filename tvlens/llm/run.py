@@ -21,6 +21,7 @@ README's measured results and ``benchmarks/llm.py`` quote.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
@@ -32,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-from tvlens.llm.config import LLMConfig
+from tvlens.llm.config import LLMConfig, resolve_template
 from tvlens.llm.decodability import (
     decodability_by_shots,
     td_icl_correlation,
@@ -80,6 +81,7 @@ def run_llm(
     this run's results.
     """
     cfg = config or LLMConfig()
+    cfg = dataclasses.replace(cfg, template=resolve_template(cfg.template, model_name))
     run_dir = Path(run_dir)
     tasks = load_tasks(cfg.tasks)  # validate every input before anything is deleted
     if {"decodability", "geometry"} & set(cfg.analyses):
@@ -275,6 +277,7 @@ def summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
             rows.append((f"ICL {r.task} {r.shots}-shot", r.accuracy))
     for name, cond in (
         ("llm_task_vectors", "task_vector"),
+        ("llm_task_vectors", "mean_task_vector"),
         ("llm_function_vectors", "function_vector"),
     ):
         if name in tables:

