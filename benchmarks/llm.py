@@ -275,12 +275,13 @@ def full_run(model: Any, name: str, run_dir: Path | None = None) -> dict[str, fl
 
 #: task-vector variants of the ``--study`` (name → task_vector_sweep keyword arguments)
 TV_VARIANTS: dict[str, dict[str, Any]] = {
-    "default": {},
-    "bos_always": {"bos": "always"},
-    "own_query_source": {"dummy_query": False},
+    "template_arrow": {"template": "arrow"},
     "template_qa": {"template": "qa"},
     "template_colon": {"template": "colon"},
-    "shots_10": {"shots": 10},
+    "template_io": {"template": "io"},
+    "qa_bos_always": {"template": "qa", "bos": "always"},
+    "qa_own_query_source": {"template": "qa", "dummy_query": False},
+    "arrow_own_query_source": {"template": "arrow", "dummy_query": False},
 }
 
 
@@ -297,14 +298,20 @@ def tv_study(model: Any, tasks: list[str], n: int, variants: list[str], out: Pat
             df = task_vector_sweep(model, load_task(t), n_prompts=n, **kw)
             df["variant"], df["seconds"] = name, round(time.perf_counter() - start, 1)
             frames.append(df)
-            tv = df[df["condition"] == "task_vector"]
-            best = tv.loc[tv["accuracy"].idxmax()]
             icl = float(df[df["condition"] == "icl"]["accuracy"].iloc[0])
             zs = float(df[df["condition"] == "zero_shot"]["accuracy"].iloc[0])
+            best = {}
+            for cond in ("task_vector", "mean_task_vector"):
+                tv = df[df["condition"] == cond]
+                best[cond] = tv.loc[tv["accuracy"].idxmax()]
             print(
-                f"{name:18s} {t:16s} zero {zs:.2f}  icl {icl:.2f}  TV best {best['accuracy']:.2f}"
-                f" @ layer {int(best['layer'])}  ({best['accuracy'] / max(icl, 1e-9):.0%} of ICL)"
-                f"  [{df['seconds'].iloc[0]:.0f} s]",
+                f"{name:24s} {t:16s} zero {zs:.2f}  icl {icl:.2f}  "
+                + "  ".join(
+                    f"{cond} {b['accuracy']:.2f} @ layer {int(b['layer'])}"
+                    f" ({b['accuracy'] / max(icl, 1e-9):.0%} of ICL)"
+                    for cond, b in best.items()
+                )
+                + f"  [{df['seconds'].iloc[0]:.0f} s]",
                 flush=True,
             )
             pd.concat(frames, ignore_index=True).to_csv(out, index=False)
@@ -522,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="instead: write the task-vector variant study to this CSV",
     )
-    parser.add_argument("--study-tasks", default="antonym,uppercase,country_capital")
+    parser.add_argument("--study-tasks", default="antonym,uppercase")
     parser.add_argument("--study-variants", default=",".join(TV_VARIANTS))
     parser.add_argument(
         "--summarize", type=Path, default=None, help="instead: print a run's tables"

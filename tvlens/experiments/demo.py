@@ -27,6 +27,9 @@ from tvlens.models.evaluate import References, default_bands, eval_batches, pred
 log = logging.getLogger(__name__)
 
 SUMMARY_SIZE = 1024  # sequences per split for the printed summary
+#: the demo's training: the smallest that still shows both modes on 2 idle cores within
+#: 5 minutes (README, "The main job"); --steps / --set train.FIELD=... override it
+DEMO_TRAIN = {"steps": 800, "n_checkpoints": 8}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,7 +103,7 @@ def analyse(run: Run) -> dict[str, float]:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args)
+    config = config_from_args(args, train=dict(DEMO_TRAIN))
     run_dir: Path = args.out
     if args.retrain and run_dir.exists():
         shutil.rmtree(run_dir)

@@ -77,7 +77,10 @@ def run(args: argparse.Namespace) -> int:
         done = completed(args.out, trials) if args.out.exists() else {}
         for t in trials:
             state = "done" if t.id in done else "todo"
-            print(f"{state}  {t.id}  (family={t.family} model={t.model} k={t.k} seed={t.seed})")
+            grid = "".join(f" {name}={v}" for name, v in t.grid)
+            print(
+                f"{state}  {t.id}  (family={t.family} model={t.model} k={t.k} seed={t.seed}{grid})"
+            )
         print(f"{len(trials)} trials, {len(done)} done, {len(trials) - len(done)} to run")
         return 0
     engine = make_engine(

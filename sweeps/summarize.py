@@ -1,0 +1,106 @@
+"""Print the README tables of finished sweeps (``tvlens sweep CONFIG --out DIR``).
+
+Usage::
+
+    python sweeps/summarize.py runs/sweep_markov [runs/sweep_linreg ...]
+
+For each sweep directory: the two-modes headline numbers by k (tvlens's definitions beside
+the reference code's, ``results.csv``), the sufficient-statistic probes by k (every trial's
+``analyses/probes.csv`` and ``probe_angles.csv``), and for a sweep without two-modes
+analyses (the Raventós sweep) the final model loss beside both references on major-task and
+OOD sequences (each trial's ``metrics.csv``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from tvlens.io import read_csv
+
+#: results.csv column -> README label
+HEADLINE = {
+    "best_layer": "best layer",
+    "id_simplex_r2": "ID simplex R²",
+    "ood_proj_r2": "OOD plane R² (tvlens)",
+    "ood_r2_paper": "OOD R² (paper)",
+    "anova_task_vector_r2_paper": "ANOVA R² (paper)",
+    "anova_separability_paper": "separability (paper)",
+    "mode_log_ratio_major": "mode log ratio, major",
+    "mode_log_ratio_ood": "mode log ratio, OOD",
+    "ablate_major": "ablation Δ major",
+    "ablate_ood": "ablation Δ OOD",
+    "convex_kl": "convex KL",
+    "gap_learning_ood": "OOD − learning",
+    "gap_retrieval_ood": "OOD − retrieval",
+}
+
+
+def md(df: pd.DataFrame, digits: int = 3) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def headline(sweep: Path) -> str | None:
+    res = read_csv(sweep / "results.csv")
+    res = res[res["status"] == "done"]
+    cols = [c for c in HEADLINE if c in res.columns]
+    if len(cols) <= 1:
+        return None
+    keys = [c for c in ("n_major", "k") if c in res.columns and res[c].nunique() > 1] or ["k"]
+    return md(res[keys + cols].rename(columns=HEADLINE))
+
+
+def probes(sweep: Path) -> str | None:
+    rows = []
+    for trial in sorted(p for p in sweep.iterdir() if (p / "analyses" / "probes.csv").exists()):
+        pr = read_csv(trial / "analyses" / "probes.csv")
+        ang = read_csv(trial / "analyses" / "probe_angles.csv")
+        k = int(pr["k"].iloc[0])
+        for split, g in pr.groupby("split"):
+            row = {"k": k, "split": split}
+            for view, gv in g.groupby("view"):
+                row[view] = float(gv.groupby("layer")["r2"].mean().max())
+            a = ang[ang["split"] == split] if "split" in ang.columns else ang
+            row["angle (°)"] = (
+                float(a["angle_deg"].mean()) if "angle_deg" in a.columns else float("nan")
+            )
+            rows.append(row)
+    if not rows:
+        return None
+    return md(pd.DataFrame(rows).sort_values(["split", "k"]))
+
+
+def references(sweep: Path) -> str | None:
+    rows = []
+    for trial in sorted(p for p in sweep.iterdir() if (p / "metrics.csv").exists()):
+        m = read_csv(trial / "metrics.csv")
+        last = m[m["step"] == m["step"].max()]
+        row = {"trial": trial.name}
+        for split, g in last.groupby("split"):
+            for col in ("model", "retrieval", "learning"):
+                if col in g.columns:
+                    row[f"{split} {col}"] = float(g[col].mean())
+        rows.append(row)
+    return md(pd.DataFrame(rows)) if rows else None
+
+
+def main(argv: list[str]) -> int:
+    for arg in argv:
+        sweep = Path(arg)
+        print(f"## {sweep}")
+        for name, fn in (("two modes", headline), ("probes", probes), ("references", references)):
+            text = fn(sweep)
+            if text:
+                print(f"\n{name}:\n{text}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
