@@ -319,12 +319,9 @@ def tv_study(model: Any, tasks: list[str], n: int, variants: list[str], out: Pat
 
 
 def _md(df: Any) -> str:
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.itertuples(index=False):
-        cells = [f"{v:.2f}" if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    from tvlens.io import to_markdown
+
+    return to_markdown(df)
 
 
 def summarize(run_dir: Path) -> str:

@@ -13,12 +13,13 @@ OOD sequences (each trial's ``metrics.csv``).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 import pandas as pd
 
-from tvlens.io import read_csv
+from tvlens.io import read_csv, to_markdown
 
 #: results.csv column -> README label
 HEADLINE = {
@@ -38,18 +39,26 @@ HEADLINE = {
 }
 
 
-def md(df: pd.DataFrame, digits: int = 3) -> str:
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for row in df.itertuples(index=False):
-        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+def md(df: pd.DataFrame) -> str:
+    return to_markdown(df, digits=3)
+
+
+def trials(sweep: Path) -> pd.DataFrame:
+    """One row per finished trial: its axes and headline numbers (from ``trial.json``, so a
+    sweep still running can be summarised too)."""
+    rows = []
+    for path in sorted(sweep.glob("*/trial.json")):
+        rec = json.loads(path.read_text())
+        if rec.get("status") == "done":
+            rows.append({k: v for k, v in rec.items() if not isinstance(v, dict | list)}
+                        | (rec.get("headline") or {}))  # fmt: skip
+    return pd.DataFrame(rows).sort_values([c for c in ("n_major", "k") if rows and c in rows[0]])
 
 
 def headline(sweep: Path) -> str | None:
-    res = read_csv(sweep / "results.csv")
-    res = res[res["status"] == "done"]
+    res = trials(sweep)
+    if res.empty:
+        return None
     cols = [c for c in HEADLINE if c in res.columns]
     if len(cols) <= 1:
         return None
@@ -84,9 +93,10 @@ def references(sweep: Path) -> str | None:
         last = m[m["step"] == m["step"].max()]
         row = {"trial": trial.name}
         for split, g in last.groupby("split"):
-            for col in ("model", "retrieval", "learning"):
+            for col, label in (("loss", "model"), ("loss_retrieval", "retrieval"),
+                               ("loss_learning", "learning")):  # fmt: skip
                 if col in g.columns:
-                    row[f"{split} {col}"] = float(g[col].mean())
+                    row[f"{split} {label}"] = float(g[col].mean())
         rows.append(row)
     return md(pd.DataFrame(rows)) if rows else None
 

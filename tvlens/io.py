@@ -198,6 +198,16 @@ def read_csv(path: Path | str, **kwargs: Any) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"], **kwargs)
 
 
+def to_markdown(df: pd.DataFrame, digits: int = 2) -> str:
+    """``df`` as a GitHub markdown table (floats to ``digits`` places), for the README."""
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        cells = [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def read_provenance(directory: Path | str) -> dict[str, dict]:
     """``DIR/provenance.json`` (file name → ``{"source": ..., "sha256": ...}``), or ``{}``."""
     p = Path(directory) / PROVENANCE

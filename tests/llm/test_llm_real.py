@@ -2,7 +2,7 @@
 
 These check that tvlens's LLM code does what the papers describe on a real model, where the
 tiny random checkpoints cannot: the bridge reproduces the HF forward, the model learns the
-``uppercase`` task in context, and Hendel task vectors carry some of that task into zero-shot
+``uppercase`` task in context, and Hendel task vectors carry that task into zero-shot
 queries. Without the model they skip (``.ci/run`` installs it and makes them fail instead).
 """
 
@@ -69,9 +69,9 @@ def test_icl_on_uppercase_rises_with_shots(smol, uppercase):
 def test_task_vectors_at_the_best_layer_beat_zero_shot(smol, uppercase):
     """Pick the best layer (every second layer; by accuracy, then the mean probability of the
     answer) on one set of prompts, then measure it on fresh ones (seed 1), so the selection
-    cannot be what makes it beat zero-shot. With the default "Q: x / A:" template (measured,
-    seed 1, 64 prompts: best layer 20, about 0.45 against 0.00 zero-shot, ICL about 0.7);
-    with "x ->" task vectors stay near 0.06, which the README's investigation explains."""
+    cannot be what makes it beat zero-shot. With SmolLM2's template ("Q: x / A:", the
+    function default) task vectors recover 64-95 % of the 5-shot accuracy at layers 19-22
+    (README); with "x ->" they stay near 0.06, which the README's investigation explains."""
     layers = list(range(0, smol.cfg.n_layers, 2))
     sweep = task_vector_sweep(smol, uppercase, layers=layers, shots=5, n_prompts=32, seed=0)
     tv = sweep[sweep["condition"] == "task_vector"]
