@@ -3,6 +3,7 @@
 Usage::
 
     python sweeps/summarize.py runs/sweep_markov [runs/sweep_linreg ...]
+    python sweeps/summarize.py --png docs/figures runs/sweep_markov   # + README figures
 
 For each sweep directory: the two-modes headline numbers by k (tvlens's definitions beside
 the reference code's, ``results.csv``), the sufficient-statistic probes by k (every trial's
@@ -91,18 +92,60 @@ def references(sweep: Path) -> str | None:
     for trial in sorted(p for p in sweep.iterdir() if (p / "metrics.csv").exists()):
         m = read_csv(trial / "metrics.csv")
         last = m[m["step"] == m["step"].max()]
-        row = {"trial": trial.name}
+        rec = (
+            json.loads((trial / "trial.json").read_text())
+            if (trial / "trial.json").exists()
+            else {}
+        )
+        row = {"trial": trial.name, **{k: rec[k] for k in ("n_major", "k") if k in rec}}
         for split, g in last.groupby("split"):
             for col, label in (("loss", "model"), ("loss_retrieval", "retrieval"),
                                ("loss_learning", "learning")):  # fmt: skip
                 if col in g.columns:
                     row[f"{split} {label}"] = float(g[col].mean())
         rows.append(row)
-    return md(pd.DataFrame(rows)) if rows else None
+    if not rows:
+        return None
+    df = pd.DataFrame(rows)
+    return md(df.sort_values([c for c in ("n_major", "k") if c in df.columns]))
+
+
+#: across-k figures of a two-modes sweep drawn for the README (``--png``)
+README_FIGURES = ("paper_ood_r2_vs_k", "ood_r2_vs_k", "mode_heatmap")
+
+
+def png(sweep: Path, out_dir: Path, width: int = 1000, height: int = 480) -> list[Path]:
+    """Screenshots of the sweep's own figure pages (``DIR/figures/*.html``) by headless
+    Chromium, as ``out_dir/<sweep>_<figure>.png``."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        raise SystemExit("--png needs chromium on PATH (apt-get install chromium).")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in README_FIGURES:
+        page = sweep / "figures" / f"{name}.html"
+        if not page.is_file():
+            continue
+        target = out_dir / f"{sweep.name}_{name}.png"
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+               f"--screenshot={target.resolve()}", f"--window-size={width},{height}",
+               "--virtual-time-budget=8000", page.resolve().as_uri()]  # fmt: skip
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        written.append(target)
+        print(f"wrote {target}")
+    return written
 
 
 def main(argv: list[str]) -> int:
+    out_png = None
+    if argv[:1] == ["--png"]:
+        out_png, argv = Path(argv[1]), argv[2:]
     for arg in argv:
+        if out_png is not None:
+            png(Path(arg), out_png)
         sweep = Path(arg)
         print(f"## {sweep}")
         for name, fn in (("two modes", headline), ("probes", probes), ("references", references)):

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 SUMMARY_SIZE = 1024  # sequences per split for the printed summary
 #: the demo's training: the smallest that still shows both modes on 2 idle cores within
 #: 5 minutes (README, "The main job"); --steps / --set train.FIELD=... override it
-DEMO_TRAIN = {"steps": 800, "n_checkpoints": 8}
+DEMO_TRAIN = {"steps": 700, "n_checkpoints": 8}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -96,9 +96,10 @@ def analyse(run: Run) -> dict[str, float]:
     denoising patching sweep, task decodability over layers, context and checkpoints, and
     the attention patterns the report draws.
     """
+    from tvlens.experiments.demo_modes import DEMO_OPTIONS
     from tvlens.registry import DEMO, run_analyses
 
-    _, seconds = run_analyses(run, DEMO)
+    _, seconds = run_analyses(run, DEMO, options=DEMO_OPTIONS)
     return seconds
 
 
