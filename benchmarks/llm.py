@@ -595,7 +595,8 @@ def main(argv: list[str] | None = None) -> int:
         entry["full_run"] = full_run(model, str(args.model), args.run_dir)
     entry["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results[Path(str(args.model)).name] = entry
+    key = Path(str(args.model)).name
+    results[key] = {**results.get(key, {}), **entry}  # a --full-run keeps the comparison
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
