@@ -421,15 +421,10 @@ def figures_png(run_dir: Path, out_dir: Path, width: int = 1100) -> list[Path]:
     """The run's geometry figures (PCA by task, simplex weights of mixed prompts, subspace
     R²) as PNG files for the README, drawn by headless Chromium from the report's own
     plotly figures (:data:`tvlens.viz.llm.FIGURES`)."""
-    import shutil
-    import subprocess
-
     from tvlens.io import read_csv
+    from tvlens.viz.common import screenshot
     from tvlens.viz.llm import FIGURES
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        raise SystemExit("--figures needs chromium on PATH (apt-get install chromium).")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in ("llm_pca", "llm_mixture", "llm_simplex"):
@@ -443,22 +438,7 @@ def figures_png(run_dir: Path, out_dir: Path, width: int = 1100) -> list[Path]:
             page = Path(tmp) / "fig.html"
             page.write_text(fig.to_html(include_plotlyjs=True, full_html=True))
             png = out_dir / f"{run_dir.name}_{name}.png"
-            subprocess.run(
-                [
-                    browser,
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--hide-scrollbars",
-                    f"--screenshot={png}",
-                    f"--window-size={width + 20},{height + 20}",
-                    "--virtual-time-budget=8000",
-                    page.as_uri(),
-                ],
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
+            screenshot(page, png, width + 20, height + 20)
         written.append(png)
         print(f"wrote {png}")
     return written

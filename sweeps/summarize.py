@@ -117,25 +117,15 @@ README_FIGURES = ("paper_ood_r2_vs_k", "ood_r2_vs_k", "mode_heatmap")
 def png(sweep: Path, out_dir: Path, width: int = 1000, height: int = 480) -> list[Path]:
     """Screenshots of the sweep's own figure pages (``DIR/figures/*.html``) by headless
     Chromium, as ``out_dir/<sweep>_<figure>.png``."""
-    import shutil
-    import subprocess
+    from tvlens.viz.common import screenshot
 
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser is None:
-        raise SystemExit("--png needs chromium on PATH (apt-get install chromium).")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in README_FIGURES:
         page = sweep / "figures" / f"{name}.html"
-        if not page.is_file():
-            continue
-        target = out_dir / f"{sweep.name}_{name}.png"
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-               f"--screenshot={target.resolve()}", f"--window-size={width},{height}",
-               "--virtual-time-budget=8000", page.resolve().as_uri()]  # fmt: skip
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-        written.append(target)
-        print(f"wrote {target}")
+        if page.is_file():
+            written.append(screenshot(page, out_dir / f"{sweep.name}_{name}.png", width, height))
+            print(f"wrote {written[-1]}")
     return written
 
 

@@ -225,6 +225,11 @@ class SweepSpec:
         return _parse(load_sweep_file(path), str(path))
 
 
+def grid_suffix(grid: Sequence[tuple[str, Any]]) -> str:
+    """What a trial's grid values add to its directory name: ``_n_major64`` …"""
+    return "".join(f"_{name}{v}" for name, v in grid)
+
+
 def n_minor(k: int) -> int:
     return 0 if k < 0 else 2**k
 
@@ -563,7 +568,7 @@ def _build_trials(spec: SweepSpec) -> list[Trial]:
         label = mname or f"L{cfg.model.n_layers}d{cfg.model.d_model}"
         tid = spec.trial_dir.format(family=fam, model=label, k=k, seed=seed, n_minor=n_minor(k))
         grid = tuple((key.partition(".")[2], v) for key, v in point)
-        tid += "".join(f"_{name}{v}" for name, v in grid)
+        tid += grid_suffix(grid)
         if "/" in tid or "\\" in tid or tid.startswith(".") or tid in ("", "analyses", "figures"):
             raise _err(
                 src,
@@ -965,7 +970,7 @@ def finish_two_modes(out: Path, trials: list[Trial], records: Mapping[str, dict]
         res = results[sel & (results["status"] == "done")]
         fig_dir = out / "figures"
         if len(groups) > 1:
-            fig_dir = fig_dir / (f"{fam}_{model}_s{seed}" + "".join(f"_{n}{v}" for n, v in grid))
+            fig_dir = fig_dir / (f"{fam}_{model}_s{seed}" + grid_suffix(grid))
         write_figures({**tables, "results": res}, fig_dir, figures)
         for t in members:
             best = int(res.loc[res["trial"] == t.id, "best_layer"].iloc[0])

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from tvlens.llm.config import ANALYSES, LLMConfig
+from tvlens.llm.config import ANALYSES, TEMPLATES, LLMConfig
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -75,7 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--template",
         default=d.template,
         help="auto (default: the template measured best for a registered model, qa "
-        "otherwise), arrow, qa, colon or io",
+        f"otherwise), {', '.join(TEMPLATES)}",
     )
     parser.add_argument("--mode", default=d.mode, choices=["first_token", "exact"])
     parser.add_argument("--batch-size", type=int, default=d.batch_size)

@@ -1,11 +1,33 @@
-"""Settings of an LLM run (:class:`LLMConfig`), kept free of heavy imports so that building
-the ``tvlens`` command line stays cheap."""
+"""Settings of an LLM run (:class:`LLMConfig`) and the prompt templates it names, kept free
+of heavy imports so that building the ``tvlens`` command line stays cheap."""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+
+@dataclass(frozen=True)
+class Template:
+    """How one example is written: ``query`` holds ``{x}``, ``answer`` holds ``{y}``."""
+
+    name: str
+    query: str = "{x} ->"
+    answer: str = " {y}"
+    separator: str = "\n"
+
+    def demo(self, x: str, y: str) -> str:
+        return self.query.format(x=x) + self.answer.format(y=y)
+
+
+TEMPLATES: dict[str, Template] = {
+    "arrow": Template("arrow", "{x} ->", " {y}", "\n"),
+    "qa": Template("qa", "Q: {x}\nA:", " {y}", "\n\n"),
+    "colon": Template("colon", "{x}:", " {y}", "\n"),
+    "io": Template("io", "Input: {x}\nOutput:", " {y}", "\n\n"),
+}
+
 
 ANALYSES = ("icl", "task_vectors", "function_vectors", "decodability", "geometry")
 #: prompts per task for decodability: half the paper's N = 100, which keeps the default
@@ -67,8 +89,8 @@ class LLMConfig:
             raise ValueError("shot counts must be non-negative and the shot lists non-empty.")
         if self.n_td <= 10 and "decodability" in self.analyses:
             raise ValueError(f"n_td={self.n_td}: kNN with k = 10 needs more than 10 prompts.")
-        if self.template not in ("auto", "arrow", "qa", "colon", "io"):
-            raise ValueError(f"template={self.template!r}; choose auto, arrow, qa, colon or io.")
+        if self.template != "auto" and self.template not in TEMPLATES:
+            raise ValueError(f"template={self.template!r}; choose auto, {', '.join(TEMPLATES)}.")
         if self.mode not in ("first_token", "exact"):
             raise ValueError(f"mode={self.mode!r}; choose 'first_token' or 'exact'.")
 

@@ -41,33 +41,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tvlens.hooks.core import check_hook_names
-from tvlens.llm.config import DEFAULT_TEMPLATE
+from tvlens.llm.config import DEFAULT_TEMPLATE, TEMPLATES, Template
 from tvlens.llm.tasks import NLTask
 
 ScoreMode = Literal["first_token", "exact"]
 HookBuilder = Callable[[Tensor, Tensor], list[tuple[str, Any]]]
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Template:
-    """How one example is written: ``query`` holds ``{x}``, ``answer`` holds ``{y}``."""
-
-    name: str
-    query: str = "{x} ->"
-    answer: str = " {y}"
-    separator: str = "\n"
-
-    def demo(self, x: str, y: str) -> str:
-        return self.query.format(x=x) + self.answer.format(y=y)
-
-
-TEMPLATES: dict[str, Template] = {
-    "arrow": Template("arrow", "{x} ->", " {y}", "\n"),
-    "qa": Template("qa", "Q: {x}\nA:", " {y}", "\n\n"),
-    "colon": Template("colon", "{x}:", " {y}", "\n"),
-    "io": Template("io", "Input: {x}\nOutput:", " {y}", "\n\n"),
-}
 
 
 def get_template(template: str | Template) -> Template:
@@ -563,13 +542,10 @@ def run_nested(
         t = torch.arange(n_read)
         read = (q[:, :, None] + torch.minimum(t, lens[:, :, None] - 1)).clamp(max=width - 1)
         store: dict[str, Tensor] = {}
-
-        def keep(key: str, pos: Tensor, store: dict[str, Tensor] = store) -> Any:
-            return _gather_hook(store, key, pos)
-
-        fwd = [(name, keep(name, q)) for name in capture] + [(last, keep(last, read))]
+        fwd = [(name, _gather_hook(store, name, q)) for name in capture]
+        fwd.append((last, _gather_hook(store, last, read)))
         if not checked:  # the bridge's own logits at one position, to check ours against
-            fwd.append((last, keep("check", torch.full((len(rows), 1), width - 1))))
+            fwd.append((last, _gather_hook(store, "check", torch.full((len(rows), 1), width - 1))))
         tokens = full.tokens[rows, :width].to(device)
         ref = logits_at(model, tokens, torch.tensor([width - 1]), fwd)[:, 0]
         final = store[last].view(len(rows), len(shots), n_read, -1)

@@ -77,8 +77,8 @@ def task_vector_sweep(
     p_answer, n, shots`` with ``condition`` in ``zero_shot`` and ``icl`` (the same at every
     layer, repeated for plotting), ``task_vector`` (each query its own θ) and
     ``mean_task_vector`` (θ averaged over the source prompts: the query-independent part,
-    which on small models carries the task better than one prompt's θ). First-token scoring reruns each batch
-    from layer ℓ only (:func:`~tvlens.llm.prompts.layer_sweep`).
+    which on small models carries the task better than one prompt's θ). First-token scoring
+    reruns each batch from layer ℓ only (:func:`~tvlens.llm.prompts.layer_sweep`).
     """
     tok = tokenizer_of(model)
     layers = check_layers(model, layers)

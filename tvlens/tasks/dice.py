@@ -57,16 +57,19 @@ class Dice(TaskFamily):
         # Same as the base definition, without materialising [B, T, K, V].
         return torch.einsum("btk,kv->btv", self.retrieval_posterior(batch), self.pool)
 
-    def learning_predictive(self, batch: Batch) -> Tensor:
-        v = self.config.vocab
-        counts = exclusive_cumsum(F.one_hot(batch.targets, v).float())
+    def _counts(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Symbol counts of the targets before each position ``[B, T, V]``, and the number
+        of targets seen ``[1, T, 1]``."""
+        counts = exclusive_cumsum(F.one_hot(batch.targets, self.config.vocab).float())
         t = torch.arange(batch.targets.shape[1], dtype=torch.float32).view(1, -1, 1)
-        return (counts + 1.0) / (t + v)
+        return counts, t
+
+    def learning_predictive(self, batch: Batch) -> Tensor:
+        counts, t = self._counts(batch)
+        return (counts + 1.0) / (t + self.config.vocab)
 
     def sufficient_statistics(self, batch: Batch) -> Tensor:
         """The Dirichlet-multinomial learner's statistic: symbol frequencies of the targets
         seen before each position ``[B, T, V]`` (for :mod:`tvlens.analyses.probes`)."""
-        v = self.config.vocab
-        t = torch.arange(batch.targets.shape[1], dtype=torch.float32).view(1, -1, 1)
-        counts = exclusive_cumsum(F.one_hot(batch.targets, v).float())
+        counts, t = self._counts(batch)
         return counts / t.clamp_min(1)

@@ -64,13 +64,19 @@ class Markov(TaskFamily):
         ll = pred.gather(3, idx).squeeze(-1).clamp_min(1e-30).log()
         return ll * batch.target_mask.unsqueeze(-1)
 
-    def learning_predictive(self, batch: Batch) -> Tensor:
+    def _transition_counts(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """The previous symbol at each position ``[B, T]`` and the transition counts seen
+        before it ``[B, T, V, V]`` (from → to)."""
         v = self.config.vocab
         prev = batch.inputs.clamp_max(v - 1)
         trans = F.one_hot(prev, v).unsqueeze(-1) * F.one_hot(batch.targets, v).unsqueeze(-2)
         trans = trans.float()
         trans[:, 0] = 0.0  # position 0 has no predecessor: BOS -> x_1 is not a transition
-        counts = exclusive_cumsum(trans.flatten(2)).view_as(trans)  # [B, T, V, V]
+        return prev, exclusive_cumsum(trans.flatten(2)).view_as(trans)
+
+    def learning_predictive(self, batch: Batch) -> Tensor:
+        v = self.config.vocab
+        prev, counts = self._transition_counts(batch)
         row = counts.gather(2, prev[:, :, None, None].expand(-1, -1, 1, v)).squeeze(2)
         pred = (row + 1.0) / (row.sum(-1, keepdim=True) + v)
         pred[:, 0] = 1.0 / v
@@ -79,10 +85,5 @@ class Markov(TaskFamily):
     def sufficient_statistics(self, batch: Batch) -> Tensor:
         """The add-one bigram learner's statistic: transition frequencies seen before each
         position ``[B, T, V·V]`` (BOS → x_1 is not a transition)."""
-        v = self.config.vocab
-        prev = batch.inputs.clamp_max(v - 1)
-        trans = F.one_hot(prev, v).unsqueeze(-1) * F.one_hot(batch.targets, v).unsqueeze(-2)
-        trans = trans.float().flatten(2)
-        trans[:, 0] = 0.0
-        counts = exclusive_cumsum(trans)
+        counts = self._transition_counts(batch)[1].flatten(2)
         return counts / counts.sum(-1, keepdim=True).clamp_min(1)

@@ -46,3 +46,20 @@ def write_figures(
             figures[name](df).write_html(path, include_plotlyjs="directory")
             paths.append(path)
     return paths
+
+
+def screenshot(page: Path | str, png: Path | str, width: int, height: int) -> Path:
+    """A PNG of an offline figure page drawn by headless Chromium (for README figures); a
+    clear error when Chromium is not installed."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        raise RuntimeError("drawing a PNG needs chromium on PATH (apt-get install chromium).")
+    png = Path(png).resolve()
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           f"--screenshot={png}", f"--window-size={width},{height}",
+           "--virtual-time-budget=8000", Path(page).resolve().as_uri()]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    return png
