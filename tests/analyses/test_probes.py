@@ -85,7 +85,19 @@ def test_probes_find_where_planted_statistics_live(where):
     else:
         np.testing.assert_allclose(angles, 0.0, atol=1.0)
     assert df.set_index("view")["rank"].to_dict() == {"full": 12, "task": 2, "orth": 10,
-                                                      "random": 2}  # fmt: skip
+                                                      "random": 2, "orth_random": 2,
+                                                      "orth_top": 2}  # fmt: skip
+    # views of equal dimension off the task plane: the complement's top components hold
+    # statistics planted there (so does a generic random plane in the complement: nothing
+    # else varies there, so its 2 x 2 projection of the planted plane is invertible)
+    if where == "orth":
+        assert r2["orth_top"] > 0.999 and r2["orth_random"] > 0.99
+    else:
+        assert r2["orth_top"] < 0.05 and r2["orth_random"] < 0.05
+    # the chance reference: random 2-D planes in R^12 sit at large angles to the task
+    # plane, and the planted read-outs are beyond it (orth) or far below it (task)
+    assert (ang["random_angle_p05"] <= ang["random_angle_mean"]).all()
+    assert ang["random_angle_mean"].between(30, 90).all()
 
 
 def test_probe_table_rejects_mismatched_layouts():
@@ -98,7 +110,7 @@ def test_analyse_probes_on_a_trained_run(tmp_path):
     run = train(tiny_config("dice", steps=8, k=1), tmp_path / "run", progress=False)
     tables = analyse_probes(run, n=32, n_per_task=8, positions=slice(-4, None))
     df = tables["probes"]
-    assert set(df["view"]) == {"full", "task", "orth", "random"}
+    assert set(df["view"]) == {"full", "task", "orth", "random", "orth_random", "orth_top"}
     assert set(df["split"]) == {"major", "ood"} and (df["k"] == 1).all()
     assert df["r2"].notna().all() and (df["r2"] <= 1.0).all()
     assert (tmp_path / "run" / "analyses" / "probes.csv").exists()

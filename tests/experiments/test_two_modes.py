@@ -48,6 +48,7 @@ def test_two_modes_sweep_end_to_end(tmp_path, capsys, family):
         "task_vectors", "anova_r2", "simplex_fit", "alignment", "alignment_summary",
         "beta_posterior", "principal_angles", "geometry_points", "ablation", "steering",
         "convexity", "modes", "geometry_training", "paper_ood_r2", "paper_anova",
+        "alignment_baselines", "subspace_share", "reference_gap",
     }  # fmt: skip
     registry = {**GEOMETRY, **STEERING, **PAPER}
     for k in (-1, 1):
@@ -58,6 +59,11 @@ def test_two_modes_sweep_end_to_end(tmp_path, capsys, family):
             assert isinstance(registry[name](df), go.Figure), name
         row = headline(tables)
         assert row["k"] == k
+        # every headline number carries its baseline, computed in the same run
+        for col in ("beta_posterior_corr_one_hot", "ood_task_share_random",
+                    "ood_task_share_top", "ref_gap_ood", "ablate_random_ood"):  # fmt: skip
+            assert col in row and row[col] == row[col], col
+        assert row["ood_task_share_random"] <= row["ood_task_share_top"] + 1e-9
     assert "minor" not in set(load_tables(out / "k-1")["simplex_fit"]["split"])
     assert "minor" in set(load_tables(out / "k1")["simplex_fit"]["split"])
 

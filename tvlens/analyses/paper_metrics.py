@@ -160,11 +160,10 @@ def two_way_anova(
 
 # ----------------------------------------------------------------------- data helpers
 def ood_params(family: TaskFamily, n_tasks: int, seed: int) -> Tensor:
-    """``n_tasks`` fixed OOD task parameters: fresh prior draws (a family may exclude its
-    pool by defining ``ood_params(n, g)``, e.g. Dyck, whose prior is discrete)."""
+    """``n_tasks`` fixed OOD task parameters, drawn as the family draws its OOD split
+    (:meth:`~tvlens.tasks.base.TaskFamily.ood_params`: the prior by default)."""
     g = generator("paper-ood-tasks", family.name, family.config.seed, seed)
-    own = getattr(family, "ood_params", None)
-    return own(n_tasks, g) if callable(own) else family.sample_prior(n_tasks, g)
+    return family.ood_params(n_tasks, g)
 
 
 def task_batch(family: TaskFamily, params: Tensor, n_per_task: int, seed: int) -> Batch:

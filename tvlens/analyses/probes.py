@@ -13,12 +13,15 @@ same statistics):
 Each family computes its own statistics (``family.sufficient_statistics(batch)``).
 
 :func:`probe_table` fits ridge probes from states to the statistics, per layer and split,
-on four views of each state: the full state, its coordinates in the task subspace
-span(θ_major), its part orthogonal to that subspace, and a random subspace of the task
-subspace's rank (a control). Scores are held-out R² (by sequence). The principal angles
+on views of each state: the full state, its coordinates in the task subspace
+span(θ_major), its part orthogonal to that subspace, and three controls of the task
+subspace's rank (a random subspace; a random subspace inside the orthogonal complement; the
+complement's top principal components), so the task view is compared with views of equal
+dimension. Scores are held-out R² (by sequence). The principal angles
 between the probe's read-out subspace (the span of its weight columns) and the task subspace
 say whether the statistics are read from inside the task plane (small angles) or off it
-(angles near 90°). :func:`analyse_probes` runs it on a trained run.
+(angles near 90°), beside the same angles for random subspaces (their mean and 5th
+percentile), which in high dimension are near 90° too. :func:`analyse_probes` runs it on a trained run.
 """
 
 from __future__ import annotations
@@ -33,13 +36,20 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tvlens.analyses.geometry import capture_states, principal_angles, random_basis
+from tvlens.analyses.geometry import (
+    capture_states,
+    principal_angles,
+    random_basis,
+    top_components,
+)
 from tvlens.analyses.task_vectors import DEFAULT_POSITIONS, TaskVectors, task_vectors
-from tvlens.hooks import resolve_positions
+from tvlens.hooks import orthonormal_basis, resolve_positions
 from tvlens.hooks.core import Positions
 from tvlens.tasks.base import Batch, TaskFamily
 
-VIEWS = ("full", "task", "orth", "random")
+VIEWS = ("full", "task", "orth", "random", "orth_random", "orth_top")
+#: random subspaces drawn for the principal-angle reference distribution
+N_ANGLE_DRAWS = 200
 
 
 # ------------------------------------------------------------------ the statistics
@@ -95,17 +105,44 @@ def views(
     centre: Float[Tensor, " d"],
     rand: Float[Tensor, "r d"],
 ) -> dict[str, Float[Tensor, "n m"]]:
-    """The full state, its task-subspace coordinates, its orthogonal part and its
-    coordinates in a random subspace of the same rank."""
+    """The views a probe reads: the full state, its task-subspace coordinates, its
+    orthogonal part, and three controls of the task view's rank r: a random subspace of
+    R^d (``random``), a random subspace inside the orthogonal complement (``orth_random``)
+    and the top-r principal components of the orthogonal part (``orth_top``). The last two
+    compare the task subspace with views of equal dimension off it."""
     hc = h.double() - centre.double()
     b = basis.double()
     inside = hc @ b.T
+    orth = hc - inside @ b
+    r = b.shape[0]
+    rand_orth = rand.double() - (rand.double() @ b.T) @ b  # inside the complement
+    rand_orth = orthonormal_basis(rand_orth)
+    top = top_components(orth, r) if r else orth.new_zeros(0, orth.shape[1])
     return {
         "full": hc,
         "task": inside,
-        "orth": hc - inside @ b,
+        "orth": orth,
         "random": hc @ rand.double().T,
+        "orth_random": orth @ rand_orth.T,
+        "orth_top": orth @ top.double().T,
     }
+
+
+def random_angle_reference(
+    basis: Float[Tensor, "r d"], k: int, n_draws: int = N_ANGLE_DRAWS, seed: int = 0
+) -> tuple[Float[Tensor, " m"], Float[Tensor, " m"]]:
+    """Mean and 5th percentile (degrees, per principal-angle index) of the principal angles
+    between span(``basis``) and uniformly random ``k``-dimensional subspaces: what a
+    read-out angle would be by chance (random planes in high dimension are nearly
+    orthogonal to any fixed plane, so large angles alone say little)."""
+    d = basis.shape[1]
+    angles = torch.stack(
+        [
+            torch.rad2deg(principal_angles(basis, random_basis(k, d, seed=seed * 7919 + i)))
+            for i in range(n_draws)
+        ]
+    )
+    return angles.mean(0), torch.quantile(angles, 0.05, dim=0)
 
 
 def probe_table(
@@ -123,7 +160,9 @@ def probe_table(
 
     ``states[layer]`` and ``stats`` share their ``[batch, positions]`` layout; sequences are
     split even/odd for fitting and scoring. Returns ``(probes, angles)``: columns layer,
-    split, view, rank, r2, n_states; and layer, split, index, angle_deg.
+    split, view, rank, r2, n_states; and layer, split, index, angle_deg, random_angle_mean,
+    random_angle_p05 (the same angle between the task subspace and random subspaces of the
+    read-out's dimension: the chance reference).
     """
     rows, angle_rows = [], []
     b, p = stats.shape[:2]
@@ -138,7 +177,8 @@ def probe_table(
         basis = bases[layer]
         rand = random_basis(basis.shape[0], h.shape[-1], seed=seed)
         d, r = h.shape[-1], basis.shape[0]
-        dims = {"full": d, "task": r, "orth": d - r, "random": r}  # the view's subspace rank
+        # the view's subspace rank
+        dims = {"full": d, "task": r, "orth": d - r, "random": r, "orth_random": r, "orth_top": r}
         for name, x in views(h.flatten(0, 1), basis, centres[layer], rand).items():
             r2, w = heldout_r2(x, y, groups, lam)
             rank = dims[name]
@@ -155,6 +195,7 @@ def probe_table(
             if name == "full":
                 read = torch.linalg.svd(w.T, full_matrices=False).Vh  # [min(s,d), d]
                 k = min(read.shape[0], max(basis.shape[0], 1))
+                ref_mean, ref_p05 = random_angle_reference(basis, k, seed=seed)
                 for i, a in enumerate(principal_angles(basis, read[:k].float()).tolist()):
                     angle_rows.append(
                         {
@@ -162,6 +203,8 @@ def probe_table(
                             "split": split,
                             "index": i,
                             "angle_deg": float(np.degrees(a)),
+                            "random_angle_mean": float(ref_mean[i]),
+                            "random_angle_p05": float(ref_p05[i]),
                         }  # fmt: skip
                     )
     return pd.DataFrame(rows), pd.DataFrame(angle_rows)

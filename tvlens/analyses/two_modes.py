@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from tvlens.analyses.baselines import alignment_baselines, reference_gap_table, share_table
 from tvlens.analyses.common import analyses_dir, run_source, save_tables
 from tvlens.analyses.geometry import (
     ablation_table,
@@ -73,7 +74,12 @@ def analyse_two_modes(
     ``geometry_points`` (3-D view at the best layer), ``ablation`` (task subspace vs
     ``n_random`` random subspaces of equal rank), ``steering``, ``convexity``, and over the
     run's checkpoints ``modes`` (the mode diagnostic) and ``geometry_training`` (the simplex
-    table per step); the last two are skipped when ``modes=False``. ``paper_ood_r2`` and
+    table per step); the last two are skipped when ``modes=False``. The null baselines
+    (:mod:`tvlens.analyses.baselines`): ``alignment_baselines`` (one-hot and prior β beside
+    the model's, on all and on mixed-posterior positions), ``subspace_share`` (variance
+    shares in the major and minor task spans beside random subspaces and top PCs of equal
+    rank) and ``reference_gap`` (the references' own gap beside the model's distance to
+    each, per split × band). ``paper_ood_r2`` and
     ``paper_anova`` hold the reference code's definitions (:mod:`tvlens.analyses.
     paper_metrics`; ``n_paper_tasks`` OOD tasks × as many sequences each).
 
@@ -116,7 +122,10 @@ def analyse_two_modes(
     fit = fit_beta(model, fam, tv, batches["major"])
     tables["alignment"] = fit.by_position()
     tables["alignment_summary"] = fit.summary()
+    tables["alignment_baselines"] = alignment_baselines(fit)
     tables["beta_posterior"] = fit.points(best)
+    tables["subspace_share"] = share_table(model, tv, batches, seed=seed)
+    tables["reference_gap"] = reference_gap_table(model, fam, batches)
     tables["principal_angles"] = principal_angle_table(model, tv, batches)
     tables["geometry_points"] = geometry_points(model, tv, batches, best)
     tables["ablation"] = ablation_table(

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from tvlens.experiments.demo_modes import DEMO_FAMILY, LEARNING_MIXTURE, LEARNING_TRAIN
 from tvlens.experiments.train_cmd import add_config_arguments, config_from_args
 from tvlens.io import save_csv, save_text
 from tvlens.models import Run, RunConfig, load_run, train
@@ -40,9 +41,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--learning-k",
         type=int,
-        default=8,
-        help="also train a model with 2**K minor tasks (learning mode) in parallel, one "
-        "thread each, and report the two side by side (default 8)",
+        default=LEARNING_MIXTURE["k"],
+        help="also train a model with 2**K minor tasks (the learning mode) in parallel, one "
+        f"thread each, and report the two side by side (default {LEARNING_MIXTURE['k']})",
+    )
+    parser.add_argument(
+        "--learning-p-minor",
+        type=float,
+        default=LEARNING_MIXTURE["p_minor"],
+        help="share of the learning model's training sequences drawn from its minor tasks "
+        f"(default {LEARNING_MIXTURE['p_minor']})",
+    )
+    parser.add_argument(
+        "--learning-steps",
+        type=int,
+        default=LEARNING_TRAIN["steps"],
+        help=f"training steps of the learning model (default {LEARNING_TRAIN['steps']})",
+    )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="training seeds per model; with 3 or more the side-by-side table shows mean ± sd "
+        "over seeds (each extra seed costs about as much as the first)",
     )
     parser.add_argument(
         "--single", action="store_true", help="train only the main model (no learning model)"
@@ -103,21 +124,41 @@ def analyse(run: Run) -> dict[str, float]:
     return seconds
 
 
+def _seed_dirs(run_dir: Path, name: str, seeds: int) -> list[Path]:
+    """Run directories of one demo model per seed: seed 0 in ``run_dir/name`` (``name``
+    empty: ``run_dir`` itself), the others under ``run_dir/seeds/``."""
+    first = run_dir / name if name else run_dir
+    return [first] + [run_dir / "seeds" / f"{name or 'main'}_s{s}" for s in range(1, seeds)]
+
+
 def run(args: argparse.Namespace) -> int:
-    config = config_from_args(args, train=dict(DEMO_TRAIN))
+    from tvlens.experiments import demo_modes
+
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: train at least one seed per model.")
+    config = config_from_args(
+        args, family=dict(DEMO_FAMILY.get(args.family, {})), train=dict(DEMO_TRAIN)
+    )
     run_dir: Path = args.out
     if args.retrain and run_dir.exists():
         shutil.rmtree(run_dir)
     t0 = time.perf_counter()
     c0 = time.process_time()
+    seed0 = config.train.seed
+    main_dirs = _seed_dirs(run_dir, "", args.seeds)
     learning = None
-    if not args.single:  # the learning-mode model trains beside this one, one thread each
-        from tvlens.experiments import demo_modes
-
+    if not args.single:  # the learning-mode models train beside this one, one thread each
         torch.set_num_threads(1)
-        learning_dir = run_dir / f"learning_k{args.learning_k}"
-        learning_cfg = demo_modes.with_k(config, args.learning_k)
-        learning = demo_modes.start(learning_cfg, learning_dir, analyse=not args.no_report)
+        learning_cfg = demo_modes.with_k(config, args.learning_k, p_minor=args.learning_p_minor)
+        d = learning_cfg.to_dict()
+        d["train"]["steps"] = args.learning_steps
+        learning_cfg = RunConfig.from_dict(d)
+        learning_dirs = _seed_dirs(run_dir, f"learning_k{args.learning_k}", args.seeds)
+        jobs = [
+            (demo_modes.with_seed(learning_cfg, seed0 + s), path)
+            for s, path in enumerate(learning_dirs)
+        ]
+        learning = demo_modes.start(jobs, analyse=not args.no_report)
     if _finished(run_dir, config):
         log.info("%s already holds a finished run; reusing it (--retrain to start over)", run_dir)
         result = load_run(run_dir)
@@ -152,22 +193,37 @@ def run(args: argparse.Namespace) -> int:
         )
     if not args.no_report:
         verdict["analysis_seconds"] = analyse(result)
+    # the main model's other seeds: trained and given the two-modes analyses only
+    for s, path in enumerate(main_dirs[1:], start=1):
+        demo_modes.train_and_analyse(
+            demo_modes.with_seed(config, seed0 + s).to_dict(), str(path), not args.no_report,
+            threads=torch.get_num_threads(),
+        )  # fmt: skip
     verdict["main_cpu_seconds"] = round(time.process_time() - c0, 1)
     if learning is not None:
         pool, fut = learning
-        verdict["learning_model"] = {"k": args.learning_k, **fut.result()}
+        verdict["learning_model"] = {
+            "k": args.learning_k,
+            "p_minor": args.learning_p_minor,
+            "steps": args.learning_steps,
+            "seeds": fut.result(),
+        }
         pool.shutdown()
         if not args.no_report:
             both = demo_modes.side_by_side(
-                {f"k={config.family.k}": run_dir, f"k={args.learning_k}": learning_dir}
+                {
+                    f"k={config.family.k} (retrieval)": main_dirs,
+                    f"k={args.learning_k} (learning)": learning_dirs,
+                }
             )
             save_csv(run_dir / "analyses" / "demo_two_modes.csv", both)
-            print("\nThe two modes side by side (best layer of each model):")
+            verdict["two_modes"] = demo_modes.verdict(both)
             print(
-                both.drop(columns="metric").to_string(
-                    index=False, float_format=lambda x: f"{x:.3f}"
-                )
+                f"\nThe two modes side by side (best layer of each model; {args.seeds} training "
+                "seed(s), mean ± sd; [named null baseline]):"
             )
+            print(demo_modes.format_side_by_side(both))
+            print("\n" + verdict["two_modes"]["statement"])
     verdict["wall_seconds"] = round(time.perf_counter() - t0, 1)
     save_text(run_dir / "demo.json", json.dumps(verdict, indent=2))
     if not args.no_report:

@@ -133,13 +133,61 @@ def headline(tables: dict[str, pd.DataFrame], metrics: pd.DataFrame | None = Non
         final = modes[modes["step"] == modes["step"].max()]
         for split in ("major", "ood"):
             row[f"mode_log_ratio_{split}"] = pick(final, "log_ratio", split=split)
-    if metrics is not None and not metrics.empty:
+    row["ablate_margin_major"] = row["ablate_major"] - row["ablate_random_major"]
+    row["ablate_margin_ood"] = row["ablate_ood"] - row["ablate_random_ood"]
+    row.update(baseline_headline(tables, best))
+    if "reference_gap" not in tables and metrics is not None and not metrics.empty:
+        # runs analysed before the reference-gap table: the training-time evaluation
         final = metrics[metrics["step"] == metrics["step"].max()]
         for split in ("major", "ood"):
             sel = final[final["split"] == split]
             if not sel.empty:
                 row[f"gap_retrieval_{split}"] = float(sel["gap_retrieval"].mean())
                 row[f"gap_learning_{split}"] = float(sel["gap_learning"].mean())
+    return row
+
+
+def baseline_headline(tables: dict[str, pd.DataFrame], best: int) -> dict[str, Any]:
+    """The headline numbers' null baselines (:mod:`tvlens.analyses.baselines`) at layer
+    ``best``: β–posterior alignment beside the one-hot true task (all and mixed
+    positions), variance shares in the task and minor spans beside random subspaces and the
+    top PCs, and, on the second half of the context, the model's loss gap to each
+    reference beside the references' own gap."""
+    row: dict[str, Any] = {}
+    if "alignment_baselines" in tables:
+        ab = tables["alignment_baselines"]
+        sel = ab[ab["layer"] == best]
+        if not sel.empty:
+            r = sel.iloc[0]
+            for col in ("corr_one_hot", "corr_mixed", "corr_one_hot_mixed", "tv_mixed",
+                        "tv_one_hot_mixed", "tv_prior_mixed", "n_states_mixed"):  # fmt: skip
+                row[f"beta_posterior_{col}"] = float(r[col])
+    if "subspace_share" in tables:
+        sh = tables["subspace_share"]
+        for split in ("major", "minor", "ood"):
+            for space in ("task", "minor"):
+                sel = sh[(sh["layer"] == best) & (sh["split"] == split) & (sh["subspace"] == space)]
+                if sel.empty:
+                    continue
+                r = sel.iloc[0]
+                key = f"{split}_{space}_share"
+                row[key] = float(r["share"])
+                row[f"{key}_random"] = float(r["random_share"])
+                row[f"{key}_random_sd"] = float(r["random_share_sd"])
+                row[f"{key}_top"] = float(r["top_share"])
+    if "reference_gap" in tables:
+        gap = tables["reference_gap"]
+        for split in ("major", "minor", "ood"):
+            sel = gap[gap["split"] == split]
+            if sel.empty:
+                continue
+            r = sel.iloc[-1]  # the last band: the second half of the context
+            row["gap_band"] = str(r["band"])
+            for col in ("gap_retrieval", "gap_learning", "ref_gap", "ref_kl", "div_retrieval",
+                        "div_learning", "margin_loss", "margin_kl"):  # fmt: skip
+                row[f"{col}_{split}"] = float(r[col])
+            row[f"readable_{split}"] = bool(r["readable"])
+            row[f"nearer_{split}"] = str(r["nearer"])
     return row
 
 

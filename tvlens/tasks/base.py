@@ -222,6 +222,12 @@ class TaskFamily(ABC):
     def sample_prior(self, n: int, g: torch.Generator) -> Tensor:
         """``n`` fresh task parameters from the prior."""
 
+    def ood_params(self, n: int, g: torch.Generator) -> Tensor:
+        """``n`` out-of-distribution task parameters: by default fresh draws from the prior
+        (a family may exclude its pool, as Dyck does, or draw elsewhere, as linreg's balls
+        around the major tasks)."""
+        return self.sample_prior(n, g)
+
     @abstractmethod
     def generate(self, params: Tensor, g: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
         """Sequences for per-sequence ``params [B, ...]``: ``(inputs, targets, target_mask)``."""
@@ -315,7 +321,7 @@ class TaskFamily(ABC):
         g = generator("sample", self.name, self.config.seed, seed, step, split)
         if split == "ood":
             ids = torch.full((n,), -1, dtype=torch.long)
-            params = self.sample_prior(n, g)
+            params = self.ood_params(n, g)
         else:
             ids = self.task_ids_for(split, n, g)
             params = self.pool[ids]

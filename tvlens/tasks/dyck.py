@@ -38,7 +38,6 @@ from tvlens.tasks.base import (
     TaskFamily,
     _expand_params,
     exclusive_cumsum,
-    generator,
 )
 
 DEFAULT_DYCK_LENGTH = 8
@@ -155,17 +154,6 @@ class Dyck(TaskFamily):
             out.append(cand[keep])
             have += int(keep.sum())
         return torch.cat(out)[:n]
-
-    def sample(self, split: str, n: int, *, seed: int = 0, step: int = 0) -> Batch:
-        """As :meth:`TaskFamily.sample`; ``ood`` draws paths outside the pool."""
-        if split != "ood":
-            return super().sample(split, n, seed=seed, step=step)
-        if n < 1:
-            raise ValueError(f"n={n} sequences requested; ask for at least 1.")
-        g = generator("sample", self.name, self.config.seed, seed, step, split)
-        params = self.ood_params(n, g)
-        inputs, targets, mask = self.generate(params, g)
-        return Batch(inputs, targets, mask, torch.full((n,), -1, dtype=torch.long), params, split)
 
     def generate(self, params: Tensor, g: torch.Generator):
         b, t = params.shape[0], self.seq_len

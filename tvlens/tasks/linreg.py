@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -18,15 +18,31 @@ from tvlens.tasks.base import (
     exclusive_cumsum,
 )
 
+#: how OOD tasks are drawn (``family.extra.ood``): fresh from the prior N(0, I), or
+#: uniformly in balls of radius ``family.extra.ood_radius`` around the major tasks (the
+#: reference code's OOD tasks, radius 2 by default)
+OOD_MODES = ("prior", "ball")
+DEFAULT_OOD_RADIUS = 2.0
+
 
 @dataclass(frozen=True)
 class LinRegConfig(PoolConfig):
-    """Linear regression: the pool fields plus the input dimension and the noise σ."""
+    """Linear regression: the pool fields plus the input dimension, the noise σ and, in
+    ``extra``, how OOD tasks are drawn (``ood``: ``prior`` or ``ball``; ``ood_radius``)."""
 
     name: str = "linreg"
     seq_len: int = 40
     dim: int = 6
     noise: float = 0.5
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ood(self) -> str:
+        return str(self.extra.get("ood", "prior"))
+
+    @property
+    def ood_radius(self) -> float:
+        return float(self.extra.get("ood_radius", DEFAULT_OOD_RADIUS))
 
 
 class LinReg(TaskFamily):
@@ -49,6 +65,21 @@ class LinReg(TaskFamily):
                 f"family.seq_len={config.seq_len} must be even for regression: "
                 "each example takes two positions (x then y)."
             )
+        extra = dict(getattr(config, "extra", None) or {})
+        unknown = sorted(set(extra) - {"ood", "ood_radius"})
+        if unknown:
+            raise ConfigError(
+                f"family.extra has unknown key(s) {unknown} for {self.name}; valid keys are "
+                "['ood', 'ood_radius']."
+            )
+        if extra.get("ood", "prior") not in OOD_MODES:
+            raise ConfigError(
+                f"family.extra.ood={extra['ood']!r}; choose one of {list(OOD_MODES)} (prior: "
+                "fresh draws from N(0, I); ball: around the major tasks)."
+            )
+        radius = extra.get("ood_radius", DEFAULT_OOD_RADIUS)
+        if not isinstance(radius, (int, float)) or isinstance(radius, bool) or radius <= 0:
+            raise ConfigError(f"family.extra.ood_radius={radius!r} must be a number > 0.")
         super().__init__(config)
 
     @property
@@ -98,6 +129,19 @@ class LinReg(TaskFamily):
 
     def sample_prior(self, n: int, g: torch.Generator) -> Tensor:
         return torch.randn(n, self.config.dim, generator=g)
+
+    def ood_params(self, n: int, g: torch.Generator) -> Tensor:
+        """OOD weights: prior draws (``extra.ood = 'prior'``, the default), or, with
+        ``'ball'``, points uniform in balls of radius ``extra.ood_radius`` around the major
+        tasks (major j gets draws j, j + M, j + 2M, …), as the reference code draws them."""
+        if self.config.ood == "prior":
+            return self.sample_prior(n, g)
+        d = self.config.dim
+        centres = self.pool[torch.arange(n) % self.n_major]
+        dirs = torch.randn(n, d, generator=g)
+        dirs = dirs / dirs.norm(dim=1, keepdim=True)
+        radii = self.config.ood_radius * torch.rand(n, generator=g) ** (1.0 / d)
+        return centres + dirs * radii[:, None]
 
     def sample_x(self, n: int, g: torch.Generator) -> Tensor:
         return torch.randn(n, self.n_examples, self.config.dim, generator=g)

@@ -180,6 +180,84 @@ def alignment_summary(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def alignment_baselines(df: pd.DataFrame) -> go.Figure:
+    """β–posterior correlation per layer beside the one-hot true-task baseline, on all
+    positions and on the positions where the posterior is still mixed."""
+    _require(df, ["layer", "corr", "corr_one_hot", "corr_mixed", "corr_one_hot_mixed"],
+             "alignment_baselines")  # fmt: skip
+    d = df.sort_values("layer")
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True,
+                        subplot_titles=["all positions", "mixed-posterior positions"])  # fmt: skip
+    for j, suffix in enumerate(("", "_mixed"), start=1):
+        fig.add_scatter(x=d["layer"], y=d[f"corr{suffix}"], mode="lines+markers",
+                        name="model β", legendgroup="m", showlegend=j == 1,
+                        line={"color": PALETTE[0]}, row=1, col=j)  # fmt: skip
+        fig.add_scatter(x=d["layer"], y=d[f"corr_one_hot{suffix}"], mode="lines",
+                        name="baseline: one-hot true task", legendgroup="b", showlegend=j == 1,
+                        line={"color": "#7f7f7f", "dash": "dash"}, row=1, col=j)  # fmt: skip
+    fig.update_xaxes(title_text="layer", dtick=1)
+    fig.update_yaxes(title_text="correlation with the exact posterior", row=1, col=1)
+    fig.update_layout(title="β–posterior alignment against a state-blind baseline")
+    return fig
+
+
+def subspace_share(df: pd.DataFrame) -> go.Figure:
+    """Variance share of each split's states in the major-task subspace and the minor-task
+    span, per layer, beside a random subspace of the same rank (band: mean ± sd) and the
+    split's own top principal components (dotted: the ceiling)."""
+    _require(df, ["layer", "split", "subspace", "share", "random_share", "top_share"],
+             "subspace_share")  # fmt: skip
+    spaces = list(dict.fromkeys(df["subspace"].astype(str)))
+    fig = make_subplots(rows=1, cols=len(spaces), shared_yaxes=True,
+                        subplot_titles=[f"{s} subspace" for s in spaces])  # fmt: skip
+    for j, space in enumerate(spaces, start=1):
+        d = df[df["subspace"] == space]
+        for i, split in enumerate(_splits(d)):
+            g = d[d["split"] == split].sort_values("layer")
+            c = _colour(split, i)
+            fig.add_scatter(x=g["layer"], y=g["share"], mode="lines+markers", name=split,
+                            legendgroup=split, showlegend=j == 1, line={"color": c},
+                            row=1, col=j)  # fmt: skip
+            fig.add_scatter(x=g["layer"], y=g["top_share"], mode="lines", showlegend=False,
+                            line={"color": c, "dash": "dot", "width": 1},
+                            hovertemplate=f"{split} ceiling (top PCs): %{{y:.3f}}",
+                            row=1, col=j)  # fmt: skip
+        g = d.groupby("layer", as_index=False)[["random_share", "random_share_sd"]].mean()
+        fig.add_scatter(x=g["layer"], y=g["random_share"], mode="lines",
+                        name="baseline: random subspace", legendgroup="rand",
+                        showlegend=j == 1, line={"color": "#7f7f7f", "dash": "dash"},
+                        error_y={"type": "data", "array": g["random_share_sd"]},
+                        row=1, col=j)  # fmt: skip
+    fig.update_xaxes(title_text="layer", dtick=1)
+    fig.update_yaxes(title_text="share of variance", range=[0, 1.02], row=1, col=1)
+    fig.update_layout(title="Where each split varies: task subspaces vs random subspaces "
+                      "(dotted: top-PC ceiling)")  # fmt: skip
+    return fig
+
+
+def reference_gap(df: pd.DataFrame) -> go.Figure:
+    """The model's loss beside the retrieval and learning references per split and
+    position band (± standard error over sequences): the references' own gap is the room
+    in which a mode can be read."""
+    _require(df, ["split", "band", "loss", "loss_retrieval", "loss_learning"], "reference_gap")
+    splits = _splits(df)
+    fig = make_subplots(rows=1, cols=len(splits), subplot_titles=splits)
+    series = [("loss", "model", PALETTE[0]), ("loss_retrieval", "retrieval reference", "#9467bd"),
+              ("loss_learning", "learning reference", "#ff7f0e")]  # fmt: skip
+    for j, split in enumerate(splits, start=1):
+        g = df[df["split"] == split]
+        for col, name, c in series:
+            se = g.get(f"{col}_se")
+            fig.add_bar(x=g["band"].astype(str), y=g[col], name=name, legendgroup=name,
+                        showlegend=j == 1, marker={"color": c},
+                        error_y=None if se is None else {"type": "data", "array": se},
+                        row=1, col=j)  # fmt: skip
+    fig.update_xaxes(title_text="positions")
+    fig.update_yaxes(title_text="cross-entropy (nats per token)", row=1, col=1)
+    fig.update_layout(title="Model vs the two references, per position band", barmode="group")
+    return fig
+
+
 def beta_vs_posterior(df: pd.DataFrame) -> go.Figure:
     """Scatter of β_k against P(task = k | context), one colour per task k."""
     _require(df, ["beta", "posterior", "task"], "beta_posterior")
@@ -468,6 +546,9 @@ FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure]] = {
     "simplex_fit": simplex_r2_by_layer,
     "alignment": alignment_by_position,
     "alignment_summary": alignment_summary,
+    "alignment_baselines": alignment_baselines,
+    "subspace_share": subspace_share,
+    "reference_gap": reference_gap,
     "beta_posterior": beta_vs_posterior,
     "principal_angles": principal_angles_by_layer,
     "geometry_points": geometry_scatter,

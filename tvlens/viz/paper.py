@@ -104,25 +104,63 @@ def paper_ood_r2_vs_k(df: pd.DataFrame) -> go.Figure:
 
 
 def demo_two_modes(df: pd.DataFrame) -> go.Figure:
-    """The demo's two models side by side: one bar per headline number and model."""
-    _require(df, ["metric", "description"], "demo_two_modes")
-    runs = [c for c in df.columns if c not in ("metric", "description")]
-    d = df[df["metric"] != "best_layer"]
-    fig = go.Figure()
-    for i, run in enumerate(runs):
-        fig.add_bar(
-            y=d["description"],
-            x=pd.to_numeric(d[run], errors="coerce"),
-            name=str(run),
-            orientation="h",
-            marker={"color": PALETTE[i % len(PALETTE)]},
-        )
+    """The demo's two models side by side: one panel per headline number (each in its own
+    unit), a bar per model with its seed interval (± sd) as an error bar, the named null
+    baseline of the same run as a grey diamond and, where one exists, the ceiling as a
+    black line."""
+    _require(df, ["metric", "description", "unit", "model", "value", "baseline"],
+             "demo_two_modes")  # fmt: skip
+    metrics = list(dict.fromkeys(df["metric"]))
+    cols = 3
+    rows = -(-len(metrics) // cols)
+    titles = [
+        f"{g['description'].iloc[0]} ({g['unit'].iloc[0]})"
+        for _, g in df.groupby("metric", sort=False)
+    ]
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, vertical_spacing=0.32 / rows,
+                        horizontal_spacing=0.08)  # fmt: skip
+    models = list(dict.fromkeys(df["model"].astype(str)))
+    colour = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
+    shown: set[str] = set()
+    for i, metric in enumerate(metrics):
+        r, c = i // cols + 1, i % cols + 1
+        g = df[df["metric"] == metric]
+        for _, row in g.iterrows():
+            m = str(row["model"])
+            sd = row.get("value_sd", float("nan"))
+            fig.add_bar(
+                x=[m], y=[row["value"]], name=m, legendgroup=m, showlegend=m not in shown,
+                marker={"color": colour[m]},
+                error_y={"type": "data", "array": [sd if sd == sd else 0], "visible": sd == sd},
+                text=[f"{row['value']:.3f}"], textposition="outside", row=r, col=c,
+            )  # fmt: skip
+            shown.add(m)
+        base = g.dropna(subset=["baseline"])
+        if len(base) and str(base["baseline_name"].iloc[0]):
+            name = f"baseline: {base['baseline_name'].iloc[0]}"
+            fig.add_scatter(
+                x=base["model"].astype(str), y=base["baseline"], mode="markers", name=name,
+                marker={"symbol": "diamond", "size": 11, "color": "#7f7f7f"},
+                error_y={"type": "data", "array": base.get("baseline_sd", base["baseline"] * 0)
+                         .fillna(0)}, showlegend=False, hovertemplate=name + ": %{y:.3f}",
+                row=r, col=c,
+            )  # fmt: skip
+        ceil = g.dropna(subset=["ceiling"]) if "ceiling" in g else g.iloc[:0]
+        if len(ceil):
+            fig.add_scatter(
+                x=ceil["model"].astype(str), y=ceil["ceiling"], mode="markers",
+                name="ceiling: top principal components", showlegend=False,
+                marker={"symbol": "line-ew-open", "size": 26, "color": "black"},
+                hovertemplate="ceiling (top PCs): %{y:.3f}", row=r, col=c,
+            )  # fmt: skip
+    fig.update_annotations(font_size=11)
     fig.update_layout(
-        barmode="group",
-        title="Retrieval (k = −1) and learning (many minor tasks) side by side",
-        height=120 + 45 * len(d),
-        yaxis={"autorange": "reversed"},
-        margin={"l": 360},
+        title="Retrieval and learning side by side (bars: model, mean ± sd over seeds; "
+        "◆ grey: null baseline; — black: ceiling)",
+        height=260 * rows + 80,
+        bargap=0.35,
+        legend={"orientation": "h", "y": -0.03},
+        margin={"t": 90},
     )
     return fig
 
@@ -157,7 +195,8 @@ def probes_by_layer(df: pd.DataFrame) -> go.Figure:
 def probe_angles_by_layer(df: pd.DataFrame) -> go.Figure:
     """Mean principal angle between the probe's read-out subspace and the task subspace."""
     require_columns(df, ["layer", "split", "angle_deg"], "probe_angles", "tvlens.analyses.probes")
-    mean = df.groupby(["split", "layer"], as_index=False)["angle_deg"].mean()
+    cols = [c for c in ("angle_deg", "random_angle_mean", "random_angle_p05") if c in df]
+    mean = df.groupby(["split", "layer"], as_index=False)[cols].mean()
     fig = go.Figure()
     for i, (split, g) in enumerate(mean.groupby("split", sort=False)):
         fig.add_scatter(
@@ -167,9 +206,18 @@ def probe_angles_by_layer(df: pd.DataFrame) -> go.Figure:
             name=str(split),
             line={"color": SPLIT_COLOURS.get(str(split), PALETTE[i % len(PALETTE)])},
         )
+    if "random_angle_mean" in mean:  # the chance reference: random planes of that dimension
+        ref = mean.groupby("layer", as_index=False)[["random_angle_mean", "random_angle_p05"]]
+        ref = ref.mean()
+        fig.add_scatter(x=ref["layer"], y=ref["random_angle_mean"], mode="lines",
+                        name="baseline: random planes (mean)",
+                        line={"color": "#7f7f7f", "dash": "dash"})  # fmt: skip
+        fig.add_scatter(x=ref["layer"], y=ref["random_angle_p05"], mode="lines",
+                        name="random planes (5th percentile)",
+                        line={"color": "#7f7f7f", "dash": "dot"})  # fmt: skip
     fig.update_layout(
         title="Probe read-out vs task subspace (90°: read off the plane)",
-        xaxis_title="layer",
+        xaxis={"title": "layer", "dtick": 1},
         yaxis_title="mean principal angle (°)",
         yaxis_range=[0, 91],
     )
