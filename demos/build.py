@@ -47,7 +47,7 @@ TWO_MODES = [
 # The two modes of task inference on dice
 
 Small transformers trained on latent-task sequences infer the task in two ways
-(SCIENCE.md, section A): **retrieval** of a known task (the hidden state is close to a convex
+(docs/concepts.md, section A): **retrieval** of a known task (the hidden state is close to a convex
 combination of task vectors, weighted by the posterior over the known tasks) and
 **learning** of an unseen one (the states leave the task-vector plane). Which one dominates
 depends on task diversity in training: `k` sets the number of minor tasks, `2**k`.

@@ -14,6 +14,7 @@ from tvlens.analyses.paper_metrics import (
     paper_anova,
     paper_ood_r2,
     paper_r2,
+    per_sequence_positions,
     task_batch,
     two_way_anova,
 )
@@ -173,6 +174,20 @@ def test_paper_ood_r2_matches_an_independent_numpy_computation():
         scores.append(min(max(r2, 0.0), 1.0))
     assert df["r2_paper"].iloc[0] == pytest.approx(float(np.mean(scores)), abs=1e-4)
     assert 0.0 < df["r2_paper"].iloc[0] < 0.99  # V = 5: OOD means leave the 2-D plane
+
+    # the per-sequence variant: every sequence's own state over positions 15 … T − 2 (here
+    # T = 12: the second half, 6 … 10), scored the same way, averaged over sequences
+    block = per_sequence_positions(12)
+    assert (block.start, block.stop) == (6, 11)
+    hs = model.states(ood.inputs)[:, block].numpy().mean(1) - c
+    per_seq = []
+    for y in hs:
+        w = np.linalg.lstsq(x, y, rcond=None)[0]
+        r2 = 1 - ((y - x @ w) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+        per_seq.append(min(max(r2, 0.0), 1.0))
+    assert df["r2_paper_per_seq"].iloc[0] == pytest.approx(float(np.mean(per_seq)), abs=1e-4)
+    assert df["n_per_task_per_seq"].iloc[0] == n_per
+    assert per_sequence_positions(64) == slice(15, 63)
 
 
 def test_force_tokens_copies_each_sequence_once_per_symbol():

@@ -65,3 +65,42 @@ def test_a_broken_subcommand_does_not_disable_the_others(monkeypatch, capsys):
     assert main(["broken"]) == 2
     assert "tvlens._no_such_module" in capsys.readouterr().err
     assert main(["train", "--set", "nonsense", "--out", "/nonexistent/x"]) == 1
+
+
+def _side_by_side_table(ret_gap, learn_gap, ref_gap):
+    """A side-by-side table as demo_modes.side_by_side writes it, for one model."""
+    from tvlens.experiments.demo_modes import HEADLINES
+
+    rows = []
+    for h in HEADLINES:
+        value = {"gap_retrieval_ood": ret_gap, "gap_learning_ood": learn_gap}.get(h.metric, 0.5)
+        base = {"gap_retrieval_ood": -ref_gap, "gap_learning_ood": ref_gap}.get(h.metric, 0.1)
+        rows.append({"metric": h.metric, "description": h.description, "unit": h.unit,
+                     "model": "m", "value": value, "value_sd": float("nan"), "n_seeds": 1,
+                     "baseline": base, "baseline_sd": float("nan"),
+                     "baseline_name": h.baseline_name, "ceiling": float("nan"),
+                     "best_layer": "3"})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    "ret_gap, learn_gap, ref_gap, nearer, margin",
+    [
+        (-0.15, 0.03, 0.18, "learning", 0.12),  # between the references, nearer the learner
+        (-0.02, 0.66, 0.68, "retrieval", -0.64),  # at retrieval
+        (-0.01, 0.02, 0.03, "unreadable", -0.01),  # references too close to tell apart
+    ],
+)
+def test_demo_verdict_places_a_model_between_the_references(
+    ret_gap, learn_gap, ref_gap, nearer, margin
+):
+    from tvlens.experiments.demo_modes import format_side_by_side, verdict
+
+    table = _side_by_side_table(ret_gap, learn_gap, ref_gap)
+    v = verdict(table)["models"]["m"]
+    assert v["nearer"] == nearer
+    assert v["margin_nats"] == pytest.approx(margin)
+    assert v["ood_reference_gap"] == pytest.approx(ref_gap)
+    text = format_side_by_side(table)
+    assert "random subspace, same rank" in text and "one-hot true task" in text
+    assert len(text.splitlines()) == len(table) + 1  # a header and one line per number

@@ -463,7 +463,7 @@ def test_shipped_sweep_configs_are_valid(name):
     spec = SweepSpec.load(ROOT / "sweeps" / name)
     trials = spec.trials()
     assert {t.k for t in trials} == {-1, 0, 2, 4, 6, 8}
-    if name == "dice_two_modes_reference.yaml":  # SCIENCE.md A's reference runs, one GPU each
+    if name == "dice_two_modes_reference.yaml":  # docs/concepts.md A's reference runs, one GPU each
         assert len(trials) == 18 and spec.resources.gpu == 1
         cfg = RunConfig.from_dict(trials[0].config)
         assert (cfg.model.n_layers, cfg.model.d_model, cfg.model.n_heads, cfg.model.d_mlp) == (
@@ -473,3 +473,27 @@ def test_shipped_sweep_configs_are_valid(name):
             512,
         )
         assert (cfg.train.steps, cfg.train.batch_size, cfg.train.device) == (30000, 64, "cuda")
+
+
+def test_seed_summary_gives_mean_and_sd_over_seeds_per_setting():
+    results = pd.DataFrame(
+        {
+            "trial": [f"t{i}" for i in range(7)],
+            "family": ["dice"] * 7,
+            "model": ["m"] * 7,
+            "k": [-1, -1, -1, 8, 8, 8, 8],
+            "n_minor": [0, 0, 0, 256, 256, 256, 256],
+            "seed": [0, 1, 2, 0, 1, 2, 3],
+            "status": ["done"] * 6 + ["failed"],
+            "seconds": [1.0] * 7,
+            "r2": [0.9, 0.95, 1.0, 0.1, 0.2, 0.3, float("nan")],
+            "note": ["x"] * 7,  # not numeric: not summarised
+        }
+    )
+    out = sweep_mod.seed_summary(results).set_index("k")
+    assert list(out["n_seeds"]) == [3, 3]  # the failed trial does not count
+    assert out.loc[-1, "r2_mean"] == pytest.approx(0.95)
+    assert out.loc[8, "r2_sd"] == pytest.approx(0.1)
+    assert "seconds_mean" not in out and "note_mean" not in out and "seed_mean" not in out
+    # one seed per setting: there is no interval to give
+    assert sweep_mod.seed_summary(results[results["seed"] == 0]) is None

@@ -1,4 +1,4 @@
-"""Geometry of hidden states relative to the task vectors (SCIENCE.md, section A).
+"""Geometry of hidden states relative to the task vectors (docs/concepts.md, section A).
 
 Maths on tensors (testable against closed forms):
 
@@ -135,10 +135,10 @@ def simplex_fit(
 ) -> SimplexFit:
     """Fit ``h ≈ Σ_k β_k v_k`` with β ≥ 0, Σβ = 1 (affine LS, then simplex projection).
 
-    The projection is Euclidean in β (as SCIENCE.md specifies); where the affine weights
+    The projection is Euclidean in β (as docs/concepts.md specifies); where the affine weights
     already lie in the simplex it is the exact constrained least-squares solution.
     ``r2_task`` scores the simplex reconstruction; with ``tokens`` the task + token R² adds
-    ν_{s_t}, the mean residual of each current token (SCIENCE.md's ANOVA variant);
+    ν_{s_t}, the mean residual of each current token (docs/concepts.md's ANOVA variant);
     ``r2_affine`` scores the unconstrained affine-hull projection. ``centre`` (default: the
     mean vertex) anchors the norms inside / orthogonal to the span of the centred vertices.
     """

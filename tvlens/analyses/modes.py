@@ -1,6 +1,6 @@
 """The mode diagnostic: is the model retrieving a known task or learning a new one?
 
-log(KL(model ‖ retrieval) / KL(model ‖ learning)) per checkpoint and split (SCIENCE.md,
+log(KL(model ‖ retrieval) / KL(model ‖ learning)) per checkpoint and split (docs/concepts.md,
 section A). Negative: the model sits closer to the Bayesian retrieval reference (posterior
 over the known pool); positive: closer to the prior-conjugate learner. On OOD data this is
 the signature of the two modes; across runs with ``2**k`` minor tasks it gives the heatmap

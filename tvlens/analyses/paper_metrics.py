@@ -2,7 +2,7 @@
 
 tvlens's geometry numbers (:mod:`tvlens.analyses.geometry`) pool single states and centre
 R² on the mean state, so they can go negative and cannot be put next to a figure of the
-paper. This module adds the paper's definitions as *named variants* (SCIENCE.md §A, "The
+paper. This module adds the paper's definitions as *named variants* (docs/concepts.md §A, "The
 reference code's definitions"):
 
 * :func:`paper_r2` — R² of one target *vector*: ``1 − ‖y − ŷ‖² / Σ_d (y_d − ȳ)²`` with ȳ
@@ -10,9 +10,12 @@ reference code's definitions"):
 * :func:`paper_affine_fit` — least squares of centred targets on the first K − 1 centred
   anchors, then λ shifted so that Σλ = 1 (the affine projection; λ is not constrained to
   the simplex).
-* :func:`paper_ood_r2` — the OOD R²: per-task *mean* states of a fixed set of OOD tasks
-  (default 128 tasks × 128 sequences), centred on the major mean, projected onto the span
-  of the centred major-task means, scored by :func:`paper_r2` and averaged over tasks.
+* :func:`paper_ood_r2` — the OOD R² of reference snapshot ``7c5cab9``: per-task *mean*
+  states of a fixed set of OOD tasks (default 128 tasks × 128 sequences), centred on the
+  major mean, projected onto the span of the centred major-task means, scored by
+  :func:`paper_r2` and averaged over tasks; beside it, labelled ``r2_paper_per_seq``, the
+  newest snapshot's per-sequence variant (each sequence's own state over positions
+  15 … T − 2).
   The same score is reported for the pool's minor tasks (the reference's ``maj_r2_min``).
 * :func:`two_way_anova` / :func:`paper_anova` — the token-conditioned two-way ANOVA: cell
   means over task × current token, the η² of task, token and interaction, the
@@ -204,6 +207,7 @@ def paper_ood_r2(
     positions: Positions = PAPER_POSITIONS,
     point: str = "resid_post",
     max_minor: int = 128,
+    n_per_seq: int = 16,
     seed: int = 0,
     batch_size: int = 512,
 ) -> pd.DataFrame:
@@ -214,9 +218,13 @@ def paper_ood_r2(
     final position, as in the paper's figure; pass a slice for a position block). Every
     mean is centred on the mean of the major means, projected by :func:`paper_affine_fit`
     onto the span of the centred major means, and scored by :func:`paper_r2`.
-    Columns: layer, point, split (ood | minor), r2_paper (mean over tasks), r2_paper_q25,
-    r2_paper_q75, frac_in_paper (mean ‖ŷ‖²/‖y‖², the share of each centred mean inside the
-    task subspace), n_tasks, n_per_task.
+    Columns: layer, point, split (ood | minor), r2_paper (mean over tasks; the estimator
+    of reference snapshot ``7c5cab9``), r2_paper_q25, r2_paper_q75, frac_in_paper (mean
+    ‖ŷ‖²/‖y‖², the share of each centred mean inside the task subspace),
+    r2_paper_per_seq (the newest snapshot's per-sequence variant: each of the first
+    ``n_per_seq`` sequences of every task scored on its own state averaged over positions
+    15 … T − 2, :func:`per_sequence_positions`; that snapshot reads ``post_attn``, i.e.
+    ``point="resid_mid"``), n_tasks, n_per_task, n_per_task_per_seq.
     """
     bridge = as_bridge(model)
     layers = _check_layers(bridge, layers)
@@ -238,6 +246,16 @@ def paper_ood_r2(
         means = _block_means(
             bridge, batch, params.shape[0], n_per_task, names, positions, batch_size
         )
+        # the newest snapshot's per-sequence variant: each sequence's own state, averaged
+        # over positions 15 … T − 2, scored the same way (first n_per_seq of each task)
+        per = min(n_per_task, n_per_seq)
+        keep = (torch.arange(batch.size) % n_per_task) < per
+        sub = Batch(batch.inputs[keep], batch.targets[keep], batch.target_mask[keep],
+                    batch.task_ids[keep], batch.params[keep], batch.split)  # fmt: skip
+        seq_means = capture_means(
+            bridge, sub.inputs, torch.arange(sub.size), names, sub.size,
+            positions=per_sequence_positions(family.seq_len), batch_size=batch_size,
+        )  # fmt: skip
         for layer, name in zip(layers, names, strict=True):
             centre = anchors[name].mean(0)
             theta = anchors[name] - centre
@@ -245,6 +263,8 @@ def paper_ood_r2(
             _, fitted = paper_affine_fit(y, theta)
             score = paper_r2(y, fitted).numpy()
             frac = fitted.double().norm(dim=-1) ** 2 / (y.double().norm(dim=-1) ** 2 + 1e-30)
+            ys = seq_means[name] - centre
+            per_seq = paper_r2(ys, paper_affine_fit(ys, theta)[1]).numpy()
             rows.append(
                 {
                     "layer": layer,
@@ -254,11 +274,20 @@ def paper_ood_r2(
                     "r2_paper_q25": float(np.quantile(score, 0.25)),
                     "r2_paper_q75": float(np.quantile(score, 0.75)),
                     "frac_in_paper": float(frac.mean()),
+                    "r2_paper_per_seq": float(per_seq.mean()),
                     "n_tasks": int(params.shape[0]),
                     "n_per_task": n_per_task,
+                    "n_per_task_per_seq": per,
                 }
             )
     return pd.DataFrame(rows)
+
+
+def per_sequence_positions(seq_len: int) -> slice:
+    """Positions 15 … T − 2 (the newest reference snapshot's per-sequence block), or the
+    second half of a context too short for them."""
+    start = 15 if seq_len > 17 else seq_len // 2
+    return slice(start, seq_len - 1)
 
 
 # ------------------------------------------------------------------------ ANOVA, paper

@@ -2,7 +2,7 @@
 
 The two-modes claim is that OOD states leave the task-vector subspace. If the model *learns*
 OOD tasks in context, the part of the state orthogonal to that subspace should carry the
-statistics the prior-conjugate learner reads (SCIENCE.md §A; the reference code probes the
+statistics the prior-conjugate learner reads (docs/concepts.md §A; the reference code probes the
 same statistics):
 
 * dice — token counts (per observation: the running frequencies);

@@ -2,7 +2,7 @@
 
 The hook is :func:`tvlens.hooks.replace_subspace_hook` with target ``Σ α_k h̄_k`` (= centre
 + Σ α_k θ_k when Σα = 1): the part of h orthogonal to the task subspace is kept. Outcomes
-(SCIENCE.md, section A): the divergence between the steered prediction and each task's true
+(docs/concepts.md, section A): the divergence between the steered prediction and each task's true
 predictive distribution (KL in nats; squared error for regression, reported as RMSE), the
 task-ID accuracy (the task of smallest divergence), and the convexity check — a convex mix
 of task vectors should predict the α-mixture of the tasks' predictive distributions.

@@ -1,6 +1,6 @@
 """Task vectors: per-task mean residuals at late positions, centred on the major-task mean.
 
-SCIENCE.md, section A: θ_k = h̄_k − mean_{j major} h̄_j, where h̄_k averages the residual
+docs/concepts.md, section A: θ_k = h̄_k − mean_{j major} h̄_j, where h̄_k averages the residual
 stream (``resid_post`` by default) of sequences of task k over late positions (the last 16
 by default). The ANOVA variant conditions on the current token:
 h_t ≈ μ + Σ_k β_k θ_k + ν_{s_t}; :func:`anova_r2` reports how much variance the task and
@@ -77,7 +77,7 @@ class TaskVectors:
     """Per-layer task means ``h̄_k`` of the tasks ``task_ids`` and their centre.
 
     ``centre`` is the mean of the major-task means, so ``theta = means - centre`` are the
-    task vectors of SCIENCE.md. ``basis`` is an orthonormal basis (rows) of span(θ_major).
+    task vectors of docs/concepts.md. ``basis`` is an orthonormal basis (rows) of span(θ_major).
     """
 
     task_ids: Int[Tensor, " k"]

@@ -1,4 +1,4 @@
-"""The two modes (SCIENCE.md A): task vectors, their geometry, steering and the mode diagnostic.
+"""The two modes (docs/concepts.md A): task vectors, their geometry, steering and the mode diagnostic.
 
 :func:`analyse_two_modes` is the run-level driver: it builds the task vectors once and runs
 every geometry analysis on them (ANOVA R², the simplex fit, posterior alignment, principal
@@ -61,8 +61,9 @@ def analyse_two_modes(
     save: bool = True,
     progress: bool = False,
     n_paper_tasks: int = 128,
+    n_anova: int = 32,
 ) -> dict[str, pd.DataFrame]:
-    """Every task-vector analysis of SCIENCE.md (A) on a trained run; writes
+    """Every task-vector analysis of docs/concepts.md (A) on a trained run; writes
     ``out_dir/<name>.csv`` (default ``RUN_DIR/analyses``; nothing when ``save=False``) and
     returns the tables by name. ``seed`` defaults to the run's training seed + 1, held out
     from training and from the task-vector estimate.
@@ -81,7 +82,8 @@ def analyse_two_modes(
     rank) and ``reference_gap`` (the references' own gap beside the model's distance to
     each, per split × band). ``paper_ood_r2`` and
     ``paper_anova`` hold the reference code's definitions (:mod:`tvlens.analyses.
-    paper_metrics`; ``n_paper_tasks`` OOD tasks × as many sequences each).
+    paper_metrics`; ``n_paper_tasks`` OOD tasks × as many sequences each; ``n_anova``
+    sequences per task for the token-forced ANOVA, each copied once per symbol).
 
     The best layer — where the major-task states fit the simplex best — picks the layer of
     the 3-D view and of the β scatter. The geometry uses ``n_eval`` sequences per split; the
@@ -116,7 +118,7 @@ def analyse_two_modes(
     tables["paper_ood_r2"] = paper_ood_r2(
         model, fam, tv.layers, n_tasks=n_paper_tasks, n_per_task=n_paper_tasks, seed=seed
     )
-    tables["paper_anova"] = paper_anova(model, fam, tv.layers, seed=seed + 2)
+    tables["paper_anova"] = paper_anova(model, fam, tv.layers, n_per_task=n_anova, seed=seed + 2)
     tables["simplex_fit"] = simplex_table(model, fam, tv, batches)
     best = best_layer(tables["simplex_fit"])
     fit = fit_beta(model, fam, tv, batches["major"])

@@ -61,7 +61,7 @@ from tvlens.viz.common import write_figures as _write_figures
 
 log = logging.getLogger(__name__)
 
-#: CPU defaults per family (SCIENCE.md B: D = 16, r = 4, 4 bases, K = 20 in the paper).
+#: CPU defaults per family (docs/concepts.md B: D = 16, r = 4, 4 bases, K = 20 in the paper).
 EXPERIMENT_DEFAULTS: dict[str, dict[str, dict]] = {
     "sparse_linreg": {
         # 4 concepts (orthonormal bases of R^5), 2-sparse tasks, 12 examples per prompt; a pool

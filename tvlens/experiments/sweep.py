@@ -30,7 +30,8 @@ resume state. A trial that raises is recorded (``status = failed``, the error in
 
 ``OUT/results.csv`` has one row per trial (complete or failed): the trial's axes, its status,
 seconds, error and the headline numbers of its analyses (for ``two_modes`` the columns of
-:func:`tvlens.experiments.two_modes.headline`). With ``two_modes`` among the analyses the
+:func:`tvlens.experiments.two_modes.headline`). With two or more seeds per setting,
+``OUT/results_seeds.csv`` gives each headline number's mean and sd over seeds. With ``two_modes`` among the analyses the
 across-k tables (``OUT/analyses/*.csv``, read by ``tvlens report OUT``) and figures
 (``OUT/figures``) are written too.
 
@@ -62,6 +63,8 @@ log = logging.getLogger(__name__)
 PARTIAL = ".partial"
 TRIAL_JSON = "trial.json"
 RESULTS = "results.csv"
+#: mean and sd of every headline number over training seeds (:func:`seed_summary`)
+RESULTS_BY_SEED = "results_seeds.csv"
 DEFAULT_TRIAL_DIR = "{family}_{model}_k{k}_s{seed}"
 TRIAL_DIR_FIELDS = ("family", "model", "k", "seed", "n_minor")
 #: the columns of results.csv that say which trial a row is
@@ -935,7 +938,29 @@ def write_results(out: Path, records: list[dict[str, Any]], grid: Sequence[str] 
         rows.append(row)
     df = pd.DataFrame(rows)
     save_csv(out / RESULTS, df)
+    seeds = seed_summary(df, grid)
+    if seeds is not None:
+        save_csv(out / RESULTS_BY_SEED, seeds)
     return df
+
+
+def seed_summary(results: Any, grid: Sequence[str] = ()) -> Any:
+    """The training-seed interval of every headline number: complete trials grouped by
+    every axis but the seed, with ``<col>_mean``, ``<col>_sd`` and ``n_seeds`` per group
+    (``OUT/results_seeds.csv``); ``None`` when no group holds two seeds."""
+    import pandas as pd
+
+    done = results[results["status"] == "done"] if "status" in results else results
+    keys = [c for c in ("family", "model", "k", "n_minor", *grid) if c in done]
+    if done.empty or not keys or done.groupby(keys)["seed"].nunique().max() < 2:
+        return None
+    skip = {*AXES, *grid, "status", "seconds", "train_seconds", "error"}
+    numeric = [c for c in done.columns if c not in skip and pd.api.types.is_numeric_dtype(done[c])]
+    g = done.groupby(keys, sort=False)[numeric]
+    out = g.mean().add_suffix("_mean").join(g.std().add_suffix("_sd"))
+    out = out[[f"{c}_{s}" for c in numeric for s in ("mean", "sd")]]
+    out.insert(0, "n_seeds", done.groupby(keys, sort=False)["seed"].nunique())
+    return out.reset_index()
 
 
 def finish_two_modes(out: Path, trials: list[Trial], records: Mapping[str, dict]) -> None:

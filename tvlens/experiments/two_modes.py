@@ -113,6 +113,8 @@ def headline(tables: dict[str, pd.DataFrame], metrics: pd.DataFrame | None = Non
     if "paper_ood_r2" in tables:  # the reference code's definitions (paper_metrics)
         paper = tables["paper_ood_r2"]
         row["ood_r2_paper"] = pick(paper, "r2_paper", layer=best, split="ood")
+        if "r2_paper_per_seq" in paper:  # the newest snapshot's per-sequence variant
+            row["ood_r2_paper_per_seq"] = pick(paper, "r2_paper_per_seq", layer=best, split="ood")
         row["ood_r2_paper_last_layer"] = pick(paper, "r2_paper", layer=last, split="ood")
         row["minor_r2_paper"] = pick(paper, "r2_paper", layer=best, split="minor")
     if "paper_anova" in tables:

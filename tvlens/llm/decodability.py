@@ -1,5 +1,5 @@
 """Task decodability (TD) of a pretrained LM by layer and number of shots, and its link to
-ICL accuracy (Han et al., arXiv 2412.12276; SCIENCE.md section B).
+ICL accuracy (Han et al., arXiv 2412.12276; docs/concepts.md section B).
 
 For one *group* of tasks (e.g. the six POS tasks plus Null, see
 :func:`tvlens.llm.tasks.task_groups`), ``n_per_task`` prompts per task are drawn *nested*

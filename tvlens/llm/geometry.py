@@ -7,7 +7,7 @@ analyses of :mod:`tvlens.analyses.geometry` on prompts that mix two tasks.
   proportion α : 1 − α and fits each state as a convex combination of the pure-task means
   h̄_k (:func:`tvlens.analyses.geometry.simplex_fit`). If the model's state interpolates
   between task representations, β_A tracks α. It also reports how much of the pure, mixed
-  and Null states lies in the affine span of the task means (the analogue of SCIENCE.md's
+  and Null states lies in the affine span of the task means (the analogue of docs/concepts.md's
   OOD projection R²): Null prompts follow no rule, like an unseen task.
 """
 

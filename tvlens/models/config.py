@@ -10,7 +10,7 @@ from typing import Any, Literal
 from tvlens.tasks.base import ConfigError, FamilyConfig
 from tvlens.validation import check_fields
 
-#: Family-specific defaults applied by :meth:`RunConfig.for_family` (SCIENCE.md, section A).
+#: Family-specific defaults applied by :meth:`RunConfig.for_family` (docs/concepts.md, section A).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
     "dice": {"vocab": 6, "seq_len": 64},
     "markov": {"vocab": 8, "seq_len": 64},

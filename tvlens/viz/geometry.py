@@ -253,7 +253,7 @@ def reference_gap(df: pd.DataFrame) -> go.Figure:
                         error_y=None if se is None else {"type": "data", "array": se},
                         row=1, col=j)  # fmt: skip
     fig.update_xaxes(title_text="positions")
-    fig.update_yaxes(title_text="cross-entropy (nats per token)", row=1, col=1)
+    fig.update_yaxes(title_text="loss per token (nats; MSE for regression)", row=1, col=1)
     fig.update_layout(title="Model vs the two references, per position band", barmode="group")
     return fig
 
