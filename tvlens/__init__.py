@@ -63,13 +63,10 @@ _EXPORTS = {
     "make_family": "tvlens.tasks",
     "write_report": "tvlens.viz.report",
 }
-#: old public names -> the naming rule's names (README, "API"); kept for one release
-DEPRECATED = {
-    "anova_r2": "anova_table",
-    "mode_diagnostic": "mode_table",
-    "subspace_ablation": "ablation_table",
-    "task_decodability": "task_decodability_table",
-}
+#: old public names -> the naming rule's names (docs, "API naming"); kept for one release.
+#: One table: the analyses package's (a light import: it holds only the lazy name map).
+from tvlens.analyses import DEPRECATED  # noqa: E402
+
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, DEPRECATED)
 
 __all__ = sorted(_EXPORTS)

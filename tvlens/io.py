@@ -139,22 +139,11 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
 def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically and durably; the file mode follows the umask."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
+    with atomic_path(path) as tmp:
         # O_EXCL: never follow or reuse an existing file; 0o666 & ~umask, like open(..., "w")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if _is_no_space(e):
-            raise _disk_full(path, e) from e
-        raise
-    fsync_dir(path.parent)
     return path
 
 
