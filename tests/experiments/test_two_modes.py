@@ -118,3 +118,17 @@ def test_r2_figures_keep_extreme_values_off_axis():
     assert tuple(fig.layout.yaxis.range) == (-1.05, 1.05)
     assert "1 value(s) below" in fig.layout.annotations[0].text
     assert ood_r2_vs_k(df[df["r2_affine"] > -1]).layout.yaxis.range is None
+
+
+def test_two_modes_seeds_give_an_interval(tmp_path):
+    out = tmp_path / "exp"
+    argv = ["experiment", "two-modes", "--ks", "1", "--seeds", "0", "1", "--out", str(out)]
+    assert main(argv + TINY) == 0
+    assert {p.name for p in out.iterdir() if p.is_dir()} >= {"k1", "k1_s1"}
+    results = pd.read_csv(out / "results.csv")
+    assert sorted(results["seed"]) == [0, 1]
+    seeds = pd.read_csv(out / "results_seeds.csv")
+    assert list(seeds["n_seeds"]) == [2]
+    r = results["id_simplex_r2"]
+    assert seeds["id_simplex_r2_mean"].iloc[0] == pytest.approx(r.mean())
+    assert seeds["id_simplex_r2_sd"].iloc[0] == pytest.approx(r.std())

@@ -230,8 +230,9 @@ def across_k(per_k: dict[int, dict[str, pd.DataFrame]]) -> dict[str, pd.DataFram
 
 
 # --------------------------------------------------------------------------- running
-def run_dir_for(exp_dir: Path, k: int) -> Path:
-    return Path(exp_dir) / f"k{k}"
+def run_dir_for(exp_dir: Path, k: int, seed: int | None = None) -> Path:
+    """``EXP_DIR/k{k}``; a seed other than the base config's adds ``_s{seed}``."""
+    return Path(exp_dir) / (f"k{k}" if seed is None else f"k{k}_s{seed}")
 
 
 def train_or_load(config: RunConfig, run_dir: Path, retrain: bool = False) -> Run:
@@ -277,8 +278,11 @@ def run_sweep(
     threads: int | None = None,
     retrain: bool = False,
     analysis: dict | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> pd.DataFrame:
-    """Train and analyse one model per k, then write ``results.csv``, the across-k
+    """Train and analyse one model per k (and per training seed in ``seeds``: the base
+    config's seed in ``k{k}``, others in ``k{k}_s{seed}``, and then ``results_seeds.csv``
+    holds each headline number's mean and sd over seeds), then write ``results.csv``, the across-k
     ``analyses/*.csv`` and ``figures/*.html`` into ``exp_dir``; returns the results table.
 
     This is a sweep (:func:`tvlens.experiments.sweep.run_trials`): one trial per k in
@@ -291,16 +295,23 @@ def run_sweep(
     exp_dir = Path(exp_dir)
     if jobs < 1:
         raise ValueError(f"jobs={jobs}; use at least 1 worker.")
-    configs = sweep_configs(base, ks)
+    base_seed = int(base.train.seed)
+    extra = [int(s) for s in (seeds or []) if int(s) != base_seed]
+    runs: dict[Path, RunConfig] = {}
+    for k, cfg in sweep_configs(base, ks).items():
+        runs[run_dir_for(exp_dir, k)] = cfg
+        for seed in extra:  # more training seeds: model, training and pool seeds
+            d = cfg.to_dict()
+            for section in ("model", "train", "family"):
+                d[section]["seed"] = seed
+            runs[run_dir_for(exp_dir, k, seed)] = RunConfig.from_dict(d)
     if retrain:
-        for k in configs:
-            shutil.rmtree(run_dir_for(exp_dir, k), ignore_errors=True)
+        for path in runs:
+            shutil.rmtree(path, ignore_errors=True)
     resources = Resources(cpu=threads or 1)
     trials = [
-        Trial.from_config(
-            run_dir_for(exp_dir, k).name, cfg, {"two_modes": analysis or {}}, resources
-        )
-        for k, cfg in configs.items()
+        Trial.from_config(path.name, cfg, {"two_modes": analysis or {}}, resources)
+        for path, cfg in runs.items()
     ]
     try:
         result = run_trials(trials, exp_dir, LocalEngine(jobs), name="two-modes")
@@ -332,6 +343,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="experiment directory (default runs/two_modes_FAMILY)",
     )
     parser.add_argument("--retrain", action="store_true", help="retrain runs that exist")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="training seeds per k (e.g. --seeds 0 1 2): results_seeds.csv then gives every "
+        "headline number's mean ± sd over seeds (default: the config's seed only)",
+    )
     parser.add_argument(
         "--n-eval", type=int, default=256, help="sequences per split for the analyses"
     )
@@ -371,6 +390,7 @@ def run(args: argparse.Namespace) -> int:
         threads=threads,
         retrain=args.retrain,
         analysis={"n_eval": args.n_eval, "n_causal": min(args.n_causal, args.n_eval)},
+        seeds=args.seeds,
     )
     wall = time.perf_counter() - t0
     save_text(
@@ -387,16 +407,23 @@ def run(args: argparse.Namespace) -> int:
             indent=2,
         ),
     )
+    # each headline number beside its baseline (see docs/modes.md)
     cols = [
         "k",
+        "seed",
         "best_layer",
         "id_simplex_r2",
-        "beta_posterior_corr",
-        "ood_proj_r2",
+        "beta_posterior_corr_mixed",
+        "beta_posterior_corr_one_hot_mixed",
+        "ood_task_share",
+        "ood_task_share_random",
         "ablate_major",
-        "ablate_ood",
         "ablate_random_major",
-        "convex_kl",
+        "ablate_ood",
+        "ablate_random_ood",
+        "gap_retrieval_ood",
+        "gap_learning_ood",
+        "ref_gap_ood",
         "mode_log_ratio_ood",
     ]
     shown = results[[c for c in cols if c in results.columns]]
