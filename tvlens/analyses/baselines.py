@@ -101,15 +101,7 @@ def heldout_minor(batch: Batch, tv: TaskVectors) -> Batch:
     """The sequences of a minor batch whose task is *not* one of ``tv``'s minors (held out
     from the minor span, so their share is a fair control)."""
     seen = tv.task_ids[tv.n_major :]
-    keep = ~torch.isin(batch.task_ids, seen)
-    return Batch(
-        batch.inputs[keep],
-        batch.targets[keep],
-        batch.target_mask[keep],
-        batch.task_ids[keep],
-        batch.params[keep],
-        batch.split,
-    )
+    return batch.take(~torch.isin(batch.task_ids, seen))
 
 
 def share_rows(

@@ -250,8 +250,7 @@ def paper_ood_r2(
         # over positions 15 … T − 2, scored the same way (first n_per_seq of each task)
         per = min(n_per_task, n_per_seq)
         keep = (torch.arange(batch.size) % n_per_task) < per
-        sub = Batch(batch.inputs[keep], batch.targets[keep], batch.target_mask[keep],
-                    batch.task_ids[keep], batch.params[keep], batch.split)  # fmt: skip
+        sub = batch.take(keep)
         seq_means = capture_means(
             bridge, sub.inputs, torch.arange(sub.size), names, sub.size,
             positions=per_sequence_positions(family.seq_len), batch_size=batch_size,

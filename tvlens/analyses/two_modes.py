@@ -157,14 +157,7 @@ def analyse_two_modes(
 
 def _head(batch: Batch, n: int) -> Batch:
     """The first ``n`` sequences of ``batch``."""
-    return Batch(
-        batch.inputs[:n],
-        batch.targets[:n],
-        batch.target_mask[:n],
-        batch.task_ids[:n],
-        batch.params[:n],
-        batch.split,
-    )
+    return batch.take(slice(0, n))
 
 
 def best_layer(simplex: pd.DataFrame, split: str = "major") -> int:

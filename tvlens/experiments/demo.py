@@ -158,10 +158,7 @@ def run(args: argparse.Namespace) -> int:
         d["train"]["steps"] = args.learning_steps
         learning_cfg = RunConfig.from_dict(d)
         learning_dirs = _seed_dirs(run_dir, f"learning_k{args.learning_k}", args.seeds)
-        jobs = [
-            (demo_modes.with_seed(learning_cfg, seed0 + s), path)
-            for s, path in enumerate(learning_dirs)
-        ]
+        jobs = [(learning_cfg.with_seed(seed0 + s), path) for s, path in enumerate(learning_dirs)]
         learning = demo_modes.start(jobs, analyse=not args.no_report)
     if _finished(run_dir, config):
         log.info("%s already holds a finished run; reusing it (--retrain to start over)", run_dir)
@@ -200,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
     # the main model's other seeds: trained and given the two-modes analyses only
     for s, path in enumerate(main_dirs[1:], start=1):
         demo_modes.train_and_analyse(
-            demo_modes.with_seed(config, seed0 + s).to_dict(), str(path), not args.no_report,
+            config.with_seed(seed0 + s).to_dict(), str(path), not args.no_report,
             threads=torch.get_num_threads(),
         )  # fmt: skip
     verdict["main_cpu_seconds"] = round(time.process_time() - c0, 1)

@@ -99,15 +99,6 @@ def with_k(config: RunConfig, k: int, **family: Any) -> RunConfig:
     return RunConfig.from_dict(d)
 
 
-def with_seed(config: RunConfig, seed: int) -> RunConfig:
-    """``config`` with its model, training and task-pool seeds set to ``seed`` (as a sweep's
-    seed axis sets them)."""
-    d = config.to_dict()
-    for section in ("model", "train", "family"):
-        d[section]["seed"] = int(seed)
-    return RunConfig.from_dict(d)
-
-
 def train_and_analyse(config: dict, run_dir: str, analyse: bool, threads: int = 1) -> dict:
     """Train (or reuse a finished) run and run the two-modes analyses on it; returns wall
     and CPU seconds. Runs in the worker process."""

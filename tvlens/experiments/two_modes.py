@@ -301,10 +301,7 @@ def run_sweep(
     for k, cfg in sweep_configs(base, ks).items():
         runs[run_dir_for(exp_dir, k)] = cfg
         for seed in extra:  # more training seeds: model, training and pool seeds
-            d = cfg.to_dict()
-            for section in ("model", "train", "family"):
-                d[section]["seed"] = seed
-            runs[run_dir_for(exp_dir, k, seed)] = RunConfig.from_dict(d)
+            runs[run_dir_for(exp_dir, k, seed)] = cfg.with_seed(seed)
     if retrain:
         for path in runs:
             shutil.rmtree(path, ignore_errors=True)

@@ -161,6 +161,14 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def with_seed(self, seed: int) -> RunConfig:
+        """This config with its model, training and task-pool seeds set to ``seed``, as a
+        sweep's seed axis sets them."""
+        d = self.to_dict()
+        for section in ("model", "train", "family"):
+            d[section]["seed"] = int(seed)
+        return RunConfig.from_dict(d)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunConfig:
         """A validated config from a JSON-like dict; missing sections take their defaults."""

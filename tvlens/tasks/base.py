@@ -62,6 +62,17 @@ class Batch:
     def size(self) -> int:
         return int(self.task_ids.shape[0])
 
+    def take(self, index: Tensor | slice) -> Batch:
+        """The sequences ``index`` selects (a boolean mask, indices or a slice), same split."""
+        return Batch(
+            self.inputs[index],
+            self.targets[index],
+            self.target_mask[index],
+            self.task_ids[index],
+            self.params[index],
+            self.split,
+        )
+
     def to(self, device: torch.device | str) -> Batch:
         return Batch(
             inputs=self.inputs.to(device),
