@@ -210,6 +210,16 @@ def alignment_baselines(
 
 
 # ---------------------------------------------------------------- the references' gap
+def place(gap_retrieval: float, gap_learning: float, ref_gap: float) -> tuple[float, str]:
+    """Which reference a model's loss sits nearer: the margin |L − R| − |L − Lrn| (positive:
+    nearer the learner) and ``learning``, ``retrieval`` or, where the references differ by
+    less than :data:`READABLE_NATS`, ``unreadable``."""
+    margin = abs(gap_retrieval) - abs(gap_learning)
+    if abs(ref_gap) < READABLE_NATS:
+        return margin, "unreadable"
+    return margin, "learning" if margin > 0 else "retrieval"
+
+
 def reference_gap_rows(
     family: TaskFamily,
     batch: Batch,
@@ -242,12 +252,10 @@ def reference_gap_rows(
         for key, v in seq.items():
             row[key] = float(v.mean())
             row[f"{key}_se"] = float(v.std() / v.numel() ** 0.5) if v.numel() > 1 else 0.0
-        row["margin_loss"] = abs(row["gap_retrieval"]) - abs(row["gap_learning"])
-        row["readable"] = abs(row["ref_gap"]) >= READABLE_NATS
-        if not row["readable"]:
-            row["nearer"] = "unreadable"
-        else:
-            row["nearer"] = "learning" if row["margin_loss"] > 0 else "retrieval"
+        row["margin_loss"], row["nearer"] = place(
+            row["gap_retrieval"], row["gap_learning"], row["ref_gap"]
+        )
+        row["readable"] = row["nearer"] != "unreadable"
         row["n_sequences"] = int(batch.size)
         rows.append(row)
     return rows

@@ -230,7 +230,7 @@ def verdict(table: pd.DataFrame) -> dict[str, Any]:
     context), and whether the references differ enough for the mode to be read: per model
     the gaps to each reference, the margin (|gap to retrieval| − |gap to the learner|;
     positive: nearer the learner) and the references' own gap, plus a one-line statement."""
-    from tvlens.analyses.baselines import READABLE_NATS
+    from tvlens.analyses.baselines import READABLE_NATS, place
 
     out: dict[str, Any] = {"models": {}}
     parts = []
@@ -239,9 +239,7 @@ def verdict(table: pd.DataFrame) -> dict[str, Any]:
         ret = float(g.loc["gap_retrieval_ood", "value"])
         lrn = float(g.loc["gap_learning_ood", "value"])
         ref = float(g.loc["gap_learning_ood", "baseline"])
-        margin = abs(ret) - abs(lrn)
-        readable = abs(ref) >= READABLE_NATS
-        nearer = "unreadable" if not readable else ("learning" if margin > 0 else "retrieval")
+        margin, nearer = place(ret, lrn, ref)
         out["models"][model] = {
             "ood_gap_retrieval": ret,
             "ood_gap_learning": lrn,
@@ -252,7 +250,7 @@ def verdict(table: pd.DataFrame) -> dict[str, Any]:
         where = (
             f"the references differ by only {ref:.3f} nats (< {READABLE_NATS}): the mode "
             "cannot be read"
-            if not readable
+            if nearer == "unreadable"
             else f"nearer {'the learner' if margin > 0 else 'retrieval'} by {abs(margin):.3f} nats"
         )
         parts.append(
