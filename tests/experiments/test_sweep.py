@@ -222,10 +222,13 @@ def test_local_sweep_end_to_end_then_resumes_only_missing_trials(tmp_path, capsy
     assert (out / "figures" / "results.html").exists()
     assert (out / "figures" / "k1_geometry_points.html").exists()
 
-    # a finished trial trained with another config is refused, naming the fix
+    # another config into this folder is refused, naming both configs and the fix
+    summary = (out / "results.csv").read_bytes()
     cfg.write_text(json.dumps(tiny(ks=[-1], train={**TINY["train"], "lr": 1e-3})))
     assert main(["sweep", str(cfg), "--out", str(out)]) == 1
-    assert "delete that trial directory" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(out / "sweep_config.txt") in err and str(cfg) in err and "--force" in err
+    assert (out / "results.csv").read_bytes() == summary
 
 
 def test_interrupted_trial_resumes_and_matches_an_uninterrupted_one(tmp_path):
@@ -273,7 +276,9 @@ def test_changed_analyses_rerun_on_the_trained_model(tmp_path):
     assert run_sweep(first, tmp_path, LocalEngine(1), progress=False).ran == []  # unchanged
 
     second = SweepSpec.from_dict(tiny(ks=[1], analyses={"patching": {"n_per_task": 2}}))
-    result = run_sweep(second, tmp_path, LocalEngine(1), progress=False)
+    with pytest.raises(sweep_mod.SweepFolderError, match="analyses"):  # would replace the summary
+        run_sweep(second, tmp_path, LocalEngine(1), progress=False)
+    result = run_sweep(second, tmp_path, LocalEngine(1), progress=False, force=True)
     assert result.ok and result.ran == [trial.id]
     assert ckpt.stat().st_mtime_ns == before  # the model is reused
     rec = json.loads((run_dir / "trial.json").read_text())
@@ -497,3 +502,96 @@ def test_seed_summary_gives_mean_and_sd_over_seeds_per_setting():
     assert "seconds_mean" not in out and "note_mean" not in out and "seed_mean" not in out
     # one seed per setting: there is no interval to give
     assert sweep_mod.seed_summary(results[results["seed"] == 0]) is None
+
+
+# ------------------------------------------------------------------- folder ownership
+def _fake_trial(payload) -> dict:
+    """A stand-in for run_trial: a record without training (ownership is about summaries)."""
+    return {**payload["axes"], "status": "done", "seconds": 0.0, "headline": {"x": 1.0}}
+
+
+class _FakeEngine(LocalEngine):
+    def run(self, payloads, fn, on_event, resources):
+        yield from super().run(payloads, _fake_trial, on_event, resources)
+
+
+def _sweep(out: Path, force: bool = False, **changes):
+    spec = SweepSpec.from_dict(tiny(**changes), source=f"cfg_{changes.get('ks')}.yaml")
+    return run_sweep(spec, out, _FakeEngine(1), progress=False, force=force)
+
+
+def test_another_sweep_into_a_finished_sweeps_folder_is_refused_and_force_moves_aside(tmp_path):
+    out = tmp_path / "out"
+    _sweep(out, ks=[0, 1, 2], analyses={})
+    before = {n: (out / n).read_bytes() for n in ("results.csv", "sweep.json")}
+    assert len(pd.read_csv(out / "results.csv")) == 3
+
+    with pytest.raises(sweep_mod.SweepFolderError) as e:
+        _sweep(out, ks=[3], analyses={})
+    msg = str(e.value)
+    assert "'tiny'" in msg and "cfg_[3].yaml" in msg and "ks: [0, 1, 2] there, [3] here" in msg
+    assert "new --out" in msg and "--force" in msg
+    assert {n: (out / n).read_bytes() for n in before} == before  # nothing replaced
+
+    # widening the same sweep adds trials: allowed, and the summary grows
+    _sweep(out, ks=[0, 1, 2, 4], analyses={}, resources={"cpu": 1})
+    assert len(pd.read_csv(out / "results.csv")) == 4
+
+    # --force moves the old summaries aside, never deletes them
+    _sweep(out, force=True, ks=[3], analyses={})
+    (aside,) = out.glob("replaced-*")
+    assert len(pd.read_csv(aside / "results.csv")) == 4
+    assert json.loads((aside / "sweep.json").read_text())["ks"] == [0, 1, 2, 4]
+    assert list(pd.read_csv(out / "results.csv")["k"]) == [3]
+
+
+def test_a_summary_is_never_replaced_by_a_subset_without_a_sweep_json(tmp_path):
+    out = tmp_path / "out"
+    _sweep(out, ks=[0, 1], analyses={})
+    (out / "sweep.json").unlink()  # e.g. a folder written by `tvlens experiment two-modes`
+    before = (out / "results.csv").read_bytes()
+    with pytest.raises(sweep_mod.SweepFolderError, match=r"holds 1 trial\(s\)"):
+        _sweep(out, ks=[0], analyses={})
+    assert (out / "results.csv").read_bytes() == before
+
+
+def test_a_running_sweeps_folder_refuses_another_config_naming_both(tmp_path):
+    from tvlens.io import run_lock
+
+    out = tmp_path / "out"
+    _sweep(out, ks=[0], analyses={})
+    with run_lock(out, "another tvlens sweep"):  # held by a running sweep (nested: re-check)
+        with pytest.raises(sweep_mod.SweepFolderError, match="cfg_\\[5\\].yaml"):
+            _sweep(out, ks=[5], analyses={})
+
+
+def test_dry_run_reports_a_folder_conflict(tmp_path, capsys):
+    out = tmp_path / "out"
+    _sweep(out, ks=[0], analyses={})
+    cfg = tmp_path / "other.json"
+    cfg.write_text(json.dumps(tiny(ks=[7], analyses={})))
+    assert main(["sweep", str(cfg), "--out", str(out), "--dry-run"]) == 1
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "--force" in err
+
+
+def test_resources_above_the_machine_are_refused_naming_both_numbers(tmp_path):
+    cores = os.cpu_count()
+    with pytest.raises(ValueError, match=f"resources.cpu is 1000 but this machine has {cores}"):
+        _sweep(tmp_path / "out", ks=[0], analyses={}, resources={"cpu": 1000})
+    assert not (tmp_path / "out").exists()  # refused before anything is written
+
+
+def test_a_ray_address_that_does_not_answer_fails_fast_naming_it():
+    import time
+
+    from tvlens.experiments.engines import probe_address
+
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="'127.0.0.1:1'.*up to 2 s"):
+        probe_address("127.0.0.1:1", timeout=2)
+    with pytest.raises(RuntimeError, match="ray://127.0.0.1:1"):
+        probe_address("ray://127.0.0.1:1", timeout=2)
+    assert time.perf_counter() - t0 < 5
+    with pytest.raises(ValueError, match="HOST:PORT"):
+        probe_address("ray://nohost", timeout=2)

@@ -66,6 +66,26 @@ class LocalEngine:
             raise ValueError(f"jobs={jobs}: use at least 1 worker (or None for the default).")
         self.jobs = jobs
 
+    def check_resources(self, resources: Any) -> None:
+        """Refuse a trial that asks for more cores or GPUs than this machine has."""
+        cores = os.cpu_count() or 1
+        if resources.cpu > cores:
+            raise ValueError(
+                f"resources.cpu is {resources.cpu} but this machine has {cores} CPU cores; "
+                f"each trial runs {resources.cpu} torch threads, so set resources.cpu to at "
+                f"most {cores} in the sweep config (or run on a Ray cluster with --engine ray)."
+            )
+        if resources.gpu > 0:
+            import torch
+
+            gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if gpus == 0 or resources.gpu > gpus:
+                raise ValueError(
+                    f"resources.gpu is {resources.gpu:g} but this machine has {gpus} CUDA "
+                    "GPU(s); set resources.gpu: 0 (and train.device: cpu), or run where the "
+                    "GPUs are (--engine ray on a GPU cluster)."
+                )
+
     def workers(self, resources: Any) -> int:
         if self.jobs is not None:
             return self.jobs
@@ -134,6 +154,38 @@ def _has_token() -> bool:
     return (Path.home() / ".ray" / "auth_token").exists()
 
 
+#: seconds to wait for a Ray address to accept a connection before giving up
+CONNECT_TIMEOUT_S = 10.0
+
+
+def probe_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Refuse within ``timeout`` seconds a ``HOST:PORT`` or ``ray://HOST:PORT`` where
+    nothing accepts a TCP connection (``ray.init`` would wait minutes there, printing only
+    its log lines). ``auto`` is left to Ray, which fails fast without a local cluster."""
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.removeprefix("ray://").split("/", 1)[0]
+    host, sep, port = hostport.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(
+            f"--address {address!r}: expected HOST:PORT or ray://HOST:PORT (e.g. "
+            "ray://10.0.0.5:10001), or auto."
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        why = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise RuntimeError(
+            f"cannot reach a Ray cluster at {address!r}: {why} (tried for up to {timeout:g} s). "
+            "Check "
+            "that the head node runs (`ray status` on it) and that HOST:PORT is its address "
+            "(Ray Client listens on 10001, the GCS on 6379), or use --engine local."
+        ) from None
+
+
 class RayEngine:
     """Run trials as Ray tasks: an embedded instance, or a cluster at ``address``.
 
@@ -180,6 +232,8 @@ class RayEngine:
             # Ray Client sends the cluster's auth token only in token mode; ray.init turns
             # that on by itself when a token exists, the client path does not
             os.environ.setdefault("RAY_AUTH_MODE", "token")
+        if self.address is not None:
+            probe_address(self.address)
         try:
             ray.init(**kwargs)
         except ConnectionError as e:

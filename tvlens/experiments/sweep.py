@@ -447,6 +447,14 @@ def _parse_resources(raw: Any, source: str) -> Resources:
     return Resources(cpu=int(cpu), gpu=float(gpu))
 
 
+def check_resources(engine: Any, resources: Resources) -> None:
+    """Refuse resources the engine's machine cannot give (e.g. ``cpu`` above this machine's
+    cores on the local engine), naming both numbers; engines without a check pass."""
+    check = getattr(engine, "check_resources", None)
+    if callable(check):
+        check(resources)
+
+
 def _parse_analyses(raw: Any, source: str) -> dict[str, dict[str, Any]]:
     if isinstance(raw, str):
         raw = [raw]
@@ -832,6 +840,142 @@ def completed(out: Path, trials: Iterable[Trial]) -> dict[str, dict[str, Any]]:
     return done
 
 
+# ------------------------------------------------------------------- folder ownership
+SWEEP_JSON = "sweep.json"
+SWEEP_CONFIG_TXT = "sweep_config.txt"
+#: what a sweep writes at its top level: moved aside together by ``--force``
+SUMMARY_FILES = (
+    RESULTS,
+    RESULTS_BY_SEED,
+    SWEEP_JSON,
+    SWEEP_CONFIG_TXT,
+    "analyses",
+    "figures",
+)
+#: sweep-config keys whose values may only grow in a rerun (widening a sweep adds trials)
+_WIDENING = ("families", "ks", "seeds")
+#: sweep-config keys that change how trials run, not what they compute
+_EXECUTION = ("resources",)
+
+
+class SweepFolderError(FileExistsError):
+    """``--out`` holds another sweep's summaries, which this sweep would replace."""
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def spec_conflicts(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """How sweep config ``new`` (``SweepSpec.to_dict()``) differs from ``old`` in ways that
+    would replace ``old``'s summaries: every field must be equal, except that ``families``,
+    ``ks``, ``seeds``, ``models`` and ``grid`` values may gain entries (widening a sweep
+    only adds trials) and ``resources`` may change. Empty: ``new`` may run into ``old``'s
+    folder."""
+    problems = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if key in _EXECUTION or a == b:
+            continue
+        if key in _WIDENING and isinstance(a, list) and isinstance(b, list):
+            if all(v in b for v in a):
+                continue
+        elif key == "models" and isinstance(a, dict) and isinstance(b, dict):
+            if all(b.get(m) == v for m, v in a.items()):
+                continue
+        elif key == "grid" and isinstance(a, dict) and isinstance(b, dict) and set(a) == set(b):
+            if all(v in b[g] for g, vals in a.items() for v in vals):
+                continue
+        problems.append(f"{key}: {_short(a)} there, {_short(b)} here")
+    return problems
+
+
+def _summary_trials(out: Path) -> list[str]:
+    """The trial ids in ``out``'s ``results.csv`` (none if absent or unreadable)."""
+    import csv
+
+    try:
+        with open(out / RESULTS, newline="", encoding="utf-8") as f:
+            return [row["trial"] for row in csv.DictReader(f) if row.get("trial")]
+    except (OSError, KeyError, csv.Error, UnicodeDecodeError):
+        return []
+
+
+def folder_conflict(
+    out: Path, trials: Sequence[Trial], spec: SweepSpec | None = None
+) -> str | None:
+    """Why running ``trials`` (of ``spec``, if given) into ``out`` would replace another
+    sweep's summaries, or ``None`` when it would not (an empty folder, the same sweep, or
+    the same sweep widened)."""
+    out = Path(out)
+    sweep_json = out / SWEEP_JSON
+    if spec is not None and sweep_json.exists():
+        try:
+            old = json.loads(sweep_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            return f"{sweep_json} is unreadable ({e}), so it cannot be told whose folder this is"
+        if not isinstance(old, dict):
+            return f"{sweep_json} is not a sweep config (a {type(old).__name__})"
+        new = json.loads(json.dumps(spec.to_dict()))
+        diff = spec_conflicts(old, new)
+        if diff:
+            old_cfg = out / SWEEP_CONFIG_TXT
+            where = old_cfg if old_cfg.exists() else sweep_json
+            return (
+                f"{out} holds the sweep {old.get('name')!r} (config: {where}), and "
+                f"{spec.source} is the sweep {spec.name!r} with a different config "
+                f"({'; '.join(diff[:4])})"
+            )
+    ids = {t.id for t in trials}
+    lost = [tid for tid in _summary_trials(out) if tid not in ids]
+    if lost:
+        shown = ", ".join(lost[:4]) + (f" and {len(lost) - 4} more" if len(lost) > 4 else "")
+        source = f"{spec.source} (sweep {spec.name!r})" if spec is not None else "this sweep"
+        return (
+            f"{out / RESULTS} holds {len(lost)} trial(s) that {source} does not have "
+            f"({shown}); its summary would replace theirs"
+        )
+    return None
+
+
+def _refusal(reason: str) -> SweepFolderError:
+    return SweepFolderError(
+        f"{reason}. A sweep folder belongs to one sweep: run this one into a new --out, or "
+        "pass --force to move the old summaries (results.csv, sweep.json, analyses/, "
+        "figures/ ...) aside into a timestamped folder inside it (nothing is deleted)."
+    )
+
+
+def move_aside(out: Path, trials: Sequence[Trial] = ()) -> Path | None:
+    """Move ``out``'s sweep summaries (:data:`SUMMARY_FILES`) and the trial directories of
+    ``trials`` trained with another run config into ``out/replaced-YYYYmmdd-HHMMSS/``; the
+    folder moved into, or ``None`` if there was nothing to move. Nothing is deleted."""
+    from tvlens.models.train import config_diff
+
+    out = Path(out)
+    moving = [out / name for name in SUMMARY_FILES if (out / name).exists()]
+    for t in trials:
+        rec_path = out / t.id / TRIAL_JSON
+        if rec_path.exists():
+            rec = _read_record(out / t.id)
+            if config_diff(rec.get("config", {}), json.loads(json.dumps(t.config))):
+                moving.append(out / t.id)
+    if not moving:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    dest = out / f"replaced-{stamp}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = out / f"replaced-{stamp}-{n}"
+    dest.mkdir()
+    for path in moving:
+        os.replace(path, dest / path.name)
+    log.warning("moved the previous sweep's %s aside into %s", [p.name for p in moving], dest)
+    return dest
+
+
 def run_sweep(
     spec: SweepSpec,
     out: Path | str,
@@ -839,17 +983,30 @@ def run_sweep(
     *,
     progress: bool = True,
     config_text: str | None = None,
+    force: bool = False,
 ) -> SweepResult:
     """Run every missing trial of ``spec`` on ``engine`` (default: the local engine), then
     write ``OUT/results.csv`` over all trials and the across-k tables and figures.
 
-    Complete trials are skipped; failures are recorded and do not stop the others.
+    Complete trials are skipped; failures are recorded and do not stop the others. ``out``
+    belongs to one sweep: another config (other than a widened one, see
+    :func:`spec_conflicts`) is refused with :class:`SweepFolderError`, unless ``force``,
+    which first moves the old summaries aside (:func:`move_aside`).
     """
     out = Path(out)
-    extra = {"sweep.json": json.dumps(spec.to_dict(), indent=2) + "\n"}
+    extra = {SWEEP_JSON: json.dumps(spec.to_dict(), indent=2) + "\n"}
     if config_text is not None:
-        extra["sweep_config.txt"] = config_text
-    return run_trials(spec.trials(), out, engine, name=spec.name, progress=progress, files=extra)
+        extra[SWEEP_CONFIG_TXT] = config_text
+    return run_trials(
+        spec.trials(),
+        out,
+        engine,
+        name=spec.name,
+        progress=progress,
+        files=extra,
+        spec=spec,
+        force=force,
+    )
 
 
 def run_trials(
@@ -860,10 +1017,16 @@ def run_trials(
     name: str = "sweep",
     progress: bool = True,
     files: Mapping[str, str] | None = None,
+    spec: SweepSpec | None = None,
+    force: bool = False,
 ) -> SweepResult:
     """Run the missing ``trials`` into ``out`` (see :func:`run_sweep`), for callers that
     build their trials themselves, e.g. an experiment with its own directory names
-    (``Trial(id="k2", ...)``). ``files`` are written into ``out`` first (name -> text)."""
+    (``Trial(id="k2", ...)``). ``files`` are written into ``out`` first (name -> text).
+
+    A folder whose ``results.csv`` lists trials that ``trials`` lacks (or whose
+    ``sweep.json`` is another ``spec``) is refused before anything is written, unless
+    ``force`` moves its summaries aside: a summary is never replaced by a subset."""
     from tvlens.experiments.engines import LocalEngine
     from tvlens.io import run_lock, save_text
 
@@ -880,8 +1043,17 @@ def run_trials(
     resources = trials[0].resources
     if any(t.resources != resources for t in trials):
         raise ValueError("every trial of one sweep must ask for the same resources.")
+    check_resources(engine, resources)
+    conflict = None if force else folder_conflict(out, trials, spec)
+    if conflict:  # before the lock: a running sweep's folder gets this message too
+        raise _refusal(conflict)
     t0 = time.perf_counter()
     with run_lock(out, f"tvlens sweep {name}, pid {os.getpid()}"):
+        conflict = folder_conflict(out, trials, spec)
+        if conflict and not force:
+            raise _refusal(conflict)
+        if conflict:
+            move_aside(out, trials)
         for fname, text in (files or {}).items():
             save_text(out / fname, text)
         done = completed(out, trials)

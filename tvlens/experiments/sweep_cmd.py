@@ -63,17 +63,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--num-gpus", type=int, help="with --engine ray and no --address: GPUs of the embedded Ray"
     )
     parser.add_argument(
+        "--force",
+        action="store_true",
+        help="--out holds another sweep: move its summaries (results.csv, sweep.json, "
+        "analyses/, figures/) aside into OUT/replaced-TIMESTAMP/ and run this one (nothing is "
+        "deleted)",
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", help="list the trials (and which are done); run nothing"
     )
 
 
 def run(args: argparse.Namespace) -> int:
     from tvlens.experiments.engines import make_engine
-    from tvlens.experiments.sweep import SweepSpec, completed, run_sweep
+    from tvlens.experiments.sweep import SweepSpec, completed, folder_conflict, run_sweep
 
     spec = SweepSpec.load(args.config)
     trials = spec.trials()
     if args.dry_run:
+        conflict = folder_conflict(args.out, trials, spec) if args.out.exists() else None
+        if conflict:
+            print(
+                f"{conflict}: running this would be refused (use a new --out, or --force to "
+                "move the old summaries aside).",
+                file=sys.stderr,
+            )
+            return 1
         done = completed(args.out, trials) if args.out.exists() else {}
         for t in trials:
             state = "done" if t.id in done else "todo"
@@ -90,7 +105,13 @@ def run(args: argparse.Namespace) -> int:
         num_cpus=args.num_cpus,
         num_gpus=args.num_gpus,
     )
-    result = run_sweep(spec, args.out, engine, config_text=args.config.read_text(encoding="utf-8"))
+    result = run_sweep(
+        spec,
+        args.out,
+        engine,
+        config_text=args.config.read_text(encoding="utf-8"),
+        force=args.force,
+    )
     print(
         f"sweep {spec.name}: {len(trials)} trials — ran {len(result.ran)}, "
         f"skipped {len(result.skipped)} already done, failed {len(result.failed)} "
