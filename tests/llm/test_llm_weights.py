@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import shutil
 import sys
 import zipfile
@@ -212,6 +213,55 @@ def test_hash_mismatch_is_refused(gguf_copy, cache):
     assert W.convert_gguf(gguf_copy, name="tiny", expected_sha256=digest).is_dir()
 
 
+def test_a_pin_is_checked_even_when_a_cached_conversion_exists(gguf_copy, capsys):
+    folder = W.convert_gguf(gguf_copy)  # cached; the next unpinned call takes the fast path
+    with pytest.raises(W.WeightsError, match="SHA-256 mismatch"):
+        W.convert_gguf(gguf_copy, expected_sha256="0" * 64)
+    assert main(["llm", "convert", str(gguf_copy), "--sha256", "0000"]) == 1
+    assert "SHA-256 mismatch" in capsys.readouterr().err
+    assert W.convert_gguf(gguf_copy, expected_sha256=W.sha256_file(gguf_copy)) == folder
+
+
+def test_a_gguf_changed_in_place_with_size_and_mtime_kept_is_hashed_again(gguf_copy, monkeypatch):
+    calls = _count_conversions(monkeypatch)
+    digest = W.sha256_file(gguf_copy)
+    folder = W.convert_gguf(gguf_copy)
+    st = gguf_copy.stat()
+    data = bytearray(gguf_copy.read_bytes())
+    data[-1] ^= 1  # a tensor byte: still a valid GGUF, same size
+    with gguf_copy.open("r+b") as f:  # rewritten in place (same inode), as cp -p would
+        f.write(bytes(data))
+    os.utime(gguf_copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert gguf_copy.stat().st_size == st.st_size
+    assert gguf_copy.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(W.WeightsError, match="SHA-256 mismatch"):
+        W.convert_gguf(gguf_copy, expected_sha256=digest)
+    changed = W.convert_gguf(gguf_copy)  # not the old folder: its content is not this file's
+    assert changed != folder and len(calls) == 2
+    assert W.read_manifest(changed)["gguf"]["sha256"] == W.sha256_file(gguf_copy)
+
+
+def test_a_hashed_file_is_recorded_so_the_next_call_skips_the_hash(gguf_copy, monkeypatch):
+    folder = W.convert_gguf(gguf_copy)
+    os.utime(gguf_copy)  # touched: the fast path misses once, the hash finds the same content
+    hashed = []
+    real = W.sha256_file
+    monkeypatch.setattr(W, "sha256_file", lambda p, *a: hashed.append(Path(p)) or real(p, *a))
+    assert W.convert_gguf(gguf_copy) == folder and hashed == [gguf_copy]
+    assert W.convert_gguf(gguf_copy) == folder and hashed == [gguf_copy]  # recorded: no hash
+
+
+def test_a_truncated_gguf_is_called_truncated_not_unsupported(gguf_copy, tmp_path, capsys):
+    cut = tmp_path / "cut.gguf"
+    data = gguf_copy.read_bytes()
+    cut.write_bytes(data[: len(data) * 9 // 10])  # header intact, tensor data cut off
+    with pytest.raises(W.WeightsError, match=f"truncated / corrupt GGUF.*{len(data) * 9 // 10:,}"):
+        W.read_gguf_header(cut)
+    assert main(["llm", "convert", str(cut)]) == 1
+    err = capsys.readouterr().err
+    assert "truncated / corrupt GGUF" in err and "Supported GGUF architectures" not in err
+
+
 def test_foreign_and_broken_files_have_clear_errors(gguf_copy, tiny_dirs, tmp_path):
     foreign = tmp_path / "weights.gguf"
     foreign.write_bytes(b"PK\x03\x04 this is a zip, not a gguf")
@@ -219,7 +269,7 @@ def test_foreign_and_broken_files_have_clear_errors(gguf_copy, tiny_dirs, tmp_pa
         W.convert_gguf(foreign)
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(gguf_copy.read_bytes()[:200])
-    with pytest.raises(W.WeightsError, match="truncated or malformed.*Download it again"):
+    with pytest.raises(W.WeightsError, match="truncated / corrupt GGUF.*Download it again"):
         W.read_gguf_header(truncated)
     with pytest.raises(W.WeightsError, match="does not exist"):
         W.resolve(tmp_path / "missing.gguf")

@@ -326,24 +326,55 @@ def _parse_header(path: Path, buf: mmap.mmap) -> GGUFHeader:
             key = string()
             metadata[key] = value(take("<I"))
         n_elements = 0
+        tensors = []
         for _ in range(n_tensors):
             string()
             dims = [take("<Q") for _ in range(take("<I"))]
-            take("<I")  # ggml type
-            take("<Q")  # offset
+            kind = take("<I")  # ggml type
+            offset = take("<Q")
             count = 1
             for d in dims:
                 count *= d
             n_elements += count
+            tensors.append((kind, offset, count))
     except (struct.error, ValueError) as e:
         raise WeightsError(
-            f"{path}: the GGUF header is truncated or malformed ({e}); the file is incomplete "
-            "or corrupt. Download it again."
+            f"{path}: truncated / corrupt GGUF: the header is cut off or malformed ({e}); the "
+            "file is incomplete or damaged. Download it again."
         ) from e
+    _check_data_size(path, metadata, tensors, pos, len(buf))
     arch = metadata.get("general.architecture")
     if not isinstance(arch, str):
         raise WeightsError(f"{path}: the GGUF header names no general.architecture.")
     return GGUFHeader(path, version, arch, n_tensors, n_elements, metadata)
+
+
+def _check_data_size(
+    path: Path, metadata: dict, tensors: list[tuple[int, int, int]], header_end: int, size: int
+) -> None:
+    """Refuse a GGUF whose tensor data ends before the last tensor the header lists (a cut
+    download, a partial copy): transformers would blame the architecture instead."""
+    try:
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    except ImportError:  # pragma: no cover — gguf is a dependency; without it, no check
+        return
+    align = metadata.get("general.alignment", 32)
+    if not isinstance(align, int) or align < 1:
+        align = 32
+    start = -(-header_end // align) * align
+    need = start
+    for kind, offset, count in tensors:
+        try:
+            block, nbytes = GGML_QUANT_SIZES[GGMLQuantizationType(kind)]
+        except (ValueError, KeyError):
+            continue  # a type this gguf package does not know: its size is not checked
+        need = max(need, start + offset + count // block * nbytes)
+    if need > size:
+        raise WeightsError(
+            f"{path}: truncated / corrupt GGUF: its header lists {len(tensors)} tensors ending "
+            f"at byte {need:,}, but the file has only {size:,} bytes. The download or copy is "
+            "incomplete; download it again (and check it with --sha256)."
+        )
 
 
 # --------------------------------------------------------------------------- hashing, manifest
@@ -479,9 +510,11 @@ def convert_gguf(
     if not gguf_path.is_file():
         raise WeightsError(f"GGUF file {gguf_path} does not exist.")
     header = read_gguf_header(gguf_path)
-    if name is None:
+    if name is None and expected_sha256 is None and not force:
+        # a pin is always checked against the file's content, so only unpinned calls may
+        # skip hashing when the file's identity on disk (path, size, mtime, ctime) is unchanged
         fast = _find_by_stat(gguf_path, verify)
-        if fast is not None and not force:
+        if fast is not None:
             return fast
     digest = sha256_file(gguf_path)
     if expected_sha256 is not None and digest != expected_sha256:
@@ -495,7 +528,9 @@ def convert_gguf(
         manifest = None if force else read_manifest(target, verify)
         if manifest is not None and manifest.get("gguf", {}).get("sha256") == digest:
             log.info("using cached %s (converted from %s)", target, manifest["gguf"]["file"])
+            _record_stat(target, manifest, gguf_path)
             return target
+        _warn_if_changed(gguf_path, digest)
         if target.exists():
             log.warning("cache %s is incomplete, stale or corrupt; converting again", target)
         _check_space(target.parent, int(header.float32_bytes * 1.1) + (64 << 20), "conversion")
@@ -519,8 +554,7 @@ def convert_gguf(
                     "file": gguf_path.name,
                     "path": str(gguf_path.resolve()),
                     "sha256": digest,
-                    "size": st.st_size,
-                    "mtime_ns": st.st_mtime_ns,
+                    **_stat_key(st),
                     "architecture": header.architecture,
                     "n_tensors": header.n_tensors,
                 },
@@ -552,17 +586,68 @@ def convert_gguf(
         return target
 
 
+#: what identifies a file's content on disk without reading it: a rewrite in place that
+#: keeps size and mtime (``cp -p``, ``rsync -t``, a restore) still changes the ctime
+_STAT_FIELDS = ("size", "mtime_ns", "ctime_ns", "inode")
+
+
+def _stat_key(st: os.stat_result) -> dict[str, int]:
+    return {
+        "size": st.st_size,
+        "mtime_ns": st.st_mtime_ns,
+        "ctime_ns": st.st_ctime_ns,
+        "inode": st.st_ino,
+    }
+
+
+def _record_stat(target: Path, manifest: dict, gguf_path: Path) -> None:
+    """After hashing ``gguf_path`` and finding it equal to ``target``'s source, record its
+    path and stat so the next unpinned call skips the hash (once per change on disk)."""
+    rec = manifest.get("gguf", {})
+    new = {"path": str(gguf_path.resolve()), **_stat_key(gguf_path.stat())}
+    if all(rec.get(k) == v for k, v in new.items()):
+        return
+    manifest = {**manifest, "gguf": {**rec, **new}}
+    try:
+        tmp = target / f".{MANIFEST}.tmp-{os.getpid()}"
+        tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+        os.chmod(tmp, (target / MANIFEST).stat().st_mode & 0o777)  # as it was
+        os.replace(tmp, target / MANIFEST)
+    except OSError as e:  # a read-only shared cache: the next call hashes again, no harm
+        log.debug("cannot update %s (%s)", target / MANIFEST, e)
+
+
+def _warn_if_changed(gguf_path: Path, digest: str) -> None:
+    """Warn when a cached conversion of this very path was made from other content."""
+    root = cache_root() / "models"
+    if not root.is_dir():
+        return
+    where = str(gguf_path.resolve())
+    for folder in sorted(root.iterdir()):
+        rec = ((read_manifest(folder) if folder.is_dir() else None) or {}).get("gguf", {})
+        if rec.get("path") == where and rec.get("sha256") not in (None, digest):
+            log.warning(
+                "%s has changed since it was converted into %s (SHA-256 %s..., now %s...); "
+                "converting the new content. Pass --sha256 to pin the file you expect.",
+                gguf_path,
+                folder,
+                rec["sha256"][:12],
+                digest[:12],
+            )
+            return
+
+
 def _find_by_stat(gguf_path: Path, verify: bool) -> Path | None:
-    """A converted folder recorded for this very file (same path, size and mtime), if any."""
+    """A converted folder recorded for this very file (same path, size, mtime, ctime and
+    inode), if any; a manifest without all of them (an older tvlens) never matches."""
     root = cache_root() / "models"
     if not root.is_dir():
         return None
-    st = gguf_path.stat()
-    key = (str(gguf_path.resolve()), st.st_size, st.st_mtime_ns)
+    key = {"path": str(gguf_path.resolve()), **_stat_key(gguf_path.stat())}
     for folder in sorted(root.iterdir()):
         manifest = read_manifest(folder) if folder.is_dir() else None
         rec = (manifest or {}).get("gguf", {})
-        if (rec.get("path"), rec.get("size"), rec.get("mtime_ns")) == key:
+        if all(rec.get(k) == v for k, v in key.items()):
             if verify and (
                 read_manifest(folder, True) is None or sha256_file(gguf_path) != rec["sha256"]
             ):
