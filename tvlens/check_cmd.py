@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
+import torch
 
 from tvlens.io import LOCK_NAME, PROVENANCE, read_provenance
 from tvlens.models.checkpoint import CheckpointError, load_checkpoint, load_module_state
@@ -29,6 +30,8 @@ from tvlens.models.train import (
     config_diff,
     has_resume_state,
     list_checkpoints,
+    make_optimizer,
+    restore_resume,
 )
 from tvlens.tasks.base import ConfigError
 
@@ -60,6 +63,26 @@ def _frames_equal(a: pd.DataFrame, b: pd.DataFrame) -> bool:
             elif u != v:
                 return False
     return True
+
+
+def resumable(model: torch.nn.Module, config: RunConfig, tensors: dict, meta: dict) -> None:
+    """Load the resume state into ``model`` and a fresh optimiser exactly as ``--resume``
+    does, then take one optimiser step on zero gradients (on this throwaway model), so
+    every field the training loop reads is proven present; a
+    :class:`~tvlens.models.checkpoint.CheckpointError` says what is missing."""
+    opt = make_optimizer(model, config.train)
+    restore_resume(model, opt, tensors, meta)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    try:
+        opt.step()
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+        raise CheckpointError(
+            f"the resume state's optimiser settings do not run ({type(e).__name__}: {e}); "
+            "the file is damaged or was edited; train into a new directory."
+        ) from None
+    finally:
+        opt.zero_grad(set_to_none=True)
 
 
 def check_run(run_dir: Path | str) -> list[Finding]:
@@ -144,6 +167,16 @@ def check_run(run_dir: Path | str) -> list[Finding]:
         except CheckpointError as e:
             add("problem", "resume state", str(e))
             meta = None
+        if meta is not None and model is not None:
+            # the very code --resume runs, into this run's model and optimiser
+            try:
+                resumable(model, config, tensors, meta)
+            except CheckpointError as e:
+                add("problem", "resume state", f"--resume would fail: {e}")
+                meta = None
+        if meta is not None and not isinstance(meta.get("step"), int):
+            add("problem", "resume state", f"records step {meta.get('step')!r}, not a number")
+            meta = None
         if meta is not None:
             resume_step = int(meta["step"])
             problems = []
@@ -153,23 +186,18 @@ def check_run(run_dir: Path | str) -> list[Finding]:
                     problems.append("written by a different config (" + "; ".join(diff[:5]) + ")")
             if config is not None and resume_step > config.train.steps:
                 problems.append(f"step {resume_step} is past train.steps={config.train.steps}")
-            if model is not None:
-                raw = {k[4:]: v for k, v in tensors.items() if k.startswith("raw.")}
-                try:
-                    load_module_state(model, raw, "the resume state's weights")
-                except CheckpointError as e:
-                    problems.append(str(e))
-                else:
-                    same = shas.get(resume_step)
-                    if same is not None:
-                        ck, _ = load_checkpoint(_ckpt_stem(run_dir, resume_step))
-                        if any(not ck[k].equal(v) for k, v in raw.items() if k in ck):
-                            problems.append(
-                                f"its weights differ from checkpoint step {resume_step}'s"
-                            )
+            raw = {k[4:]: v for k, v in tensors.items() if k.startswith("raw.")}
+            if shas.get(resume_step) is not None:
+                ck, _ = load_checkpoint(_ckpt_stem(run_dir, resume_step))
+                if any(not ck[k].equal(v) for k, v in raw.items() if k in ck):
+                    problems.append(f"its weights differ from checkpoint step {resume_step}'s")
             recorded = meta.get("checkpoints")
+            try:
+                recorded = None if recorded is None else {int(k): v for k, v in recorded.items()}
+            except (AttributeError, TypeError, ValueError):
+                problems.append(f"its checkpoint index {recorded!r:.60} is not step -> SHA-256")
+                recorded = None
             if recorded is not None:
-                recorded = {int(k): v for k, v in recorded.items()}
                 for s, sha in sorted(recorded.items()):
                     if s not in steps:
                         problems.append(f"checkpoint step {s} it records is missing")

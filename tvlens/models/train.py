@@ -14,6 +14,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -216,6 +217,91 @@ def _restore_optim(opt: torch.optim.Optimizer, tensors: dict, groups: list) -> N
     opt.load_state_dict({"state": state, "param_groups": groups})
 
 
+def make_optimizer(raw: torch.nn.Module, tc: Any) -> torch.optim.Optimizer:
+    """The optimiser a run trains ``raw`` with (from its ``train`` config ``tc``)."""
+    return torch.optim.AdamW(
+        raw.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98)
+    )
+
+
+def restore_resume(
+    raw: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    tensors: dict,
+    meta: dict,
+    what: str = "the resume state",
+) -> tuple[int, list[dict] | None, dict[int, str]]:
+    """Load a resume state (``tensors``, ``meta``) into ``raw`` and ``opt``.
+
+    Returns its step, its metrics rows (``None`` for format 1, which keeps them in
+    ``metrics.csv``) and its checkpoint index (step → SHA-256). Everything ``--resume``
+    relies on is checked here, so :func:`tvlens.check_cmd.check_run` can use this same code
+    to prove a run resumable; anything missing or not fitting is a
+    :class:`~tvlens.models.checkpoint.CheckpointError` naming the field and the fix.
+    """
+    fix = "the file is damaged or was edited; train into a new directory (or restore a copy)."
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{what} records step {step!r}, not a whole number >= 0; {fix}")
+    groups = meta.get("param_groups")
+    want = opt.state_dict()["param_groups"]
+    if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+        raise CheckpointError(
+            f"{what} records no optimiser param_groups (found {type(groups).__name__}); {fix}"
+        )
+    if len(groups) != len(want):
+        raise CheckpointError(
+            f"{what} records {len(groups)} optimiser param group(s), this run's optimiser has "
+            f"{len(want)}; {fix}"
+        )
+    for i, (got, ref) in enumerate(zip(groups, want, strict=True)):
+        missing = sorted(set(ref) - set(got))
+        if missing:
+            raise CheckpointError(f"{what}: optimiser param group {i} lacks {missing}; {fix}")
+        if not isinstance(got["params"], list) or len(got["params"]) != len(ref["params"]):
+            raise CheckpointError(
+                f"{what}: optimiser param group {i} lists {got['params']!r:.60} as its "
+                f"parameters, this run's optimiser has {len(ref['params'])}; {fix}"
+            )
+    metrics = meta.get("metrics")
+    if metrics is not None and (
+        not isinstance(metrics, list) or not all(isinstance(r, dict) for r in metrics)
+    ):
+        raise CheckpointError(f"{what}: its metrics are not a list of rows; {fix}")
+    try:
+        index = {int(k): str(v) for k, v in (meta.get("checkpoints") or {}).items()}
+    except (AttributeError, TypeError, ValueError):
+        raise CheckpointError(
+            f"{what}: its checkpoint index {meta.get('checkpoints')!r:.80} is not step -> "
+            f"SHA-256; {fix}"
+        ) from None
+    load_module_state(raw, {k[4:]: v for k, v in tensors.items() if k.startswith("raw.")}, what)
+    try:
+        _restore_optim(opt, tensors, groups)
+    except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as e:
+        raise CheckpointError(
+            f"{what}: its optimiser state does not load into this run's optimiser "
+            f"({type(e).__name__}: {e}); {fix}"
+        ) from None
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        st = opt.state.get(p)
+        if not st:
+            continue
+        lacking = sorted({"step", "exp_avg", "exp_avg_sq"} - set(st))
+        if lacking:
+            raise CheckpointError(
+                f"{what}: the optimiser state of parameter {i} lacks {lacking}; {fix}"
+            )
+        for key in ("exp_avg", "exp_avg_sq"):
+            if tuple(st[key].shape) != tuple(p.shape):
+                raise CheckpointError(
+                    f"{what}: optimiser {key} of parameter {i} has shape "
+                    f"{tuple(st[key].shape)}, the parameter {tuple(p.shape)}; {fix}"
+                )
+    return step, (list(metrics) if metrics is not None else None), index
+
+
 def _write_metrics(run_dir: Path, rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     save_csv(run_dir / "metrics.csv", df)
@@ -253,9 +339,7 @@ def _train_locked(
     torch.manual_seed(tc.seed)
     family = make_family(config.family)
     model = TaskModel(config.model, family).to(tc.device)
-    opt = torch.optim.AdamW(
-        model.raw.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98)
-    )
+    opt = make_optimizer(model.raw, tc)
     start, rows, index = 0, [], {}
     cfg_path = run_dir / "config.json"
     wanted = _jsonable(config)
@@ -279,19 +363,14 @@ def _train_locked(
                     f"config ({'; '.join(config_diff(recorded, wanted)[:5])}); config.json "
                     "was edited or the directory mixes two runs. Train into a new directory."
                 )
-            load_module_state(
-                model.raw,
-                {k[4:]: v for k, v in tensors.items() if k.startswith("raw.")},
-                "resume checkpoint",
+            start, recorded_rows, index = restore_resume(
+                model.raw, opt, tensors, meta, f"the resume state of {run_dir}"
             )
-            _restore_optim(opt, tensors, meta["param_groups"])
-            start = int(meta["step"])
-            if "metrics" in meta:
-                rows = list(meta["metrics"])
+            if recorded_rows is not None:
+                rows = recorded_rows
             elif (run_dir / "metrics.csv").exists():  # format 1 kept metrics beside it
                 prev = pd.read_csv(run_dir / "metrics.csv")
                 rows = prev[prev["step"] <= start].to_dict("records")
-            index = {int(k): v for k, v in meta.get("checkpoints", {}).items()}
             resumed = True
             log.info("resumed %s at step %d", run_dir, start)
         else:
