@@ -52,7 +52,7 @@ def tiny_run(tmp_path_factory):
 def planted_dir(tmp_path):
     d = tmp_path / "planted"
     (d / "analyses").mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"model": "toy", "layers": [3, 5]}))
+    (d / "config.json").write_text(json.dumps({"kind": "llm", "model": "toy", "layers": [3, 5]}))
     xy = pd.DataFrame({"x": [0, 1, 2], "y": [1.0, 0.5, 0.25]})
     xy.to_csv(d / "analyses" / "good.csv", index=False)
     xy.to_csv(d / "analyses" / "also_good.csv", index=False)
@@ -129,7 +129,7 @@ def test_report_is_self_contained_and_renders_every_registered_csv(planted_dir):
 
 
 def test_report_without_any_results_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a tvlens run directory"):
+    with pytest.raises(report.NotAReportFolderError, match="not a tvlens run, sweep or LLM"):
         report.write_report(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         report.write_report(tmp_path / "nope")
@@ -272,11 +272,13 @@ def test_summary_shows_root_tables_and_lists_missing_sections(planted_dir):
     assert "Not in this run" in summary and "Training curves" in summary
     assert "metrics.csv" in summary[summary.index("Not in this run") :]
     assert 'id="sec-training"' not in page
-    # a run with only an experiment's results.csv is a run directory too
+    # an experiment's results.csv beside its runs is reportable too
     for name in ("config.json", "summary.csv", "demo.json"):
         (planted_dir / name).unlink()
     for path in (planted_dir / "analyses").glob("*.csv"):
         path.unlink()
+    (planted_dir / "k1").mkdir()
+    (planted_dir / "k1" / "trial.json").write_text("{}")
     assert "0.9123" in report.write_report(planted_dir, modules=[HERE]).read_text()
 
 

@@ -318,6 +318,104 @@ def summary_html(run_dir: Path, results: dict[str, Path], absent: Sequence[Absen
     return "\n".join(parts)
 
 
+class NotAReportFolderError(ValueError):
+    """The folder is not a tvlens run, sweep or LLM run, or its run cannot be loaded."""
+
+
+def _found(folder: Path, n: int = 6) -> str:
+    try:
+        names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    except OSError as e:
+        return f"(unreadable: {e})"
+    if not names:
+        return "nothing (it is empty)"
+    more = f" and {len(names) - n} more" if len(names) > n else ""
+    return ", ".join(names[:n]) + more
+
+
+def report_kind(run_dir: Path | str) -> str:
+    """What ``run_dir`` is: ``"run"`` (a tvlens training run that :func:`load_run` accepts),
+    ``"llm"`` (``config.json`` with ``"kind": "llm"``), ``"sweep"`` (``sweep.json``, or a
+    ``results.csv`` beside trial/run folders) or ``"experiment"`` (``analyses/`` that tvlens
+    wrote, with its ``provenance.json``). Anything else
+    raises :class:`NotAReportFolderError` naming what the folder holds, before anything is
+    written there."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(
+            f"run directory {run_dir} does not exist; train one with `tvlens train` or "
+            "`tvlens demo`, or pass an existing run directory."
+        )
+    refuse = f"{run_dir} is not a tvlens run, sweep or LLM run"
+    cfg_path = run_dir / "config.json"
+    if cfg_path.is_file():
+        try:
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise NotAReportFolderError(f"{refuse}: its config.json is not JSON ({e}).") from None
+        if not isinstance(cfg, dict):
+            raise NotAReportFolderError(
+                f"{refuse}: its config.json holds a {type(cfg).__name__}, not a run config."
+            )
+        kind = cfg.get("kind")
+        if kind == "llm":
+            return "llm"
+        if kind is not None:
+            raise NotAReportFolderError(
+                f"{refuse}: its config.json is of kind {kind!r}; the report knows tvlens "
+                "runs, sweeps and LLM runs (kind 'llm')."
+            )
+        if "model_type" in cfg or "architectures" in cfg:
+            raise NotAReportFolderError(
+                f"{refuse}: it is a Hugging Face model folder (config.json with model_type "
+                f"{cfg.get('model_type')!r}). Run `tvlens llm --model {run_dir} --out RUN_DIR` "
+                "and report RUN_DIR."
+            )
+        from tvlens.models.checkpoint import CheckpointError
+        from tvlens.models.config import RunConfig
+        from tvlens.models.train import list_checkpoints, load_run
+        from tvlens.tasks.base import ConfigError
+
+        try:
+            RunConfig.load(cfg_path)
+            if list_checkpoints(run_dir):  # a run stopped before its first checkpoint: curves
+                load_run(run_dir)
+        except (ConfigError, CheckpointError, KeyError, TypeError) as e:
+            raise NotAReportFolderError(
+                f"{refuse} that can be loaded: {e} (`tvlens check {run_dir}` lists every problem)."
+            ) from None
+        return "run"
+    if (run_dir / "sweep.json").is_file():
+        return "sweep"
+    if (run_dir / "results.csv").is_file() and any(
+        (d / "config.json").is_file() or (d / "trial.json").is_file()
+        for d in run_dir.iterdir()
+        if d.is_dir()
+    ):
+        return "sweep"
+    from tvlens.io import PROVENANCE
+
+    if (run_dir / "analyses" / PROVENANCE).is_file():
+        return "experiment"  # tables tvlens wrote (an experiment's across-run analyses)
+    raise NotAReportFolderError(
+        f"{refuse}: it holds {_found(run_dir)}, but no tvlens config.json (a run), "
+        "sweep.json (a sweep) or results.csv beside run folders (an experiment). Pass the "
+        "folder that `tvlens train`, `tvlens sweep`, `tvlens experiment` or `tvlens llm` wrote."
+    )
+
+
+def report_path(run_dir: Path | str, out: Path | str | None = None) -> Path:
+    """Where the report of ``run_dir`` goes: ``out``, or ``run_dir/report.html``; a folder
+    given as ``out`` is refused with the fix."""
+    path = Path(out) if out is not None else Path(run_dir) / REPORT_NAME
+    if path.is_dir():
+        raise IsADirectoryError(
+            f"--out {path} is a folder; the report is one HTML file: pass a file name such as "
+            f"{path / REPORT_NAME}."
+        )
+    return path
+
+
 def write_report(
     run_dir: Path | str,
     out: Path | str | None = None,
@@ -342,11 +440,8 @@ def write_report(
             stacklevel=2,
         )
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(
-            f"run directory {run_dir} does not exist; train one with `tvlens train` or "
-            "`tvlens demo`, or pass an existing run directory."
-        )
+    report_kind(run_dir)  # a foreign folder is refused before anything is written
+    out = report_path(run_dir, out)
     results = discover_results(run_dir)
     notes = dict(notes or {})
     roots = [n for n in ("config.json", *ROOT_TABLES, *ROOT_JSON) if (run_dir / n).exists()]
@@ -362,7 +457,6 @@ def write_report(
         sections.append(Section(module, module.rsplit(".", 1)[-1].title(), note=note))
     other = {n: p for n, p in results.items() if n not in used}
 
-    out = Path(out) if out is not None else run_dir / REPORT_NAME
     page = render_page(
         run_dir,
         results,

@@ -26,12 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from tvlens.analyses.attention import ensure_attention, parse_heads, write_attention
-    from tvlens.viz.report import discover_results, write_report
+    from tvlens.viz.report import discover_results, report_kind, report_path, write_report
 
+    kind = report_kind(args.run_dir)  # refused here, before attention is computed into it
+    report_path(args.run_dir, args.out)
     notes = {}
     if args.heads:
         write_attention(args.run_dir, heads=parse_heads(args.heads))
-    elif not args.no_attention and Path(args.run_dir).is_dir():
+    elif not args.no_attention and kind == "run":
         # the report only reads tables: compute the attention table here when it is missing
         note = ensure_attention(args.run_dir, discover_results(args.run_dir))
         if note:
