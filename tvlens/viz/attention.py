@@ -32,6 +32,7 @@ from plotly.subplots import make_subplots
 
 from tvlens.analyses.attention import COLUMNS as COLUMNS
 from tvlens.analyses.attention import CSV_NAME, check_table
+from tvlens.viz.common import figure
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def _matrix(d: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
     return z, labels
 
 
+@figure
 def attention_figure(df: pd.DataFrame) -> go.Figure:
     """One heatmap per chosen head (query down, key across), on a shared 0–1 colour scale."""
     _check(df)
@@ -110,8 +112,12 @@ def attention_figure(df: pd.DataFrame) -> go.Figure:
             row=i // cols + 1,
             col=i % cols + 1,
         )
-    fig.update_yaxes(autorange="reversed", showticklabels=False)
-    fig.update_xaxes(showticklabels=False)
+    # token labels on both axes while they stay legible; positions only beyond that
+    small = {"tickfont": {"size": 9}, "showticklabels": True}
+    if int(max(df["q"].max(), df["k"].max())) + 1 > 48:
+        small = {"showticklabels": False}
+    fig.update_yaxes(autorange="reversed", title_text="query token", **small)
+    fig.update_xaxes(title_text="key token", tickangle=-60, **small)
     fig.update_layout(
         title="Attention patterns on one sample sequence (rows: query, columns: key)",
         coloraxis={"colorscale": "Blues", "cmin": 0, "cmax": 1, "colorbar": {"title": "attn"}},

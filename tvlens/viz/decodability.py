@@ -14,7 +14,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tvlens.viz.common import require_columns
+from tvlens.viz.common import figure, require_columns
 
 SECTION = "Task decodability"
 
@@ -39,6 +39,7 @@ def _require(df: pd.DataFrame, cols: tuple[str, ...], what: str) -> None:
     require_columns(df, cols, what)
 
 
+@figure
 def decodability_heatmap(df: pd.DataFrame) -> go.Figure:
     """TD per layer × number of in-context examples: one panel per method (columns) and per
     decoding target ``label:split`` (rows, when the table has several); chance in titles."""
@@ -75,6 +76,7 @@ def decodability_heatmap(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def emergence_plot(df: pd.DataFrame) -> go.Figure:
     """TD per layer against training step (left) beside the ICL loss (right)."""
     _require(df, ("step", "layer", "n_examples", "td", "icl_loss"), "dynamics")
@@ -133,6 +135,7 @@ def emergence_plot(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def td_performance_scatter(df: pd.DataFrame) -> go.Figure:
     """Per class × number of examples: TD against ICL performance."""
     _require(df, ("group", "n_examples", "td", "performance"), "TD-performance")
@@ -151,6 +154,7 @@ def td_performance_scatter(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def correlation_table(df: pd.DataFrame) -> go.Figure:
     """The TD–performance correlations (r, p-value, number of points) as a table."""
     _require(df, ("over", "r", "p", "n"), "correlation")
@@ -161,6 +165,7 @@ def correlation_table(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def finetune_bars(df: pd.DataFrame) -> go.Figure:
     """Change in TD per layer (left) and in ICL loss (right) after early vs late tuning,
     averaged over fine-tuning seeds (error bars: standard deviation over seeds)."""
@@ -206,6 +211,7 @@ def finetune_bars(df: pd.DataFrame) -> go.Figure:
             col=2,
         )
     fig.update_xaxes(title_text="layer", row=1, col=1)
+    fig.update_xaxes(title_text="fine-tuned blocks", row=1, col=2)
     fig.update_yaxes(title_text="TD after − before", row=1, col=1)
     fig.update_yaxes(title_text="loss after − before", row=1, col=2)
     fig.update_layout(
@@ -214,6 +220,7 @@ def finetune_bars(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def emergence_steps_plot(df: pd.DataFrame) -> go.Figure:
     """Per layer: the step at which TD has risen half-way, beside the loss's half-way step."""
     _require(df, ("layer", "td_half_step", "loss_half_step"), "emergence")

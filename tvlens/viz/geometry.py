@@ -14,7 +14,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tvlens.viz.common import PALETTE, SPLIT_COLOURS, require_columns
+from tvlens.viz.common import LOSS_UNIT, PALETTE, SPLIT_COLOURS, figure, require_columns
 from tvlens.viz.common import write_figures as _write_figures
 
 SECTION = "Task-vector geometry and the two modes"
@@ -53,6 +53,7 @@ def _clip_r2_axis(fig: go.Figure, values: pd.Series, floor: float = -1.0) -> go.
     return fig
 
 
+@figure
 def task_vector_norms(df: pd.DataFrame) -> go.Figure:
     """‖θ_k‖ per layer: major tasks as bars, minor tasks as their mean."""
     _require(df, ["layer", "task", "major", "theta_norm"], "task_vectors")
@@ -103,6 +104,7 @@ def _split_lines_by_layer(
     return fig
 
 
+@figure
 def anova_r2_by_layer(df: pd.DataFrame) -> go.Figure:
     """ANOVA R² by layer: task only (solid) and task + current token (dashed), per split."""
     _require(df, ["layer", "split", "r2_task", "r2_task_token"], "anova_r2")
@@ -116,6 +118,7 @@ def anova_r2_by_layer(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def simplex_r2_by_layer(df: pd.DataFrame) -> go.Figure:
     """Simplex R² (solid) and affine-plane projection R² (dotted) per split, by layer."""
     _require(df, ["layer", "split", "r2_task", "r2_affine"], "simplex_fit")
@@ -131,6 +134,7 @@ def simplex_r2_by_layer(df: pd.DataFrame) -> go.Figure:
     return _clip_r2_axis(fig, pd.concat([df["r2_task"], df["r2_affine"]]))
 
 
+@figure
 def alignment_by_position(df: pd.DataFrame) -> go.Figure:
     """Correlation (top) and total variation (bottom) of β_t with the exact posterior."""
     _require(df, ["layer", "pos", "corr", "tv"], "alignment")
@@ -164,10 +168,13 @@ def alignment_by_position(df: pd.DataFrame) -> go.Figure:
             col=1,
         )
     fig.update_xaxes(title_text="position", row=2, col=1)
+    fig.update_yaxes(title_text="correlation", row=1, col=1)
+    fig.update_yaxes(title_text="total variation", row=2, col=1)
     fig.update_layout(title="Simplex weights β_t against the exact retrieval posterior")
     return fig
 
 
+@figure
 def alignment_summary(df: pd.DataFrame) -> go.Figure:
     """Pooled β–posterior correlation and total variation per layer."""
     _require(df, ["layer", "corr", "tv"], "alignment_summary")
@@ -175,11 +182,15 @@ def alignment_summary(df: pd.DataFrame) -> go.Figure:
     fig.add_bar(x=df["layer"], y=df["corr"], name="correlation")
     fig.add_bar(x=df["layer"], y=df["tv"], name="total variation")
     fig.update_layout(
-        title="β against the posterior, pooled over positions", xaxis_title="layer", barmode="group"
+        title="β against the posterior, pooled over positions",
+        xaxis_title="layer",
+        yaxis_title="correlation / total variation",
+        barmode="group",
     )
     return fig
 
 
+@figure
 def alignment_baselines(df: pd.DataFrame) -> go.Figure:
     """β–posterior correlation per layer beside the one-hot true-task baseline, on all
     positions and on the positions where the posterior is still mixed."""
@@ -201,6 +212,7 @@ def alignment_baselines(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def subspace_share(df: pd.DataFrame) -> go.Figure:
     """Variance share of each split's states in the major-task subspace and the minor-task
     span, per layer, beside a random subspace of the same rank (band: mean ± sd) and the
@@ -235,6 +247,7 @@ def subspace_share(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def reference_gap(df: pd.DataFrame) -> go.Figure:
     """The model's loss beside the retrieval and learning references per split and
     position band (± standard error over sequences): the references' own gap is the room
@@ -253,11 +266,13 @@ def reference_gap(df: pd.DataFrame) -> go.Figure:
                         error_y=None if se is None else {"type": "data", "array": se},
                         row=1, col=j)  # fmt: skip
     fig.update_xaxes(title_text="positions")
-    fig.update_yaxes(title_text="loss per token (nats; MSE for regression)", row=1, col=1)
+    fig.update_yaxes(title_text="loss per token (nats)")
+    fig.update_yaxes(title_text=f"loss per token ({LOSS_UNIT})", row=1, col=1)
     fig.update_layout(title="Model vs the two references, per position band", barmode="group")
     return fig
 
 
+@figure
 def beta_vs_posterior(df: pd.DataFrame) -> go.Figure:
     """Scatter of β_k against P(task = k | context), one colour per task k."""
     _require(df, ["beta", "posterior", "task"], "beta_posterior")
@@ -288,6 +303,7 @@ def beta_vs_posterior(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def principal_angles_by_layer(df: pd.DataFrame) -> go.Figure:
     """Mean principal angle between the task subspace and each split's top PCs."""
     _require(df, ["layer", "split", "angle_deg"], "principal_angles")
@@ -311,6 +327,7 @@ def principal_angles_by_layer(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def geometry_scatter(df: pd.DataFrame) -> go.Figure:
     """3-D view: the task plane (x, y) with the major vertices, and the main off-plane
     direction (z). ID states sit in the simplex; OOD states that leave it rise along z."""
@@ -342,15 +359,21 @@ def geometry_scatter(df: pd.DataFrame) -> go.Figure:
     layer = f" (layer {int(df['layer'].iloc[0])})" if "layer" in df else ""
     fig.update_layout(
         title=f"Hidden states on the task simplex{layer}",
+        height=680,
+        margin={"l": 10, "r": 10, "t": 60, "b": 10},
+        legend={"orientation": "h", "y": 0.02},
         scene={
             "xaxis_title": "task plane 1",
             "yaxis_title": "task plane 2",
             "zaxis_title": "off-plane",
+            "aspectmode": "cube",
+            "camera": {"eye": {"x": 1.6, "y": 1.6, "z": 1.0}},
         },
     )
     return fig
 
 
+@figure
 def ablation_bars(df: pd.DataFrame) -> go.Figure:
     """Loss increase from ablating the task subspace vs random subspaces (mean ± sd)."""
     _require(df, ["layer", "split", "subspace", "delta"], "ablation")
@@ -379,12 +402,16 @@ def ablation_bars(df: pd.DataFrame) -> go.Figure:
                 row=1,
                 col=j,
             )
+    fig.update_xaxes(title_text="split")
     fig.update_layout(
-        title="Loss increase from ablating h' = h − P_S h", yaxis_title="Δ loss", barmode="group"
+        title="Loss increase from ablating h' = h − P_S h",
+        yaxis_title=f"Δ loss ({LOSS_UNIT})",
+        barmode="group",
     )
     return fig
 
 
+@figure
 def mode_curves(df: pd.DataFrame) -> go.Figure:
     """log(KL to retrieval / KL to learning) over training, per split (one run)."""
     _require(df, ["step", "split", "log_ratio"], "modes")
@@ -407,6 +434,7 @@ def mode_curves(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def mode_heatmap(df: pd.DataFrame) -> go.Figure:
     """Heatmap of the mode diagnostic over training step × log2 N_minor, one per split."""
     _require(df, ["step", "log2_n_minor", "split", "log_ratio"], "mode_heatmap")
@@ -435,6 +463,7 @@ def mode_heatmap(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def geometry_over_training(df: pd.DataFrame) -> go.Figure:
     """Projection R² on the major-task plane over training, per split (one panel per layer)."""
     _require(df, ["step", "layer", "split", "r2_affine"], "geometry_training")
@@ -464,6 +493,7 @@ def geometry_over_training(df: pd.DataFrame) -> go.Figure:
     return _clip_r2_axis(fig, df["r2_affine"])
 
 
+@figure
 def ood_r2_vs_k(df: pd.DataFrame) -> go.Figure:
     """Projection R² on the major-task plane against log2 N_minor: OOD (solid) and minor
     (dashed) states, one line per layer."""
@@ -490,6 +520,7 @@ def ood_r2_vs_k(df: pd.DataFrame) -> go.Figure:
     return _clip_r2_axis(fig, df["r2_affine"])
 
 
+@figure
 def ablation_vs_k(df: pd.DataFrame) -> go.Figure:
     """Loss increase from the task-subspace ablation (solid) and random ablations (dotted)
     against log2 N_minor, per split; one panel per layer."""
@@ -515,26 +546,30 @@ def ablation_vs_k(df: pd.DataFrame) -> go.Figure:
                     col=j,
                 )
     fig.update_xaxes(title_text="log2 N_minor")
-    fig.update_layout(title="Subspace ablation vs task diversity", yaxis_title="Δ loss")
+    fig.update_layout(
+        title="Subspace ablation vs task diversity", yaxis_title=f"Δ loss ({LOSS_UNIT})"
+    )
     return fig
 
 
+@figure
 def results_vs_k(df: pd.DataFrame) -> go.Figure:
     """The experiment's headline numbers against log2 N_minor (``results.csv``)."""
     _require(df, ["k"], "results")
     panels = [
-        ("id_simplex_r2", "ID simplex R²"),
-        ("beta_posterior_corr", "β–posterior corr"),
-        ("ood_proj_r2", "OOD projection R²"),
-        ("ablate_id_over_ood", "ablation Δ ID / Δ OOD"),
-        ("convex_kl", "convex steering KL"),
-        ("mode_log_ratio_ood", "OOD mode log ratio"),
+        ("id_simplex_r2", "ID simplex R²", "R²"),
+        ("beta_posterior_corr", "β–posterior corr", "correlation"),
+        ("ood_proj_r2", "OOD projection R²", "R²"),
+        ("ablate_id_over_ood", "ablation Δ ID / Δ OOD", "ratio"),
+        ("convex_kl", "convex steering KL", "KL (nats)"),
+        ("mode_log_ratio_ood", "OOD mode log ratio", "log ratio"),
     ]
-    panels = [(c, t) for c, t in panels if c in df.columns]
-    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[t for _, t in panels])
+    panels = [p for p in panels if p[0] in df.columns]
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p[1] for p in panels])
     d = df.sort_values("k")
-    for j, (col, _) in enumerate(panels, start=1):
+    for j, (col, _, unit) in enumerate(panels, start=1):
         fig.add_scatter(x=d["k"], y=d[col], mode="lines+markers", showlegend=False, row=1, col=j)
+        fig.update_yaxes(title_text=unit, row=1, col=j)
     fig.update_xaxes(title_text="log2 N_minor")
     fig.update_layout(title="Two modes: headline numbers against task diversity")
     return fig

@@ -13,7 +13,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tvlens.viz.common import require_columns
+from tvlens.viz.common import figure, require_columns
 from tvlens.viz.decodability import td_heatmap_trace
 
 SECTION = "Pretrained LLM: ICL, task vectors, function vectors, decodability"
@@ -34,6 +34,7 @@ def _mid_layer(df: pd.DataFrame) -> int:
     return int(layers[len(layers) // 2])
 
 
+@figure
 def icl_by_shots(df: pd.DataFrame) -> go.Figure:
     """ICL accuracy against the number of shots, one line per task; dotted: the majority
     baseline."""
@@ -85,16 +86,19 @@ def _intervention(df: pd.DataFrame, condition: str, title: str) -> go.Figure:
     return fig
 
 
+@figure
 def task_vector_by_layer(df: pd.DataFrame) -> go.Figure:
     """Zero-shot accuracy with the task vector patched in at layer ℓ."""
     return _intervention(df, "task_vector", "Task vectors patched at layer ℓ")
 
 
+@figure
 def function_vector_by_layer(df: pd.DataFrame) -> go.Figure:
     """Zero-shot accuracy with the function vector added at layer ℓ."""
     return _intervention(df, "function_vector", "Function vector added at layer ℓ")
 
 
+@figure
 def head_ie_heatmap(df: pd.DataFrame) -> go.Figure:
     """Indirect effect of every head (layer × head), one panel per task; ○ = selected."""
     _require(df, ("task", "layer", "head", "ie"), "llm_fv_heads")
@@ -139,6 +143,7 @@ def head_ie_heatmap(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def td_heatmap(df: pd.DataFrame) -> go.Figure:
     """Task decodability (kNN) by layer × shots, one panel per task group; chance in titles."""
     _require(df, ("group", "method", "layer", "n_examples", "td", "chance"), "llm_decodability")
@@ -158,6 +163,7 @@ def td_heatmap(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def td_vs_icl(df: pd.DataFrame) -> go.Figure:
     """Per-task TD against ICL accuracy at each group's layer of highest mean TD."""
     _require(df, ("group", "task", "shots", "layer", "td_task", "accuracy"), "llm_td_icl")
@@ -182,6 +188,7 @@ def td_vs_icl(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def td_correlation_by_layer(df: pd.DataFrame) -> go.Figure:
     """Correlation (Pearson r) of per-task TD with ICL accuracy, by layer, per group."""
     _require(df, ("group", "layer", "r"), "llm_td_correlation")
@@ -198,6 +205,7 @@ def td_correlation_by_layer(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def pca_scatter(df: pd.DataFrame) -> go.Figure:
     """Last-token states on their top two principal components, coloured by task, at the
     middle layer of each group."""
@@ -227,6 +235,7 @@ def pca_scatter(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def mixture_weights(df: pd.DataFrame) -> go.Figure:
     """Simplex weight β of each task mean against the share α of task-A demonstrations, at
     the middle layer; dashed: the proportions (β = α for A, 1 − α for B)."""
@@ -266,6 +275,7 @@ def mixture_weights(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def simplex_by_layer(df: pd.DataFrame) -> go.Figure:
     """R² of the projection onto the affine span of the task means, by layer and split."""
     _require(df, ("group", "layer", "split", "projection_r2"), "llm_simplex")

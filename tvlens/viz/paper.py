@@ -13,7 +13,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tvlens.viz.common import PALETTE, SPLIT_COLOURS, require_columns
+from tvlens.viz.common import PALETTE, SPLIT_COLOURS, figure, require_columns
 
 SECTION = "The reference code's metrics"
 
@@ -22,6 +22,7 @@ def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
     require_columns(df, cols, what, "tvlens.analyses.paper_metrics")
 
 
+@figure
 def paper_ood_r2_by_layer(df: pd.DataFrame) -> go.Figure:
     """The paper-style R² of per-task mean states on the major plane, by layer (OOD and
     minor tasks), with the interquartile band over tasks."""
@@ -52,6 +53,7 @@ def paper_ood_r2_by_layer(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def paper_anova_by_layer(df: pd.DataFrame) -> go.Figure:
     """η² of task, token and interaction (stacked) per layer; one panel per split."""
     _require(df, ["layer", "split", "eta2_task", "eta2_token", "eta2_interaction"], "paper_anova")
@@ -80,6 +82,7 @@ def paper_anova_by_layer(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def paper_ood_r2_vs_k(df: pd.DataFrame) -> go.Figure:
     """The paper-style OOD R² against log2 N_minor, one line per layer."""
     _require(df, ["log2_n_minor", "layer", "split", "r2_paper"], "paper_ood_r2_vs_k")
@@ -103,6 +106,7 @@ def paper_ood_r2_vs_k(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def demo_two_modes(df: pd.DataFrame) -> go.Figure:
     """The demo's two models side by side: one panel per headline number (each in its own
     unit), a bar per model with its seed interval (± sd) as an error bar, the named null
@@ -125,6 +129,8 @@ def demo_two_modes(df: pd.DataFrame) -> go.Figure:
     for i, metric in enumerate(metrics):
         r, c = i // cols + 1, i % cols + 1
         g = df[df["metric"] == metric]
+        fig.update_yaxes(title_text=str(g["unit"].iloc[0]), title_font_size=11, row=r, col=c)
+        fig.update_xaxes(title_text="model", title_font_size=10, showticklabels=False, row=r, col=c)
         for _, row in g.iterrows():
             m = str(row["model"])
             sd = row.get("value_sd", float("nan"))
@@ -165,6 +171,7 @@ def demo_two_modes(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def probes_by_layer(df: pd.DataFrame) -> go.Figure:
     """Held-out R² of the sufficient-statistic probes by layer: one line per view (full
     state, task subspace, its orthogonal complement, random control); one panel per split."""
@@ -192,6 +199,7 @@ def probes_by_layer(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
 def probe_angles_by_layer(df: pd.DataFrame) -> go.Figure:
     """Mean principal angle between the probe's read-out subspace and the task subspace."""
     require_columns(df, ["layer", "split", "angle_deg"], "probe_angles", "tvlens.analyses.probes")

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import pandas as pd
 import plotly.graph_objects as go
 
+from tvlens.viz.common import figure
+
 SECTION = "Activation patching"
 
 
@@ -59,12 +61,14 @@ def patching_heatmap(
     return fig
 
 
+@figure
 def _resid_pre(df: pd.DataFrame) -> go.Figure:
     return patching_heatmap(
         df, "Denoising blocks.{l}.hook_resid_pre: clean task restored (layer × position)"
     )
 
 
+@figure
 def _heads(df: pd.DataFrame) -> go.Figure:
     return patching_heatmap(
         df, "Denoising head outputs blocks.{l}.attn.hook_z: clean task restored (layer × head)"

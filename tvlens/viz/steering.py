@@ -14,7 +14,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from tvlens.viz.common import PALETTE, require_columns
+from tvlens.viz.common import PALETTE, figure, require_columns
+
+#: steering divergences: KL for the discrete families, squared error for regression
+DIV_UNIT = "KL in nats; squared error for regression"
 
 SECTION = "Steering along the task simplex"
 
@@ -23,6 +26,7 @@ def _require(df: pd.DataFrame, cols: list[str], what: str) -> None:
     require_columns(df, cols, what, "tvlens.analyses.steering.analyse_steering")
 
 
+@figure
 def steering_accuracy(df: pd.DataFrame) -> go.Figure:
     """Task-ID accuracy (left) and divergence to the target task (right) by layer."""
     _require(df, ["layer", "condition", "accuracy", "div_target"], "steering")
@@ -31,27 +35,21 @@ def steering_accuracy(df: pd.DataFrame) -> go.Figure:
     )
     steered = df[df["condition"] != "unsteered"]
     names = {"own": "steer to own task", "to_task": "steer to task k (mean over k)"}
-    for cond, g in steered.groupby("condition"):
+    for i, (cond, g) in enumerate(steered.groupby("condition")):
         m = g.groupby("layer", as_index=False)[["accuracy", "div_target"]].mean()
-        fig.add_scatter(
-            x=m["layer"],
-            y=m["accuracy"],
-            mode="lines+markers",
-            name=names.get(cond, cond),
-            legendgroup=cond,
-            row=1,
-            col=1,
-        )
-        fig.add_scatter(
-            x=m["layer"],
-            y=m["div_target"],
-            mode="lines+markers",
-            name=names.get(cond, cond),
-            legendgroup=cond,
-            showlegend=False,
-            row=1,
-            col=2,
-        )
+        colour = PALETTE[i % len(PALETTE)]  # one colour per condition, in both panels
+        for col, y in ((1, "accuracy"), (2, "div_target")):
+            fig.add_scatter(
+                x=m["layer"],
+                y=m[y],
+                mode="lines+markers",
+                name=names.get(cond, cond),
+                legendgroup=cond,
+                showlegend=col == 1,
+                line={"color": colour},
+                row=1,
+                col=col,
+            )
     base = df[df["condition"] == "unsteered"]
     if not base.empty:
         fig.add_hline(
@@ -68,11 +66,13 @@ def steering_accuracy(df: pd.DataFrame) -> go.Figure:
             col=2,
         )
     fig.update_xaxes(title_text="steered layer")
-    fig.update_yaxes(range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text="task-ID accuracy", range=[0, 1.05], row=1, col=1)
+    fig.update_yaxes(title_text=f"divergence to the target task ({DIV_UNIT})", row=1, col=2)
     fig.update_layout(title="Steering the task subspace to θ_k")
     return fig
 
 
+@figure
 def convexity_check(df: pd.DataFrame) -> go.Figure:
     """Mean divergence of the α-steered prediction from the α-mixture Σ α_k p_k, the
     geometric mixture and the nearest vertex, per layer (mixed α only)."""
@@ -94,12 +94,13 @@ def convexity_check(df: pd.DataFrame) -> go.Figure:
     fig.update_layout(
         title="Convexity check: steering to Σ α_k θ_k",
         xaxis_title="steered layer",
-        yaxis_title="KL (nats) / squared error",
+        yaxis_title=f"divergence ({DIV_UNIT})",
         barmode="group",
     )
     return fig
 
 
+@figure
 def convexity_vs_k(df: pd.DataFrame) -> go.Figure:
     """Mean KL of the α-steered prediction to Σ α_k p_k (solid) and to the geometric
     mixture (dotted) against log2 N_minor, one colour per steered layer."""
@@ -126,7 +127,7 @@ def convexity_vs_k(df: pd.DataFrame) -> go.Figure:
     fig.update_layout(
         title="Convexity check against task diversity (mixed α)",
         xaxis_title="log2 N_minor",
-        yaxis_title="KL (nats) / squared error",
+        yaxis_title=f"divergence ({DIV_UNIT})",
     )
     return fig
 

@@ -14,6 +14,8 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from tvlens.viz.common import LOSS_UNIT, figure
+
 SECTION = "Training curves"
 
 #: reference column -> (legend name, line dash, colour)
@@ -63,6 +65,7 @@ def ordered_splits(df: pd.DataFrame) -> list[str]:
     return [s for s in SPLIT_ORDER if s in found] + [s for s in found if s not in SPLIT_ORDER]
 
 
+@figure
 def training_curves(df: pd.DataFrame) -> go.Figure:
     """Loss vs step per split with the reference losses (top), divergence to each (bottom)."""
     check_metrics(df)
@@ -131,9 +134,11 @@ def training_curves(df: pd.DataFrame) -> go.Figure:
             fig.update_xaxes(title_text="step", row=2, col=j)
         else:
             fig.update_xaxes(title_text="step", row=1, col=j)
-    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_yaxes(title_text="loss (nats)", row=1)
+    fig.update_yaxes(title_text=f"loss ({LOSS_UNIT})", row=1, col=1)
     if has_div:
-        fig.update_yaxes(title_text="divergence (log)", row=2, col=1)
+        fig.update_yaxes(title_text="divergence (log)", row=2)
+        fig.update_yaxes(title_text="KL (nats; MSE for regression), log scale", row=2, col=1)
     fig.update_layout(
         title="Model loss vs the retrieval, learning and true-task references",
         height=320 * rows + 80,
