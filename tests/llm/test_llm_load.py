@@ -103,3 +103,55 @@ def test_explicit_cpu_device_map_loads(tiny_dirs):
     bridge = load(tiny_dirs["llama"], device_map={"": "cpu"}, dtype="float32")
     ids = bridge.tokenizer("hot ->", return_tensors="pt")["input_ids"]
     assert bridge(ids).shape[:2] == ids.shape
+
+
+class _Planted:
+    """Unpickling this touches a marker file: proof that a pickle was (or was not) loaded."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_pickled_weights_are_refused_and_never_unpickled(tiny_dirs, tmp_path):
+    import pickle
+    import shutil
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_dirs["llama"], folder)
+    for p in folder.glob("*.safetensors"):
+        p.unlink()
+    marker = tmp_path / "UNPICKLED"
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps(_Planted(marker)))
+    with pytest.raises(LoadError, match=r"pickles \(pytorch_model.bin\).*never unpickles"):
+        load(folder, device="cpu")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"device": "bogus"}, r"device='bogus' is not a device; use cpu, cuda"),
+        ({"device": 3.5}, r"device=3.5 is not a device"),
+        ({"device_map": "everywhere"}, r"device_map='everywhere' is not a placement; pass auto"),
+        ({"device_map": '{"model": 0,'}, r"is not valid JSON .*; pass auto"),
+        ({"device_map": "[1, 2]"}, r"is not a placement"),
+        ({"device_map": {"model": [0]}}, r"device_map\['model'\] is \[0\]; use a GPU index"),
+        ({"device_map": {"model": "gpu7"}}, r"device_map\['model'\]='gpu7' is not a device"),
+    ],
+)
+def test_bad_device_and_device_map_are_clear_errors(tiny_dirs, kwargs, message):
+    with pytest.raises(LoadError, match=message):
+        load(tiny_dirs["llama"], **kwargs)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU message")
+def test_cuda_without_a_gpu_is_a_clear_error(tiny_dirs):
+    with pytest.raises(LoadError, match="CUDA is not available here; use cpu"):
+        load(tiny_dirs["llama"], device="cuda")
+    with pytest.raises(LoadError, match=r"device_map\['lm_head'\]='cuda:0' but CUDA"):
+        load(tiny_dirs["llama"], device_map={"lm_head": 0})

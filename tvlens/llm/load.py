@@ -94,7 +94,93 @@ def _check_local(name: str) -> str:
             "download NAME --local-dir DIR`, to a .gguf file, or use a registered model "
             "(`tvlens llm models`)."
         )
+    _refuse_pickles(path)
     return str(path)
+
+
+#: weight files that are Python pickles (loading one can run arbitrary code)
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _refuse_pickles(path: Path) -> None:
+    """A model folder whose weights are pickles and not safetensors is refused, unread:
+    tvlens never unpickles files."""
+    if any(path.glob("*.safetensors")):
+        return  # transformers loads the safetensors and ignores the pickles
+    pickles = sorted(p.name for pattern in PICKLED_WEIGHTS for p in path.glob(pattern))
+    if pickles:
+        raise LoadError(
+            f"{path} holds its weights as pickles ({', '.join(pickles[:3])}) and no "
+            "*.safetensors; tvlens never unpickles files (loading a pickle can run code). "
+            "Get the safetensors release of the model, or convert it where you trust the file: "
+            "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(DIR, "
+            "safe_serialization=True), then remove the .bin files."
+        )
+
+
+#: HF placement strategies accepted as a ``device_map`` string
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device(device: Any, name: str = "device") -> torch.device:
+    """``device`` as a :class:`torch.device` this machine has, else :class:`LoadError`
+    naming the value and the choices."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise LoadError(
+            f"{name}={device!r} is not a device; use cpu, cuda, cuda:N (N < "
+            f"{torch.cuda.device_count()} visible here) or mps."
+        ) from None
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise LoadError(f"{name}={device!r} but CUDA is not available here; use cpu.")
+        if dev.index is not None and dev.index >= n:
+            raise LoadError(
+                f"{name}={device!r} but only {n} CUDA device(s) are visible (cuda:0 to "
+                f"cuda:{n - 1})."
+            )
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise LoadError(f"{name}={device!r} but MPS is not available here; use cpu.")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        raise LoadError(f"{name}={device!r}: tvlens runs models on cpu, cuda or mps.")
+    return dev
+
+
+def check_device_map(device_map: Any) -> str | dict:
+    """A ``device_map`` HF accepts: one of :data:`DEVICE_MAPS`, or ``{module: device}`` (a
+    dict, or its JSON text) whose devices are GPU indices, ``cpu``, ``disk`` or device
+    strings; else :class:`LoadError` saying what is wrong."""
+    fix = (
+        "pass auto, balanced, balanced_low_0, sequential, or a JSON object such as "
+        '{"model.embed_tokens": 0, "model.layers": 0, "lm_head": "cpu"}'
+    )
+    if isinstance(device_map, str):
+        text = device_map.strip()
+        if not text.startswith("{"):
+            if text in DEVICE_MAPS:
+                return text
+            raise LoadError(f"device_map={device_map!r} is not a placement; {fix}.")
+        try:
+            device_map = json.loads(text)
+        except ValueError as e:
+            raise LoadError(f"device_map {device_map!r} is not valid JSON ({e}); {fix}.") from None
+    if not isinstance(device_map, dict) or not device_map:
+        raise LoadError(f"device_map={device_map!r} is not a placement; {fix}.")
+    for module, where in device_map.items():
+        if not isinstance(module, str):
+            raise LoadError(f"device_map key {module!r} must be a module name (a string); {fix}.")
+        if isinstance(where, bool) or not isinstance(where, (int, str)):
+            raise LoadError(
+                f"device_map[{module!r}] is {where!r}; use a GPU index, cpu, disk or a device "
+                "string such as cuda:1."
+            )
+        if isinstance(where, int):
+            check_device(f"cuda:{where}", f"device_map[{module!r}]")
+        elif where != "disk":
+            check_device(where, f"device_map[{module!r}]")
+    return device_map
 
 
 def _hub_offline() -> bool:
@@ -169,6 +255,10 @@ def load(
 
     from tvlens.llm.weights import resolve
 
+    if device is not None:
+        check_device(device)
+    if device_map is not None:
+        device_map = check_device_map(device_map)
     name = resolve(name_or_path, accept_terms=accept_terms)
     local = _looks_local(name)
     if local:
