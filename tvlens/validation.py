@@ -27,8 +27,14 @@ from torch import Tensor
 from tvlens.tasks.base import ConfigError
 
 __all__ = [
+    "InputTypeError",
     "InvalidInputError",
+    "check_batch_family",
     "check_batch_size",
+    "check_group_ids",
+    "check_int",
+    "check_nonempty",
+    "check_tensor",
     "check_fields",
     "check_finite_value",
     "check_model_inputs",
@@ -42,11 +48,18 @@ class InvalidInputError(ValueError):
     """An analysis input that would give a meaningless result (empty, NaN, degenerate)."""
 
 
+class InputTypeError(InvalidInputError, TypeError):
+    """An argument of the wrong type: both a :class:`TypeError` and an
+    :class:`InvalidInputError`, so either ``except`` catches it."""
+
+
 # ----------------------------------------------------------------------- config fields
 _WORDS = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}
 
 
 def _kind(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -262,3 +275,117 @@ def check_model_inputs(model: Any, inputs: Tensor) -> None:
     vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
     if isinstance(vocab, int) and vocab > 0:
         check_token_ids(inputs, vocab)
+
+
+# -------------------------------------------------------------- public API arguments
+def check_int(
+    value: Any, name: str, *, min_value: int | None = None, max_value: int | None = None
+) -> int:
+    """``value`` as an ``int`` (a Python or NumPy/torch integer; not a bool, a float such
+    as ``30.0`` or a string such as ``'30'``) within ``[min_value, max_value]``."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        bound = f" >= {min_value}" if min_value is not None else ""
+        raise InputTypeError(f"{name} must be an integer{bound}; got {_kind(value)}.")
+    value = int(value)
+    if min_value is not None and value < min_value:
+        raise InvalidInputError(f"{name} must be >= {min_value}; got {value}.")
+    if max_value is not None and value > max_value:
+        raise InvalidInputError(f"{name} must be <= {max_value}; got {value}.")
+    return value
+
+
+def check_tensor(
+    value: Any,
+    name: str,
+    *,
+    dim: int | tuple[int, ...] | None = None,
+    width: int | None = None,
+    finite: bool = True,
+    integer: bool = False,
+) -> Tensor:
+    """``value`` as a tensor with ``dim`` dimensions (one of them, if a tuple), last
+    dimension ``width``, all entries finite (``finite``) and of an integer dtype
+    (``integer``); otherwise an error naming ``name``, what was expected and what came."""
+    if not isinstance(value, Tensor):
+        raise InputTypeError(f"{name} must be a torch.Tensor; got {_kind(value)}.")
+    dims = (dim,) if isinstance(dim, int) else dim
+    if dims is not None and value.dim() not in dims:
+        want = " or ".join(f"{d}-D" for d in dims)
+        raise InvalidInputError(f"{name} must be {want}; got {_kind(value)}.")
+    if width is not None and (value.dim() == 0 or value.shape[-1] != width):
+        raise InvalidInputError(
+            f"{name} must have last dimension {width} (the model's width); got {_kind(value)}."
+        )
+    if integer and (value.is_floating_point() or value.is_complex()):
+        raise InputTypeError(f"{name} must hold integer ids; got {_kind(value)}.")
+    if finite and (value.is_floating_point() or value.is_complex()):
+        bad = ~torch.isfinite(value)
+        if bad.any():
+            raise InvalidInputError(
+                f"{name} contains {int(bad.sum())} NaN/inf value(s) ({_kind(value)}); pass "
+                "finite values (a NaN here makes every output NaN)."
+            )
+    return value
+
+
+def check_nonempty(value: Any, name: str, what: str = "at least one entry") -> Any:
+    """``value`` (a mapping or sequence) if it holds something, else an error."""
+    try:
+        n = len(value)
+    except TypeError:
+        raise InputTypeError(f"{name} must hold {what}; got {_kind(value)}.") from None
+    if n == 0:
+        raise InvalidInputError(f"{name} is empty; it must hold {what}.")
+    return value
+
+
+def check_group_ids(groups: Any, n_groups: Any, n: int, name: str = "groups") -> Tensor:
+    """Integer group ids ``[n]`` in ``[0, n_groups)``; returns them."""
+    n_groups = check_int(n_groups, "n_groups", min_value=1)
+    groups = check_tensor(groups, name, dim=1, integer=True)
+    if groups.shape[0] != n:
+        raise InvalidInputError(
+            f"{name} has {groups.shape[0]} ids but there are {n} sequences; pass one group id "
+            "per sequence."
+        )
+    if n and (int(groups.min()) < 0 or int(groups.max()) >= n_groups):
+        raise InvalidInputError(
+            f"{name} holds ids in [{int(groups.min())}, {int(groups.max())}] but n_groups="
+            f"{n_groups} allows 0..{n_groups - 1}; raise n_groups or renumber the groups."
+        )
+    return groups
+
+
+def check_batch_family(batch: Any, family: Any, name: str = "batch") -> Any:
+    """``batch`` was sampled from ``family``: its length is the family's ``seq_len`` and,
+    for pool splits, its task ids and parameters are the family's own pool entries."""
+    inputs = getattr(batch, "inputs", None)
+    if not isinstance(inputs, Tensor):
+        raise InputTypeError(f"{name} must be a Batch (family.sample(...)); got {_kind(batch)}.")
+    fix = f"sample it from this family: family.sample(split, n) with family = {family!r}."
+    seq_len = getattr(getattr(family, "config", None), "seq_len", None)
+    if isinstance(seq_len, int) and inputs.dim() >= 2 and inputs.shape[1] != seq_len:
+        raise InvalidInputError(
+            f"{name} holds sequences of length {inputs.shape[1]} but the family's seq_len is "
+            f"{seq_len}: it comes from another family; {fix}"
+        )
+    ids, params = getattr(batch, "task_ids", None), getattr(batch, "params", None)
+    pool = getattr(family, "pool", None)
+    if getattr(batch, "split", None) == "ood" or not isinstance(ids, Tensor):
+        return batch
+    if not isinstance(pool, Tensor) or not isinstance(params, Tensor):
+        return batch
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= pool.shape[0]):
+        raise InvalidInputError(
+            f"{name} holds task ids up to {int(ids.max())} but the family has "
+            f"{pool.shape[0]} tasks: it comes from another family; {fix}"
+        )
+    mine = pool[ids]
+    if mine.shape != params.shape or not torch.equal(mine.to(params.dtype), params):
+        raise InvalidInputError(
+            f"{name}'s task parameters are not this family's tasks of the same ids: it comes "
+            f"from another family (or another pool seed); {fix}"
+        )
+    return batch

@@ -287,6 +287,9 @@ def fit_beta(
     family's ``retrieval_posterior``), so β_t and P(task | x_≤t) line up position by
     position.
     """
+    from tvlens.validation import check_batch_family
+
+    check_batch_family(batch, family)
     layers = list(tv.layers) if layers is None else list(layers)
     idx = resolve_positions(positions, batch.inputs.shape[1])
     acts = capture(as_bridge(model), batch.inputs, [tv.hook(x) for x in layers], idx, batch_size)
@@ -327,6 +330,10 @@ def principal_angles(a: Float[Tensor, "r d"], b: Float[Tensor, "s d"]) -> Float[
     """
     from scipy.linalg import subspace_angles
 
+    from tvlens.validation import check_tensor
+
+    check_tensor(a, "a", dim=2)
+    check_tensor(b, "b", dim=2, width=a.shape[-1])
     qa, qb = orthonormal_basis(a).double(), orthonormal_basis(b).double()
     if qa.shape[0] == 0 or qb.shape[0] == 0:
         return torch.zeros(0, dtype=torch.float64)
@@ -563,6 +570,10 @@ def ablation_table(
     Columns: layer, split, subspace (task | random), draw, rank, loss_clean, loss_ablated,
     delta.
     """
+    from tvlens.validation import check_nonempty
+
+    check_nonempty(batches, "batches", "at least one split -> Batch, e.g. {'major': batch}")
+    check_nonempty(bases, "bases", "at least one layer -> basis, e.g. {l: tv.basis(l)}")
     if n_random < 0:
         raise ValueError(f"n_random={n_random}; use 0 or more random subspaces.")
     rows = []

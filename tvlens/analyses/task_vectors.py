@@ -250,6 +250,10 @@ def anova_table(
     the "token" is whether the position holds an x or a y (the token identity is continuous).
     Columns: layer, split, r2_task, r2_task_token, n_states.
     """
+    from tvlens.validation import check_int
+
+    # one sequence per task leaves no within-task variance: the task model fits perfectly
+    n_per_task = check_int(n_per_task, "n_per_task", min_value=2)
     bridge = as_bridge(model)
     layers = check_layers(bridge, layers)
     ids = select_tasks(family, tasks, max_minor)

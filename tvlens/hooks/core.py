@@ -203,10 +203,11 @@ def capture_means(
     With ``reduce_positions`` the positions are averaged too (→ ``[n_groups, d]``);
     otherwise the result keeps them (→ ``[n_groups, P, d]``).
     """
-    from tvlens.validation import check_batch_size, check_model_inputs
+    from tvlens.validation import check_batch_size, check_group_ids, check_model_inputs
 
     batch_size = check_batch_size(batch_size)
     check_model_inputs(model, inputs)
+    groups = check_group_ids(groups, n_groups, inputs.shape[0])
     names = check_hook_names(model, names)
     idx = resolve_positions(positions, inputs.shape[1])
     wanted = set(names)
@@ -248,20 +249,50 @@ def _check_width(act: Tensor, width: int, what: str) -> None:
 # --------------------------------------------------------------------------- hook factories
 def patch_hook(value: Tensor, positions: Positions = None) -> HookFn:
     """Replace the activation at ``positions`` by ``value`` (broadcast over the batch)."""
+    from tvlens.validation import check_tensor
+
+    check_tensor(value, "value")
 
     def hook(act: Tensor, hook: Any = None) -> Tensor:
         idx = resolve_positions(positions, act.shape[1]).to(act.device)
         act = act.clone()
+        _check_broadcast(value, act[:, idx].shape, "patch_hook value")
         act[:, idx] = value.to(act.device, act.dtype).expand_as(act[:, idx])
         return act
 
     return hook
 
 
+def _check_broadcast(value: Tensor, shape: torch.Size, what: str) -> None:
+    """``value`` broadcasts to the patched activation's ``shape``, else a clear error."""
+    from tvlens.validation import InvalidInputError
+
+    try:
+        ok = value.dim() <= len(shape) and torch.broadcast_shapes(
+            tuple(value.shape), tuple(shape)
+        ) == tuple(shape)
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise InvalidInputError(
+            f"{what} has shape {tuple(value.shape)}, which does not broadcast to the patched "
+            f"activation [batch, positions, ...] = {tuple(shape)}; pass one vector "
+            f"{tuple(shape[2:])} or values of shape {tuple(shape[1:])} or {tuple(shape)}."
+        )
+
+
 def add_hook(
     vector: Float[Tensor, " d"], positions: Positions = None, scale: float = 1.0
 ) -> HookFn:
     """Add ``scale * vector`` to the residual at ``positions`` (steering by addition)."""
+    from tvlens.validation import check_finite_value, check_tensor
+
+    check_tensor(vector, "vector", dim=(1, 2))
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        from tvlens.validation import InputTypeError
+
+        raise InputTypeError(f"scale must be a number; got {scale!r}.")
+    check_finite_value(float(scale), "scale")
 
     def hook(act: Tensor, hook: Any = None) -> Tensor:
         _check_width(act, vector.shape[-1], "steering vector")
@@ -282,11 +313,20 @@ def orthonormal_basis(vectors: Float[Tensor, "k d"], tol: float = 1e-6) -> Float
     return vh[keep].to(vectors.dtype)
 
 
+def _check_basis(basis: Any, name: str = "basis") -> None:
+    """A finite ``[r, d]`` tensor with orthonormal rows (what the projections assume)."""
+    from tvlens.validation import check_orthonormal, check_tensor
+
+    check_tensor(basis, name, dim=2)
+    check_orthonormal(basis, name)
+
+
 def project_out_hook(basis: Float[Tensor, "r d"], positions: Positions = None) -> HookFn:
     """Ablate a subspace: ``h' = h − P_S h`` at ``positions``; ``basis`` rows are orthonormal.
 
     A basis with zero rows leaves the activation unchanged.
     """
+    _check_basis(basis)
 
     def hook(act: Tensor, hook: Any = None) -> Tensor:
         _check_width(act, basis.shape[-1], "subspace basis")
@@ -311,9 +351,18 @@ def replace_subspace_hook(
     kept, the task part is set to ``target``'s (e.g. θ_k, or Σ α_k θ_k plus the centre).
     ``target`` is one vector ``[d]`` or one per sequence ``[batch, d]``.
     """
+    from tvlens.validation import InvalidInputError, check_tensor
+
+    _check_basis(basis)
+    check_tensor(target, "target", dim=(1, 2), width=basis.shape[-1])
 
     def hook(act: Tensor, hook: Any = None) -> Tensor:
         _check_width(act, basis.shape[-1], "subspace basis")
+        if target.dim() == 2 and target.shape[0] not in (1, act.shape[0]):
+            raise InvalidInputError(
+                f"target has {target.shape[0]} rows but the batch has {act.shape[0]} "
+                "sequences; pass one target [d] or one per sequence [batch, d]."
+            )
         idx = resolve_positions(positions, act.shape[1]).to(act.device)
         b = basis.to(act.device, act.dtype)
         t = target.to(act.device, act.dtype)

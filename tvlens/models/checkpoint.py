@@ -51,16 +51,41 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def foreign_format(head: bytes) -> str | None:
+    """What a file that starts with ``head`` is, if it is a known non-safetensors format
+    (a pickle, a ``torch.save`` zip, a GGUF, ...); ``None`` otherwise."""
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "looks like a pickle (e.g. torch.save's legacy format)"
+    if head[:4] == b"PK\x03\x04":
+        return "looks like a zip archive, as torch.save writes: a pickle inside"
+    if head[:4] == b"GGUF":
+        return "is a GGUF model file"
+    if head[:8] == b"\x89HDF\r\n\x1a\n":
+        return "is an HDF5 file"
+    if head[:6] == b"\x93NUMPY":
+        return "is a NumPy .npy file"
+    return None
+
+
 def _split(blob: bytes, where: Path) -> tuple[dict[str, Any], bytes]:
     """The safetensors header (as a dict) and the tensor byte buffer of ``blob``."""
+    what = foreign_format(blob[:8])
+    foreign = CheckpointError(
+        f"{where} is not a tvlens checkpoint ({what}); tvlens never unpickles files. Use "
+        "another step, or retrain; a checkpoint is the .safetensors file tvlens writes."
+    )
     if len(blob) < 8:
         raise CheckpointError(f"{where} is truncated ({len(blob)} bytes); use another step.")
     (n,) = struct.unpack("<Q", blob[:8])
-    if n > len(blob) - 8:
+    if n > len(blob) - 8:  # a header length read from another format's magic bytes
+        if what is not None:
+            raise foreign
         raise CheckpointError(f"{where} is truncated (header of {n} bytes cut off).")
     try:
         header = json.loads(blob[8 : 8 + n])
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        if what is not None:
+            raise foreign from None
         raise CheckpointError(f"{where} has a corrupt header ({e}); use another step.") from e
     if not isinstance(header, dict):
         raise CheckpointError(f"{where} has a corrupt header; use another step.")

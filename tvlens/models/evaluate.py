@@ -87,6 +87,11 @@ def reference_table(
     refs: dict[str, References] | None = None,
 ) -> pd.DataFrame:
     """Model loss beside the retrieval, learning and true-task references, per split × band."""
+    from tvlens.validation import check_batch_family, check_nonempty
+
+    check_nonempty(batches, "batches", "at least one split -> Batch, e.g. {'major': batch}")
+    for split, batch in batches.items():
+        check_batch_family(batch, family, f"batches[{split!r}]")
     refs = refs or {s: References(family, b) for s, b in batches.items()}
     rows = []
     for split, batch in batches.items():

@@ -469,6 +469,30 @@ def _train_locked(
     return Run(run_dir, config, family, model, end, pd.DataFrame(rows), sha256=index.get(end))
 
 
+def _read_metrics(path: Path) -> pd.DataFrame:
+    """A run's ``metrics.csv`` (empty if absent); an empty, garbled or foreign file is a
+    :class:`CheckpointError` naming it and the fix, not a pandas traceback."""
+    if not path.exists():
+        return pd.DataFrame()
+    fix = (
+        "it was damaged or replaced; `tvlens train --resume --out RUN_DIR` rewrites it from "
+        "the resume state (or delete it to load the model without training curves)."
+    )
+    try:
+        metrics = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise CheckpointError(f"{path} is empty; {fix}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as e:
+        raise CheckpointError(f"{path} is not a readable CSV ({e}); {fix}") from None
+    missing = [c for c in ("step",) if c not in metrics.columns]
+    if missing:
+        raise CheckpointError(
+            f"{path} is not a tvlens metrics table (no {missing} column; it has "
+            f"{list(metrics.columns)[:6]}); {fix}"
+        )
+    return metrics
+
+
 def load_run(run_dir: Path | str, step: int | None = None) -> Run:
     """Load a run directory at checkpoint ``step`` (default: the latest the run recorded).
 
@@ -478,6 +502,10 @@ def load_run(run_dir: Path | str, step: int | None = None) -> Run:
     recorded checkpoint missing from disk is an error, never a silent fall-back to an older
     step. The step loaded is logged and kept in ``Run.step``.
     """
+    from tvlens.validation import check_int
+
+    if step is not None:
+        step = check_int(step, "step", min_value=0)
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
@@ -533,7 +561,6 @@ def load_run(run_dir: Path | str, step: int | None = None) -> Run:
         )
     load_module_state(model.raw, tensors, f"checkpoint step {step}")
     model.eval()
-    log.info("loaded %s at step %d (checkpoints: %s)", run_dir, step, steps)
-    metrics_path = run_dir / "metrics.csv"
-    metrics = pd.read_csv(metrics_path) if metrics_path.exists() else pd.DataFrame()
+    log.debug("loaded %s at step %d (checkpoints: %s)", run_dir, step, steps)
+    metrics = _read_metrics(run_dir / "metrics.csv")
     return Run(run_dir, config, family, model, step, metrics, sha256=meta["sha256"])
