@@ -327,8 +327,9 @@ class TaskFamily(ABC):
         """
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}.")
-        if n < 1:
-            raise ValueError(f"n={n} sequences requested; ask for at least 1.")
+        from tvlens.validation import check_int
+
+        n = check_int(n, "n", min_value=1)
         g = generator("sample", self.name, self.config.seed, seed, step, split)
         if split == "ood":
             ids = torch.full((n,), -1, dtype=torch.long)
