@@ -258,13 +258,13 @@ def compare(model: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
 def full_run(model: Any, name: str, run_dir: Path | None = None) -> dict[str, float]:
     """Time the complete default ``tvlens llm`` run on ``model`` (stages from config.json);
     the run directory is kept in ``run_dir`` when given (for ``--summarize``)."""
-    from tvlens.llm.config import LLMConfig
-    from tvlens.llm.run import run_llm
+    from tvlens.llm.run import LLMRun
+    from tvlens.registry import run_analyses
 
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(run_dir or tmp)
         _, wall, cpu = timed(
-            lambda: run_llm(model, where, LLMConfig(), model_name=name, progress=True)
+            lambda: run_analyses(LLMRun(model, where, name=name), progress=True)
         )
         stages = json.loads((where / "config.json").read_text())["timings_s"]
     stages = {**stages, "total_wall_s": round(wall, 1), "total_cpu_s": round(cpu, 1)}

@@ -368,30 +368,27 @@ task_vector_by_layer(tv)"""
         """\
 ## Every LLM analysis into a run directory, and its report
 
-`run_llm` runs ICL, task vectors, function vectors (heads chosen by causal indirect effect),
-task decodability and geometry, and writes `analyses/llm_*.csv`; the report draws them
-offline. The settings here are small; `tvlens llm --model NAME --out DIR` runs the defaults."""
+An `LLMRun` pairs the model with a run directory; `run_analyses` runs the registered LLM
+analyses on it (ICL, task vectors, function vectors with heads chosen by causal indirect
+effect, task decodability and geometry), each with its own options, and writes
+`analyses/llm_*.csv` with their provenance; the report draws them offline. The options here
+are small; `tvlens llm --model NAME --out DIR` runs the defaults."""
     ),
     new_code_cell(
         """\
-from tvlens.llm.config import LLMConfig
-from tvlens.llm.run import run_llm
+from tvlens import run_analyses
+from tvlens.llm import LLMRun
 from tvlens.viz.report import write_report
 
-small = LLMConfig(
-    tasks="antonym",
-    td_tasks="bitwise,null",
-    icl_shots=(0, 1, 4),
-    n_prompts=16,
-    td_shots=(1, 4),
-    n_td=20,
-    tv_shots=4,
-    fv_shots=4,
-    n_ie=8,
-    k_heads=4,
-    n_mixture=8,
-)
-tables = run_llm(model, RUNS / "llm", small, model_name=source)
+small = {
+    "icl": {"tasks": "antonym", "shots": (0, 1, 4), "n_prompts": 16},
+    "task_vectors": {"tasks": "antonym", "shots": 4, "n_prompts": 16},
+    "function_vectors": {"tasks": "antonym", "shots": 4, "n_prompts": 16, "n_ie": 8, "k_heads": 4},
+    "decodability": {"tasks": "bitwise,null", "shots": (1, 4), "n_prompts": 20},
+    "geometry": {"tasks": "bitwise,null", "shots": 4, "n_prompts": 20, "n_mixture": 8},
+}
+run = LLMRun(model, RUNS / "llm", name=source)
+tables, seconds = run_analyses(run, small, options=small)
 sorted(tables)"""
     ),
     new_markdown_cell(

@@ -17,16 +17,35 @@ from tvlens.viz import report
 
 def test_every_driver_has_the_one_signature():
     drivers = [a for a in registry.ANALYSES.values() if a.driver]
-    assert {a.name for a in drivers} >= set(registry.DEMO)
+    assert {a.name for a in drivers if a.kind == "trained"} >= set(registry.DEMO)
+    assert {a.name for a in drivers if a.kind == "llm"} == set(registry.LLM)
     for a in drivers:
         fn = a.load_driver()
         module, name = a.driver.split(":")
-        assert name == f"analyse_{a.name}" and module == f"tvlens.analyses.{a.name}"
-        params = list(inspect.signature(fn).parameters.values())
-        assert [p.name for p in params[:2]] == ["run", "out_dir"], a.name
-        assert params[1].default is None
-        seed = inspect.signature(fn).parameters.get("seed")
-        assert seed is not None and seed.kind is inspect.Parameter.KEYWORD_ONLY, a.name
+        package = "tvlens.analyses" if a.kind == "trained" else "tvlens.llm"
+        assert name == f"analyse_{a.name}" and module == f"{package}.{a.name}"
+        params = inspect.signature(fn).parameters
+        assert list(params)[:2] == ["run", "out_dir"] and params["out_dir"].default is None
+        # the keyword options are generated from the one options dataclass
+        options = a.options_class()
+        assert fn.options is options, a.name
+        for field, default in options().to_dict().items():
+            p = params[field]
+            assert p.kind is inspect.Parameter.KEYWORD_ONLY and p.default == default, field
+
+
+def test_options_are_validated_before_any_analysis_runs(tmp_path):
+    run = train(tiny_config(steps=4), tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['n_exampels'\].*valid"):
+        registry.run_analyses(run, ["attention", "decodability"],
+                              options={"decodability": {"n_exampels": [1]}})  # fmt: skip
+    assert not (run.dir / "analyses" / "attention.csv").exists()  # nothing ran
+    with pytest.raises(ValueError, match="patching.n_per_task=0 must be at least 1"):
+        registry.run_analyses(run, ["patching"], options={"patching": {"n_per_task": 0}})
+    with pytest.raises(ValueError, match="must be an integer"):
+        registry.get("attention").load_driver()(run, seed="zero")
+    with pytest.raises(TypeError, match="analyses llm runs; got a trained run"):
+        registry.get("icl", "llm").load_driver()(run)
 
 
 def test_registry_and_figures_agree():
@@ -60,3 +79,5 @@ def test_run_analyses_writes_the_registered_tables(tmp_path):
         on_disk = pd.read_csv(run.dir / "analyses" / f"{name}.csv")
         assert len(on_disk) == len(tables[name]) > 0
         assert provenance[f"{name}.csv"]["source"] == run.source  # step and checkpoint hash
+        assert provenance[f"{name}.csv"]["analysis"] in names
+    assert provenance["decodability.csv"]["options"]["n_examples"] == [0, 4]

@@ -58,7 +58,7 @@ _EXPORTS = {
     "FAMILIES": "tvlens.tasks",
     "Batch": "tvlens.tasks",
     "ConfigError": "tvlens.tasks",
-    "FamilyConfig": "tvlens.tasks",
+    "family_config": "tvlens.tasks",
     "TaskFamily": "tvlens.tasks",
     "make_family": "tvlens.tasks",
     "write_report": "tvlens.viz.report",

@@ -53,6 +53,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    from tvlens.registry import load_plugins
+
+    load_plugins()  # $TVLENS_PLUGINS: plug-in analyses and families, before the flags
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -147,10 +147,13 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> Path:
     return path
 
 
-def save_text(path: Path | str, text: str, *, source: dict | None = None) -> Path:
-    """Write UTF-8 ``text`` to ``path`` atomically; ``source`` records its provenance."""
+def save_text(
+    path: Path | str, text: str, *, source: dict | None = None, record: dict | None = None
+) -> Path:
+    """Write UTF-8 ``text`` to ``path`` atomically; ``source`` (what it was computed from)
+    and ``record`` (e.g. the analysis and its options) go to its provenance record."""
     path = Path(path)
-    if source is None:
+    if source is None and record is None:
         return atomic_write_bytes(path, text.encode("utf-8"))
     prov = read_provenance(path.parent)
     old = prov.get(path.name, {}).get("source")
@@ -160,7 +163,11 @@ def save_text(path: Path | str, text: str, *, source: dict | None = None) -> Pat
         )
     data = text.encode("utf-8")
     atomic_write_bytes(path, data)
-    prov[path.name] = {"source": source, "sha256": hashlib.sha256(data).hexdigest()}
+    prov[path.name] = {
+        "source": source,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        **(record or {}),
+    }
     save_json(path.parent / PROVENANCE, prov, sort_keys=True)
     return path
 
@@ -173,9 +180,12 @@ def save_json(
     return save_text(path, json.dumps(obj, **kwargs) + "\n", source=source)
 
 
-def save_csv(path: Path | str, df: pd.DataFrame, *, source: dict | None = None) -> Path:
-    """Write ``df`` as CSV without the index, atomically; ``source`` records its provenance."""
-    return save_text(path, df.to_csv(index=False), source=source)
+def save_csv(
+    path: Path | str, df: pd.DataFrame, *, source: dict | None = None, record: dict | None = None
+) -> Path:
+    """Write ``df`` as CSV without the index, atomically, with its provenance
+    (:func:`save_text`)."""
+    return save_text(path, df.to_csv(index=False), source=source, record=record)
 
 
 def read_csv(path: Path | str, **kwargs: Any) -> pd.DataFrame:

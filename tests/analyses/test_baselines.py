@@ -21,7 +21,7 @@ from tvlens.analyses.baselines import (
 )
 from tvlens.analyses.geometry import BetaFit, fit_beta
 from tvlens.analyses.task_vectors import TaskVectors
-from tvlens.tasks import FamilyConfig, make_family
+from tvlens.tasks import family_config, make_family
 
 
 def planted_spectrum(spectrum: list[float], n: int = 200, seed: int = 0):
@@ -78,7 +78,7 @@ def test_variance_share_refuses_constant_states():
 
 
 def test_minor_basis_and_heldout_minor():
-    family = make_family(FamilyConfig(name="dice", k=3, seq_len=8, seed=0))
+    family = make_family(family_config(name="dice", k=3, seq_len=8, seed=0))
     means = torch.randn(3 + 4, 10, generator=torch.Generator().manual_seed(0))
     ids = torch.tensor([0, 1, 2, 3, 5, 6, 9])
     tv = TaskVectors(ids, 3, [0], "resid_post", None, {0: means})
@@ -135,7 +135,7 @@ def test_alignment_baselines_refuse_non_major_sequences():
 
 @pytest.mark.parametrize("which", ["retrieval", "learning"])
 def test_reference_gap_places_each_reference_on_its_own_side(which):
-    family = make_family(FamilyConfig(name="dice", k=-1, vocab=16, seq_len=32, seed=0))
+    family = make_family(family_config(name="dice", k=-1, vocab=16, seq_len=32, seed=0))
     batch = family.sample("ood", 128, seed=0)
     pred = getattr(family, f"{which}_predictive")(batch)
     rows = reference_gap_rows(family, batch, pred, bands=[(16, 32)])
@@ -153,7 +153,7 @@ def test_reference_gap_places_each_reference_on_its_own_side(which):
 def test_reference_gap_flags_references_too_close_to_read():
     # with a pool the size of the simplex's resolution the references nearly coincide on
     # the second half of a short context: the table must say the mode cannot be read
-    family = make_family(FamilyConfig(name="dice", k=12, vocab=2, seq_len=16, seed=0))
+    family = make_family(family_config(name="dice", k=12, vocab=2, seq_len=16, seed=0))
     batch = family.sample("ood", 64, seed=0)
     r = reference_gap_rows(family, batch, family.learning_predictive(batch), [(8, 16)])[0]
     assert abs(r["ref_gap"]) < READABLE_NATS

@@ -35,7 +35,7 @@ from tvlens.hooks import hook_name, orthonormal_basis, project_out_hook
 from tvlens.models import TaskModel
 from tvlens.models.config import ModelConfig
 from tvlens.tasks import make_family
-from tvlens.tasks.base import Batch, FamilyConfig
+from tvlens.tasks.base import Batch, family_config
 
 HOOK = hook_name(0)
 
@@ -128,7 +128,7 @@ class PlantedModel(torch.nn.Module):
 
 
 def planted_setup(mix: str = "linear", k: int = -1, d: int = 12, seq_len: int = 12):
-    family = make_family(FamilyConfig(name="dice", k=k, seq_len=seq_len, seed=3))
+    family = make_family(family_config(name="dice", k=k, seq_len=seq_len, seed=3))
     g = torch.Generator().manual_seed(11)
     vertices = torch.randn(family.n_major, d, generator=g) * 2
     model = PlantedModel(family, vertices, mix=mix)
@@ -322,7 +322,7 @@ def test_simplex_table_on_planted_states():
 # --------------------------------------------------------------------- ablation
 @pytest.fixture(scope="module")
 def tiny_model():
-    family = make_family(FamilyConfig(name="dice", k=1, seq_len=10))
+    family = make_family(family_config(name="dice", k=1, seq_len=10))
     model = TaskModel(ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32, seed=1), family)
     return family, model.eval()
 

@@ -12,7 +12,7 @@ from tvlens.analyses.geometry import geometry_over_training
 from tvlens.analyses.modes import mode_diagnostic, mode_heatmap_table, mode_scores
 from tvlens.models import eval_batches, train
 from tvlens.tasks import make_family
-from tvlens.tasks.base import Batch, FamilyConfig
+from tvlens.tasks.base import Batch, family_config
 
 
 class ReferenceModel(torch.nn.Module):
@@ -34,7 +34,7 @@ class ReferenceModel(torch.nn.Module):
 
 @pytest.mark.parametrize("name", ["dice", "markov"])
 def test_mode_scores_of_the_references(name):
-    family = make_family(FamilyConfig(name=name, k=2, seq_len=16, vocab=4))
+    family = make_family(family_config(name=name, k=2, seq_len=16, vocab=4))
     batches = eval_batches(family, 32, seed=0)
     retrieval = mode_scores(ReferenceModel(family, "retrieval"), family, batches)
     learning = mode_scores(ReferenceModel(family, "learning"), family, batches)

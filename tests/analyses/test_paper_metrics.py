@@ -20,7 +20,7 @@ from tvlens.analyses.paper_metrics import (
 )
 from tvlens.hooks import hook_name
 from tvlens.tasks import make_family
-from tvlens.tasks.base import FamilyConfig
+from tvlens.tasks.base import family_config
 
 HOOK = hook_name(0)
 
@@ -142,7 +142,7 @@ class FreqModel(torch.nn.Module):
 def test_paper_ood_r2_is_one_when_every_task_lies_in_the_plane():
     # V = 3: three generic majors span the whole 2-D simplex, so every OOD mean of a state
     # that is linear in the token frequencies lies in the major plane.
-    fam = make_family(FamilyConfig(name="dice", vocab=3, k=2, seq_len=16, seed=1))
+    fam = make_family(family_config(name="dice", vocab=3, k=2, seq_len=16, seed=1))
     model = FreqModel(vocab=3)
     model.B.zero_()  # the final position's own token would add a task-independent offset
     df = paper_ood_r2(model, fam, n_tasks=16, n_per_task=8, seed=0)
@@ -152,7 +152,7 @@ def test_paper_ood_r2_is_one_when_every_task_lies_in_the_plane():
 
 
 def test_paper_ood_r2_matches_an_independent_numpy_computation():
-    fam = make_family(FamilyConfig(name="dice", vocab=5, k=-1, seq_len=12, seed=2))
+    fam = make_family(family_config(name="dice", vocab=5, k=-1, seq_len=12, seed=2))
     model = FreqModel(vocab=5, gamma=0.5)
     n_tasks, n_per, seed = 6, 10, 3
     df = paper_ood_r2(model, fam, n_tasks=n_tasks, n_per_task=n_per, seed=seed)
@@ -191,19 +191,19 @@ def test_paper_ood_r2_matches_an_independent_numpy_computation():
 
 
 def test_force_tokens_copies_each_sequence_once_per_symbol():
-    fam = make_family(FamilyConfig(name="dice", vocab=4, seq_len=6, seed=0))
+    fam = make_family(family_config(name="dice", vocab=4, seq_len=6, seed=0))
     batch = fam.sample("major", 3, seed=0)
     big, forced = force_tokens(fam, batch, -1)
     assert big.size == 12 and forced.tolist() == [0, 1, 2, 3] * 3
     assert (big.inputs[:, -1] == forced).all()
     torch.testing.assert_close(big.inputs[4:8, :-1], batch.inputs[1:2, :-1].expand(4, -1))
-    lin = make_family(FamilyConfig(name="linreg", dim=3, seq_len=6))
+    lin = make_family(family_config(name="linreg", dim=3, seq_len=6))
     with pytest.raises(ValueError, match="discrete family"):
         force_tokens(lin, lin.sample("major", 2), -1)
 
 
 def test_paper_anova_additive_planted_model_is_separable():
-    fam = make_family(FamilyConfig(name="dice", vocab=4, k=2, seq_len=10, seed=0))
+    fam = make_family(family_config(name="dice", vocab=4, k=2, seq_len=10, seed=0))
     additive = paper_anova(FreqModel(vocab=4), fam, n_per_task=6)
     assert set(additive["split"]) == {"major", "minor", "all"}
     assert (additive["balanced"] == 1.0).all()

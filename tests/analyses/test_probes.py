@@ -11,7 +11,7 @@ from tvlens.analyses.probes import analyse_probes, probe_table, sufficient_stati
 from tvlens.hooks import orthonormal_basis
 from tvlens.models import train
 from tvlens.tasks import make_family
-from tvlens.tasks.base import Batch, FamilyConfig
+from tvlens.tasks.base import Batch, family_config
 
 
 def _batch(targets: list[list[int]], bos: int) -> Batch:
@@ -22,7 +22,7 @@ def _batch(targets: list[list[int]], bos: int) -> Batch:
 
 
 def test_dice_statistics_are_running_frequencies():
-    fam = make_family(FamilyConfig(name="dice", vocab=3, seq_len=5))
+    fam = make_family(family_config(name="dice", vocab=3, seq_len=5))
     s = sufficient_statistics(fam, _batch([[0, 2, 2, 1, 0]], bos=3))[0]
     want = torch.tensor([[0, 0, 0], [1, 0, 0], [1 / 2, 0, 1 / 2], [1 / 3, 0, 2 / 3],
                          [1 / 4, 1 / 4, 2 / 4]])  # fmt: skip
@@ -30,7 +30,7 @@ def test_dice_statistics_are_running_frequencies():
 
 
 def test_markov_statistics_are_normalised_bigram_counts():
-    fam = make_family(FamilyConfig(name="markov", vocab=2, seq_len=5))
+    fam = make_family(family_config(name="markov", vocab=2, seq_len=5))
     # x = 0 1 1 0 1: transitions seen before t: t=2: (0→1); t=3: +(1→1); t=4: +(1→0)
     s = sufficient_statistics(fam, _batch([[0, 1, 1, 0, 1]], bos=2))[0].view(5, 2, 2)
     torch.testing.assert_close(s[0], torch.zeros(2, 2))
@@ -40,7 +40,7 @@ def test_markov_statistics_are_normalised_bigram_counts():
 
 
 def test_linreg_statistics_give_the_ridge_reference():
-    fam = make_family(FamilyConfig(name="linreg", dim=3, seq_len=12, noise=0.5))
+    fam = make_family(family_config(name="linreg", dim=3, seq_len=12, noise=0.5))
     batch = fam.sample("ood", 4, seed=0)
     stats = sufficient_statistics(fam, batch)[:, 0::2]  # at x positions: examples before
     n = torch.arange(6).clamp_min(1).view(1, -1, 1).float()
@@ -108,7 +108,7 @@ def test_probe_table_rejects_mismatched_layouts():
 
 def test_analyse_probes_on_a_trained_run(tmp_path):
     run = train(tiny_config("dice", steps=8, k=1), tmp_path / "run", progress=False)
-    tables = analyse_probes(run, n=32, n_per_task=8, positions=slice(-4, None))
+    tables = analyse_probes(run, n=32, n_per_task=8, last_positions=4)
     df = tables["probes"]
     assert set(df["view"]) == {"full", "task", "orth", "random", "orth_random", "orth_top"}
     assert set(df["split"]) == {"major", "ood"} and (df["k"] == 1).all()

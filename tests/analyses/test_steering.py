@@ -17,7 +17,7 @@ from tvlens.analyses.task_vectors import task_vectors
 from tvlens.models import TaskModel
 from tvlens.models.config import ModelConfig
 from tvlens.tasks import make_family
-from tvlens.tasks.base import Batch, FamilyConfig
+from tvlens.tasks.base import Batch, family_config
 
 
 def test_default_alphas_lie_in_the_simplex():
@@ -84,7 +84,7 @@ def test_steering_to_each_task_on_the_planted_model():
 def repeated():
     """A tiny TL model and a batch in which every sequence of a task is the same sequence,
     with task vectors read at one position: each state sits exactly on its vertex."""
-    family = make_family(FamilyConfig(name="dice", k=0, seq_len=10, seed=1))
+    family = make_family(family_config(name="dice", k=0, seq_len=10, seed=1))
     model = TaskModel(ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32, seed=2), family)
     model.eval()
     one = family.sample("major", 64, seed=5)

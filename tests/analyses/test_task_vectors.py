@@ -16,12 +16,12 @@ from tvlens.hooks import capture, hook_name, resolve_positions
 from tvlens.models import TaskModel
 from tvlens.models.config import ModelConfig
 from tvlens.tasks import make_family
-from tvlens.tasks.base import FamilyConfig
+from tvlens.tasks.base import family_config
 
 
 @pytest.fixture(scope="module")
 def setup():
-    family = make_family(FamilyConfig(name="dice", k=3, seq_len=12, seed=2))
+    family = make_family(family_config(name="dice", k=3, seq_len=12, seed=2))
     model = TaskModel(ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32, seed=4), family)
     return family, model.eval()
 

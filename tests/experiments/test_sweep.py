@@ -6,17 +6,21 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tvlens import registry
 from tvlens.cli import main
 from tvlens.experiments import sweep as sweep_mod
 from tvlens.experiments.engines import LocalEngine, RayEngine, make_engine
 from tvlens.experiments.sweep import PARTIAL, SweepSpec, Trial, run_sweep
 from tvlens.models import RunConfig, train
 from tvlens.models.checkpoint import load_checkpoint, read_meta
+from tvlens.options import Options, option
+from tvlens.registry import Analysis, driver
 from tvlens.tasks.base import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -294,16 +298,27 @@ def test_trials_built_from_run_configs_equal_the_spec_trials():
         assert Trial.from_config(t.id, cfg, t.analyses, t.resources) == t
 
 
-def boom(run, *, seed: int = 0) -> dict:
+@dataclass(frozen=True)
+class BoomOptions(Options):
+    section = "boom"
+    seed: int = option(0, "unused")
+
+
+@driver("boom", BoomOptions)
+def boom(run, o: BoomOptions, progress: bool) -> dict:
     """A test analysis that fails on the k = 1 trial only."""
     if run.family.config.k == 1:
         raise RuntimeError("planted failure on k=1")
     return {}
 
 
+@driver("boom", BoomOptions)
+def _fixed(run, o: BoomOptions, progress: bool) -> dict:
+    return {}
+
+
 def test_a_failed_trial_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch, capsys):
-    real = sweep_mod.drivers
-    monkeypatch.setattr(sweep_mod, "drivers", lambda: {**real(), "boom": f"{__name__}:boom"})
+    monkeypatch.setitem(registry.ANALYSES, "boom", Analysis("boom", boom, (), (), "test"))
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(json.dumps(tiny(ks=[-1, 1, 2], analyses=["boom"])))  # JSON is YAML
     assert main(["sweep", str(cfg), "--out", str(tmp_path), "--jobs", "1"]) == 1
@@ -320,15 +335,11 @@ def test_a_failed_trial_is_reported_and_the_sweep_goes_on(tmp_path, monkeypatch,
     assert (tmp_path / "dice_L2d16_k2_s0" / "trial.json").exists()
 
     # fixed: the rerun runs only the failed trial, reusing its trained model
-    monkeypatch.setattr(sweep_mod, "drivers", lambda: {**real(), "boom": f"{__name__}:_fixed"})
+    monkeypatch.setitem(registry.ANALYSES, "boom", Analysis("boom", _fixed, (), (), "test"))
     again = run_sweep(spec, tmp_path, LocalEngine(1), progress=False)
     assert again.ok and again.ran == ["dice_L2d16_k1_s0"]
     assert (pd.read_csv(tmp_path / "results.csv")["status"] == "done").all()
     assert not (tmp_path / PARTIAL).exists()
-
-
-def _fixed(run, *, seed: int = 0) -> dict:
-    return {}
 
 
 def test_decodability_dynamics_and_patching_run_as_sweep_analyses(tmp_path):

@@ -306,19 +306,15 @@ def test_suffix_engine_is_exact_past_gemmas_sliding_window(bridges):
 def test_run_llm_records_stage_timings_and_restricts_the_head_sweep(bridges, tmp_path):
     import json
 
-    from tvlens.llm.config import LLMConfig
-    from tvlens.llm.run import run_llm
+    from tvlens.llm.run import LLMRun
+    from tvlens.registry import run_analyses
 
-    cfg = LLMConfig(
-        analyses=("icl", "function_vectors"),
-        icl_shots=(0, 2),
-        n_prompts=4,
-        n_ie=3,
-        k_heads=2,
-        fv_shots=2,
-        layers=(1,),
-    )
-    tables = run_llm(bridges["llama"], tmp_path, cfg, model_name="tiny")
+    options = {
+        "icl": {"shots": (0, 2), "n_prompts": 4},
+        "function_vectors": {"n_prompts": 4, "n_ie": 3, "k_heads": 2, "shots": 2, "layers": [1]},
+    }
+    run = LLMRun(bridges["llama"], tmp_path, name="tiny")
+    tables, _ = run_analyses(run, ["icl", "function_vectors"], options=options)
     meta = json.loads((tmp_path / "config.json").read_text())
     assert set(meta["timings_s"]) == {"icl", "function_vectors"}
     assert all(v >= 0 for v in meta["timings_s"].values())

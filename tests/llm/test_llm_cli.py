@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load_file
 
 from tvlens.cli import main
-from tvlens.llm.config import LLMConfig
+from tvlens.llm.config import DecodabilityOptions
 from tvlens.viz.llm import FIGURES, SECTION
 
 SMALL = [
@@ -44,7 +44,18 @@ def run_dir(tiny_dirs, tmp_path_factory):
 def test_cli_writes_a_run_directory(run_dir, tiny_dirs, capsys):
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["kind"] == "llm" and cfg["model"]["n_layers"] == 2
-    assert cfg["llm"]["tasks"] == "antonym" and cfg["llm"]["n_td"] == 11
+    assert cfg["settings"]["template"] == "qa" and cfg["settings"]["seed"] == 0
+    assert cfg["analyses"]["icl"]["tasks"] == "antonym"
+    assert cfg["analyses"]["decodability"]["n_prompts"] == 11
+    assert cfg["analyses"]["geometry"]["n_prompts"] == 11  # --n-td sets both
+    # every table has a provenance record: model, weights, template, seed, options
+    prov = json.loads((run_dir / "analyses" / "provenance.json").read_text())
+    assert set(prov) == {f"{name}.csv" for name in EXPECTED}
+    for rec in prov.values():
+        assert rec["source"]["template"] == "qa" and rec["source"]["seed"] == 0
+        assert "weights_sha256" in rec["source"] and rec["options"]
+    assert prov["llm_icl.csv"]["analysis"] == "icl"
+    assert prov["llm_icl.csv"]["options"]["shots"] == [0, 2]
     assert {p.stem for p in (run_dir / "analyses").glob("*.csv")} == EXPECTED
     icl = pd.read_csv(run_dir / "analyses" / "llm_icl.csv")
     assert icl[["task", "shots"]].values.tolist() == [["antonym", 0], ["antonym", 2]]
@@ -93,6 +104,6 @@ def test_cli_errors_are_clear(tiny_dirs, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     argv = ["llm", "--model", str(tiny_dirs["llama"]), "--out", str(tmp_path / "o")]
     assert main(argv + ["--analyses", "icl,magic"]) == 1
-    assert "unknown analyses ['magic']" in capsys.readouterr().err
+    assert "unknown analysis 'magic' for llm runs" in capsys.readouterr().err
     with pytest.raises(ValueError, match="kNN with k = 10"):
-        LLMConfig(n_td=5)
+        DecodabilityOptions(n_prompts=5)

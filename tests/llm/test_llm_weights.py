@@ -466,7 +466,7 @@ def test_cli_get_convert_and_models(gguf_copy, cache, capsys, monkeypatch):
 def test_auto_template_is_the_registered_models_own(tmp_path, monkeypatch):
     """``template="auto"`` resolves to the template measured best for a registered model,
     named or given as its cache folder, and to Todd et al.'s "qa" for any other model."""
-    from tvlens.llm.config import DEFAULT_TEMPLATE, LLMConfig, resolve_template
+    from tvlens.llm.config import DEFAULT_TEMPLATE, LLMSettings, resolve_template
 
     monkeypatch.setenv("TVLENS_CACHE", str(tmp_path))
     assert resolve_template("auto", "smollm2") == "qa"
@@ -474,6 +474,6 @@ def test_auto_template_is_the_registered_models_own(tmp_path, monkeypatch):
     assert resolve_template("auto", str(W.model_dir("gemma3-270m"))) == "arrow"
     assert resolve_template("auto", str(tmp_path / "some-hf-folder")) == DEFAULT_TEMPLATE == "qa"
     assert resolve_template("colon", "gemma3-270m") == "colon"  # an explicit choice wins
-    assert LLMConfig().template == "auto"
-    with pytest.raises(ValueError, match="template='arow'; choose auto"):
-        LLMConfig(template="arow")
+    assert LLMSettings().template == "auto"
+    with pytest.raises(ValueError, match="template='arow'; choose one of"):
+        LLMSettings(template="arow")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tvlens.tasks import FAMILIES, make_family
-from tvlens.tasks.base import ConfigError, FamilyConfig
+from tvlens.tasks.base import ConfigError, family_config
 from tvlens.tasks.dyck import Dyck, completions
 
 
@@ -24,10 +24,8 @@ def all_paths(n: int) -> list[tuple[int, ...]]:
 
 
 def dyck(n_pairs=3, **kw) -> Dyck:
-    extra = {"dyck_length": n_pairs, "repeat_prob": kw.pop("repeat_prob", 0.5)}
-    cfg = FamilyConfig(name="dyck", vocab=kw.pop("vocab", 5), seq_len=kw.pop("seq_len", 16),
-                       extra=extra, seed=kw.pop("seed", 0), **kw)  # fmt: skip
-    return make_family(cfg)
+    kw = {"vocab": 5, "seq_len": 16, "repeat_prob": 0.5, "seed": 0, **kw}
+    return make_family(family_config("dyck", dyck_length=n_pairs, **kw))
 
 
 def test_registered_and_catalan_counts():

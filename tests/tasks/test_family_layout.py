@@ -8,8 +8,7 @@ from dataclasses import FrozenInstanceError, fields
 import pytest
 import torch
 
-from tvlens.models.config import FAMILY_DEFAULTS
-from tvlens.tasks import FAMILIES, FamilyConfig, PoolConfig, make_family
+from tvlens.tasks import FAMILIES, ConfigError, PoolConfig, family_config, make_family
 
 
 def test_token_family_layout():
@@ -48,30 +47,33 @@ def test_regression_family_layout():
 
 
 def test_concept_family_decodes_concepts():
-    fam = make_family(FamilyConfig("sparse_linreg", dim=5, sparsity=2, n_concepts=3, seq_len=8))
+    fam = make_family(family_config("sparse_linreg", dim=5, sparsity=2, n_concepts=3, seq_len=8))
     batch = fam.sample("ood", 6, seed=0)
     assert fam.default_decoding() == ("concept", "ood")
     assert torch.equal(fam.labels(batch, "concept"), fam.concept_labels(batch))
     assert fam.n_label_classes("concept", "ood") == 3
 
 
-@pytest.mark.parametrize("name", ["dice", "markov", "linreg", "sparse_linreg"])
+@pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_each_family_has_its_own_config(name):
+    """A family's options live in its own config class and nowhere else."""
     cls = FAMILIES[name]
-    assert cls.config_class is not None and issubclass(cls.config_class, PoolConfig)
+    assert issubclass(cls.config_class, PoolConfig) and cls.config_class is not PoolConfig
     own = {f.name for f in fields(cls.config_class)}
-    # the typed config holds what this family reads, not the union of every family's fields
-    # (``extra`` only where the family reads family-specific knobs from it: dyck, linreg)
-    assert own - {"extra"} < {f.name for f in fields(FamilyConfig)} - {"extra"}
-    assert own <= {f.name for f in fields(FamilyConfig)}
+    assert {f.name for f in fields(PoolConfig)} <= own and "extra" not in own
     defaults = cls.config_class()
     assert defaults.name == name
-    for key, value in FAMILY_DEFAULTS[name].items():  # the run defaults agree
-        assert getattr(defaults, key) == value
-    fam = make_family(FamilyConfig(name, **FAMILY_DEFAULTS[name]))
-    assert isinstance(fam.config, cls.config_class)
+    fam = make_family(name=name)  # the run defaults are the class defaults
+    assert fam.config == defaults
     with pytest.raises(FrozenInstanceError):
         fam.config.seq_len = 3  # type: ignore[misc]
-    # a family built from its own config equals one built from the flat config
     again = cls(fam.config)
     assert torch.equal(again.pool, fam.pool)
+    # a field of another family is refused with the valid ones named, never ignored
+    foreign = "dim" if "dim" not in own else "vocab"
+    with pytest.raises(ConfigError, match=rf"unknown field\(s\) \['{foreign}'\].*valid fields"):
+        family_config(name, **{foreign: 3})
+    # the run's config.json holds only this family's fields
+    from tvlens.models import RunConfig
+
+    assert set(RunConfig.for_family(name).to_dict()["family"]) == own

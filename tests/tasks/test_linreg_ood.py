@@ -7,14 +7,12 @@ import torch
 
 from tvlens.analyses.paper_metrics import ood_params
 from tvlens.models import RunConfig
-from tvlens.tasks import FamilyConfig, make_family
+from tvlens.tasks import family_config, make_family
 from tvlens.tasks.base import ConfigError
 
 
-def ball_family(radius: float = 2.0, **extra):
-    cfg = FamilyConfig(name="linreg", dim=6, seq_len=20, extra={"ood": "ball",
-                       "ood_radius": radius, **extra})  # fmt: skip
-    return make_family(cfg)
+def ball_family(radius: float = 2.0):
+    return make_family(family_config("linreg", dim=6, seq_len=20, ood="ball", ood_radius=radius))
 
 
 def test_ball_draws_lie_in_balls_around_the_majors_uniformly():
@@ -33,7 +31,7 @@ def test_ball_draws_lie_in_balls_around_the_majors_uniformly():
 
 
 def test_prior_is_the_default_and_differs_from_balls():
-    prior = make_family(FamilyConfig(name="linreg", dim=6, seq_len=20))
+    prior = make_family(family_config(name="linreg", dim=6, seq_len=20))
     ball = ball_family(0.5)
     a, b = prior.sample("ood", 200, seed=0).params, ball.sample("ood", 200, seed=0).params
     # prior draws have norm ≈ √6; ball draws stay within 0.5 of a major task
@@ -46,19 +44,28 @@ def test_prior_is_the_default_and_differs_from_balls():
 
 
 @pytest.mark.parametrize(
-    "extra, match",
+    "fields, match",
     [
-        ({"ood": "sphere"}, "family.extra.ood"),
+        ({"ood": "sphere"}, "family.ood="),
         ({"ood": "ball", "ood_radius": -1}, "ood_radius"),
-        ({"ood": "ball", "beta_a": 0.5}, "unknown key"),
+        ({"ood": "ball", "beta_a": 0.5}, r"unknown field\(s\) \['beta_a'\].*valid fields"),
     ],
 )
-def test_bad_ood_options_are_named(extra, match):
+def test_bad_ood_options_are_named(fields, match):
     with pytest.raises(ConfigError, match=match):
-        make_family(FamilyConfig(name="linreg", dim=6, seq_len=20, extra=extra))
+        make_family(family_config(name="linreg", dim=6, seq_len=20, **fields))
+
+
+def test_a_legacy_flat_config_with_extra_still_loads():
+    """Run folders of tvlens < 0.5 hold the flat config (every family's fields + extra)."""
+    legacy = {"name": "linreg", "vocab": 6, "dim": 6, "noise": 0.5, "n_concepts": 4,
+              "sparsity": 4, "seq_len": 20, "extra": {"ood": "ball", "ood_radius": 1.5}}  # fmt: skip
+    cfg = RunConfig.from_dict({"family": legacy}).family
+    assert (cfg.ood, cfg.ood_radius, cfg.dim) == ("ball", 1.5, 6)
+    assert "vocab" not in cfg.to_dict() and "extra" not in cfg.to_dict()
 
 
 def test_ball_option_round_trips_through_a_run_config():
-    cfg = RunConfig.for_family("linreg", family={"extra": {"ood": "ball", "ood_radius": 2}})
+    cfg = RunConfig.for_family("linreg", family={"ood": "ball", "ood_radius": 2})
     again = RunConfig.from_dict(cfg.to_dict())
     assert make_family(again.family).config.ood == "ball"

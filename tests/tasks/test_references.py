@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tvlens.tasks import ConfigError, FamilyConfig, make_family
+from tvlens.tasks import ConfigError, family_config, make_family
 
 
 def _mixture_predictive_bruteforce(family, batch):
@@ -172,7 +172,7 @@ def test_ood_tasks_are_fresh_draws():
 )
 def test_family_config_errors_name_the_field(field, value, match):
     with pytest.raises(ConfigError, match=match):
-        make_family(FamilyConfig(), **{field: value})
+        make_family(family_config(), **{field: value})
 
 
 def test_minor_split_without_minor_tasks_is_a_clear_error():

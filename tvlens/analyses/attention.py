@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +23,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from tvlens.analyses.common import analyses_dir, run_source, save_analysis
+from tvlens.analyses.common import save_analysis
 from tvlens.hooks.core import check_hook_names, hook_name
+from tvlens.options import Options, option
+from tvlens.registry import driver
 
 if TYPE_CHECKING:
     from tvlens.models import Run
@@ -267,17 +270,25 @@ def ensure_attention(run_dir: Path, results: dict[str, Path]) -> str | None:
     return None
 
 
-def analyse_attention(
-    run: Run,
-    out_dir: Path | str | None = None,
-    *,
-    seed: int = 0,
-    heads: Sequence[tuple[int, int]] | None = None,
-    split: str = "major",
-) -> dict[str, pd.DataFrame]:
-    """Attention patterns of a trained run on one ``split`` sequence drawn with ``seed``;
-    writes ``analyses/attention.csv`` (with a ``step`` column)."""
-    df = attention_patterns(run, heads=heads, split=split, seed=seed).assign(step=run.step)
+@dataclass(frozen=True)
+class AttentionOptions(Options):
+    """Options of :func:`analyse_attention`."""
+
+    section = "attention"
+    seed: int = option(0, "seed of the sequence")
+    heads: tuple[tuple[int, int], ...] | None = option(
+        None, "(layer, head) pairs (default: every head)", cli=False
+    )
+    split: str = option(
+        "major", "split of the sequence", choices=("train", "major", "minor", "ood")
+    )
+
+
+@driver("attention", AttentionOptions)
+def analyse_attention(run: Run, o: AttentionOptions, progress: bool) -> dict[str, pd.DataFrame]:
+    """Attention patterns of a trained run on one ``split`` sequence drawn with ``seed``
+    (``attention.csv``, with a ``step`` column)."""
+    df = attention_patterns(run, heads=o.heads, split=o.split, seed=o.seed)
+    df = df.assign(step=run.step)
     check_table(df)
-    save_analysis(df, analyses_dir(run, out_dir), CSV_NAME, run_source(run))
     return {CSV_NAME: df}

@@ -41,7 +41,6 @@ import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -51,8 +50,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tvlens.analyses.common import analyses_dir, run_source, save_tables
 from tvlens.hooks.core import as_bridge, capture, hook_name
+from tvlens.options import Options, option
+from tvlens.registry import driver
 from tvlens.tasks.base import Batch, TaskFamily, derive_seed
 
 log = logging.getLogger(__name__)
@@ -619,34 +619,51 @@ def task_decodability_table(
     return df
 
 
-def analyse_decodability(
-    run: Any,
-    out_dir: Path | str | None = None,
-    *,
-    seed: int = 0,
-    n_examples: Sequence[int] | None = None,
-    methods: Sequence[Method] = METHODS,
-    n: int | None = None,
-) -> dict[str, pd.DataFrame]:
-    """TD of a trained :class:`~tvlens.models.Run` at its current step; writes
-    ``analyses/decodability.csv``. ``out_dir`` defaults to ``run.dir/analyses``.
+@dataclass(frozen=True)
+class DecodabilityOptions(Options):
+    """Options of :func:`analyse_decodability` (and of :func:`~tvlens.analyses.dynamics.
+    analyse_dynamics`, which reads ``seed`` and ``n``)."""
 
-    TD and ICL loss over the run's checkpoints are
+    section = "decodability"
+    seed: int = option(0, "seed of the probe sequences and the kNN / probe splits")
+    n_examples: tuple[int, ...] | None = option(
+        None, "in-context examples before each read-out (default: a log grid)", min=0
+    )
+    methods: tuple[str, ...] = option(METHODS, "decoders", choices=METHODS)
+    n: int | None = option(None, "sequences per class (default: the family's)", min=2)
+
+
+@driver("decodability", DecodabilityOptions)
+def analyse_decodability(
+    run: Any, o: DecodabilityOptions, progress: bool
+) -> dict[str, pd.DataFrame]:
+    """TD of a trained :class:`~tvlens.models.Run` at its current step
+    (``decodability.csv``). TD and ICL loss over the run's checkpoints are
     :func:`tvlens.analyses.dynamics.analyse_dynamics` (its own registry entry).
     """
     df = task_decodability_table(
         run.model,
         run.family,
-        n=n,
-        n_examples=n_examples,
-        methods=methods,
-        seed=seed,
+        n=o.n,
+        n_examples=o.n_examples,
+        methods=o.methods,
+        seed=o.seed,
         shuffled=True,
     )
     df.insert(0, "step", run.step)
-    result = {"decodability": df}
-    save_tables(result, analyses_dir(run, out_dir), run_source(run))
-    return result
+    return {"decodability": df}
+
+
+def headline(tables: Mapping[str, pd.DataFrame], run: Any = None) -> dict[str, float]:
+    """A sweep's ``results.csv`` numbers: per decoder, the best TD, where, and at the most
+    examples, beside chance."""
+    if "decodability" not in tables:
+        return {}
+    out = {}
+    for _, r in summarise(tables["decodability"]).iterrows():
+        for col in ("best_layer", "best_n_examples", "best_td", "chance", "td_last_n"):
+            out[f"td_{r['method']}_{col}"] = r[col]
+    return out
 
 
 #: deprecated name of :func:`task_decodability_table` (kept for one release)

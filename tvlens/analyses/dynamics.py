@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +29,6 @@ from scipy import stats
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tvlens.analyses.common import analyses_dir, run_source, save_tables
 from tvlens.analyses.decodability import (
     DEFAULT_K,
     Label,
@@ -41,6 +41,8 @@ from tvlens.analyses.decodability import (
 )
 from tvlens.models.evaluate import predict
 from tvlens.models.train import list_checkpoints, load_run
+from tvlens.options import Options, option
+from tvlens.registry import driver
 from tvlens.tasks.base import Batch, TaskFamily
 
 log = logging.getLogger(__name__)
@@ -69,10 +71,10 @@ def reference_losses(family: TaskFamily, batch: Batch) -> dict[str, Float[Tensor
         "retrieval": family.retrieval_predictive(batch),
         "learning": family.learning_predictive(batch),
     }
-    for name in ("bayes", "oracle"):
-        fn = getattr(family, f"{name}_predictive", None)
-        if fn is not None:
-            preds[name] = fn(batch)
+    if family.has("bayes_predictive"):
+        preds["bayes"] = family.bayes_predictive(batch)
+    if family.has("oracle_predictive"):
+        preds["oracle"] = family.oracle_predictive(batch)
     return {name: family.prediction_loss(p, batch) for name, p in preds.items()}
 
 
@@ -178,24 +180,28 @@ def decodability_dynamics(
     return pd.concat(frames, ignore_index=True)
 
 
-def analyse_dynamics(
-    run: Any,
-    out_dir: Path | str | None = None,
-    *,
-    seed: int = 0,
-    n: int | None = None,
-) -> dict[str, pd.DataFrame]:
+@dataclass(frozen=True)
+class DynamicsOptions(Options):
+    """Options of :func:`analyse_dynamics`."""
+
+    section = "dynamics"
+    seed: int = option(0, "seed of the probe sequences")
+    n: int | None = option(None, "sequences per class (default: the family's)", min=2)
+
+
+@driver("dynamics", DynamicsOptions)
+def analyse_dynamics(run: Any, o: DynamicsOptions, progress: bool) -> dict[str, pd.DataFrame]:
     """TD and ICL loss at every checkpoint of a trained run (:func:`decodability_dynamics`);
     writes ``analyses/decodability_dynamics.csv``. A run with a single checkpoint has no
     dynamics: the result is then empty and nothing is written."""
     if len(run.checkpoint_steps()) <= 1:
         log.info("%s has one checkpoint: no decodability dynamics", run.dir)
         return {}
-    result = {
-        "decodability_dynamics": decodability_dynamics(run.dir, n=n, seed=seed, progress=False)
+    return {
+        "decodability_dynamics": decodability_dynamics(
+            run.dir, n=o.n, seed=o.seed, progress=progress
+        )
     }
-    save_tables(result, analyses_dir(run, out_dir), run_source(run))
-    return result
 
 
 # ---------------------------------------------------------------------- correlations

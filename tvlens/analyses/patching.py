@@ -37,7 +37,6 @@ import difflib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -47,7 +46,6 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tvlens.analyses.common import analyses_dir, run_source, save_tables
 from tvlens.analyses.task_vectors import sample_tasks
 from tvlens.hooks.core import (
     as_bridge,
@@ -57,6 +55,8 @@ from tvlens.hooks.core import (
     resolve_positions,
 )
 from tvlens.hooks.suffix import BridgeSuffixRunner, NativeSuffixRunner, native_model
+from tvlens.options import Options, option
+from tvlens.registry import driver
 from tvlens.tasks.base import Batch, TaskFamily
 
 log = logging.getLogger(__name__)
@@ -669,14 +669,17 @@ def task_metric(family: TaskFamily, clean: Batch, position: int) -> Metric:
     return metric
 
 
-def analyse_patching(
-    run: Any,
-    out_dir: Path | str | None = None,
-    *,
-    n_per_task: int = 4,
-    seed: int = 0,
-    progress: bool = False,
-) -> dict[str, pd.DataFrame]:
+@dataclass(frozen=True)
+class PatchingOptions(Options):
+    """Options of :func:`analyse_patching`."""
+
+    section = "patching"
+    n_per_task: int = option(4, "clean and corrupted sequences", min=1)
+    seed: int = option(0, "seed of the sequences")
+
+
+@driver("patching", PatchingOptions)
+def analyse_patching(run: Any, o: PatchingOptions, progress: bool) -> dict[str, pd.DataFrame]:
     """Denoising sweeps on a trained :class:`~tvlens.models.Run`: where does the task live?
 
     Runs sequences of another major task (corrupted) and patches in activations of the clean
@@ -685,7 +688,7 @@ def analyse_patching(
     (layer × position) and ``analyses/patching_heads.csv`` (layer × head), each with the
     ``recovered`` fraction of the clean−corrupted gap.
     """
-    clean, corrupted = task_pair(run.family, n_per_task, seed)
+    clean, corrupted = task_pair(run.family, o.n_per_task, o.seed)
     scored = torch.nonzero(clean.target_mask.all(0)).flatten()
     if scored.numel() == 0:
         raise ValueError("no position is scored in every sequence; cannot pick a read-out.")
@@ -717,5 +720,4 @@ def analyse_patching(
         )
         table.attrs = dict(df.attrs)
         tables[name] = table
-    save_tables(tables, analyses_dir(run, out_dir), run_source(run))
     return tables

@@ -27,7 +27,7 @@ percentile), which in high dimension are near 90° too. :func:`analyse_probes` r
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,9 @@ from tvlens.analyses.geometry import (
 from tvlens.analyses.task_vectors import DEFAULT_POSITIONS, TaskVectors, task_vectors
 from tvlens.hooks import orthonormal_basis, resolve_positions
 from tvlens.hooks.core import Positions
-from tvlens.tasks.base import Batch, TaskFamily
+from tvlens.options import Options, option
+from tvlens.registry import driver
+from tvlens.tasks.base import SPLITS, Batch, TaskFamily
 
 VIEWS = ("full", "task", "orth", "random", "orth_random", "orth_top")
 #: random subspaces drawn for the principal-angle reference distribution
@@ -57,13 +59,8 @@ def sufficient_statistics(family: TaskFamily, batch: Batch) -> Float[Tensor, "ba
     """The learning reference's sufficient statistics at every position ``[B, T, S]``, from
     the targets seen *before* each position, normalised per observation (so that their scale
     does not simply track the position)."""
-    own = getattr(family, "sufficient_statistics", None)
-    if callable(own):
-        return own(batch)
-    raise ValueError(
-        f"no sufficient statistics are defined for family {family.name!r}; give the family "
-        "a sufficient_statistics(batch) -> [B, T, S] method."
-    )
+    family.require("sufficient_statistics", "the probes analysis")
+    return family.sufficient_statistics(batch)
 
 
 # ------------------------------------------------------------------------- probes
@@ -245,37 +242,38 @@ def probes(
     }
 
 
-def analyse_probes(
-    run: Any,
-    out_dir: Path | str | None = None,
-    *,
-    seed: int | None = None,
-    n: int = 512,
-    n_per_task: int = 64,
-    splits: Sequence[str] = ("major", "ood"),
-    positions: Positions = DEFAULT_POSITIONS,
-    save: bool = True,
-    progress: bool = False,
-) -> dict[str, pd.DataFrame]:
-    """Sufficient-statistic probes on a trained run (``probes.csv`` and ``probe_angles.csv``
-    in ``out_dir``, default ``RUN_DIR/analyses``): ``n`` held-out sequences per split, task
-    vectors from ``n_per_task`` sequences of each major task. Tables carry the run's ``k``.
-    ``seed`` defaults to the run's training seed + 7."""
-    from tvlens.analyses.common import analyses_dir, save_tables
+@dataclass(frozen=True)
+class ProbesOptions(Options):
+    """Options of :func:`analyse_probes`."""
 
+    section = "probes"
+    seed: int | None = option(None, "seed (default: the run's training seed + 7)")
+    n: int = option(512, "held-out sequences per split", min=2)
+    n_per_task: int = option(64, "sequences per major task for the task vectors", min=1)
+    splits: tuple[str, ...] = option(("major", "ood"), "splits", choices=SPLITS)
+    last_positions: int = option(
+        -DEFAULT_POSITIONS.start, "probe the last N positions of each sequence", min=1
+    )
+
+
+@driver("probes", ProbesOptions)
+def analyse_probes(run: Any, o: ProbesOptions, progress: bool) -> dict[str, pd.DataFrame]:
+    """Sufficient-statistic probes on a trained run (``probes.csv`` and ``probe_angles.csv``):
+    ``n`` held-out sequences per split, task vectors from ``n_per_task`` sequences of each
+    major task. Tables carry the run's ``k``."""
     fam, model = run.family, run.model
+    fam.require("sufficient_statistics", "the probes analysis")
     model.eval()
-    seed = run.config.train.seed + 7 if seed is None else int(seed)
-    tv = task_vectors(model, fam, n_per_task=n_per_task, seed=seed, progress=progress)
-    wanted = [s for s in splits if not (s == "minor" and fam.n_minor == 0)]
+    seed = run.config.train.seed + 7 if o.seed is None else o.seed
+    n, positions = o.n, slice(-o.last_positions, None)
+    tv = task_vectors(model, fam, n_per_task=o.n_per_task, seed=seed, progress=progress)
+    wanted = [s for s in o.splits if not (s == "minor" and fam.n_minor == 0)]
     # split keys ("major", "ood") are never drawn in training; the seed offset keeps these
     # batches apart from the evaluation batches too
     batches = {s: fam.sample(s, n, seed=seed + 1000) for s in wanted}
     tables = probes(model, fam, tv, batches, positions=positions, seed=seed)
     for df in tables.values():
         df.insert(0, "k", fam.config.k)
-    if save:
-        save_tables(tables, analyses_dir(run, out_dir))
     return tables
 
 

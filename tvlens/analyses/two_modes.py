@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from tvlens.analyses.baselines import alignment_baselines, reference_gap_table, share_table
-from tvlens.analyses.common import analyses_dir, run_source, save_tables
 from tvlens.analyses.geometry import (
     ablation_table,
     fit_beta,
@@ -35,7 +33,9 @@ from tvlens.analyses.steering import convexity_table, steering_table
 from tvlens.analyses.task_vectors import anova_table, task_vectors
 from tvlens.models.evaluate import eval_batches
 from tvlens.models.train import list_checkpoints
-from tvlens.tasks.base import Batch
+from tvlens.options import Options, option
+from tvlens.registry import driver
+from tvlens.tasks.base import Batch, ConfigError
 
 if TYPE_CHECKING:
     from tvlens.models import Run
@@ -46,23 +46,33 @@ log = logging.getLogger(__name__)
 ANALYSIS_SEED_OFFSET = 1
 
 
-def analyse_two_modes(
-    run: Run,
-    out_dir: Path | str | None = None,
-    *,
-    seed: int | None = None,
-    n_eval: int = 256,
-    n_causal: int = 96,
-    n_training: int = 64,
-    n_per_task: int = 64,
-    n_random: int = 5,
-    layers: Sequence[int] | None = None,
-    modes: bool = True,
-    save: bool = True,
-    progress: bool = False,
-    n_paper_tasks: int = 128,
-    n_anova: int = 32,
-) -> dict[str, pd.DataFrame]:
+@dataclass(frozen=True)
+class TwoModesOptions(Options):
+    """Options of :func:`analyse_two_modes`."""
+
+    section = "two_modes"
+    seed: int | None = option(
+        None, "seed of the analysis batches (default: the run's training seed + 1)"
+    )
+    n_eval: int = option(256, "sequences per split for the geometry", min=2)
+    n_causal: int = option(96, "sequences for ablation, steering and the modes", min=1)
+    n_training: int = option(64, "sequences per split at each checkpoint", min=2)
+    n_per_task: int = option(64, "sequences per task for the task vectors", min=1)
+    n_random: int = option(5, "random subspaces of the ablation control", min=1)
+    layers: tuple[int, ...] | None = option(None, "layers (default: every layer)", min=0)
+    modes: bool = option(True, "the mode diagnostic and geometry over checkpoints")
+    n_paper_tasks: int = option(128, "OOD tasks (and sequences each) of the paper metric", min=2)
+    n_anova: int = option(32, "sequences per task of the token-forced ANOVA", min=2)
+
+    def check(self) -> None:
+        if self.n_causal > self.n_eval:
+            raise ConfigError(
+                f"two_modes.n_causal={self.n_causal} exceeds n_eval={self.n_eval}; lower n_causal."
+            )
+
+
+@driver("two_modes", TwoModesOptions)
+def analyse_two_modes(run: Run, o: TwoModesOptions, progress: bool) -> dict[str, pd.DataFrame]:
     """Every task-vector analysis of docs/concepts.md (A) on a trained run; writes
     ``out_dir/<name>.csv`` (default ``RUN_DIR/analyses``; nothing when ``save=False``) and
     returns the tables by name. ``seed`` defaults to the run's training seed + 1, held out
@@ -93,19 +103,17 @@ def analyse_two_modes(
     held out from training and from the task-vector estimate. On the demo model this takes
     about 10 s on 2 idle CPU cores (17 s on one thread).
     """
-    if n_causal > n_eval:
-        raise ValueError(f"n_causal={n_causal} exceeds n_eval={n_eval}; lower n_causal.")
     fam, model = run.family, run.model
     model.eval()
-    if seed is None:
-        seed = run.config.train.seed + ANALYSIS_SEED_OFFSET
+    seed = run.config.train.seed + ANALYSIS_SEED_OFFSET if o.seed is None else o.seed
+    n_eval, n_causal, n_per_task = o.n_eval, o.n_causal, o.n_per_task
     batches = eval_batches(fam, n_eval, seed=seed)
     small = {name: _head(b, n_causal) for name, b in batches.items()}
     t0 = time.perf_counter()
     tv = task_vectors(
         model,
         fam,
-        layers,
+        o.layers,
         tasks="all",
         max_minor=8,
         n_per_task=n_per_task,
@@ -116,9 +124,9 @@ def analyse_two_modes(
     tables["anova_r2"] = anova_table(model, fam, tv.layers, seed=seed + 1)
     # the reference code's definitions, beside tvlens's (paper_metrics)
     tables["paper_ood_r2"] = paper_ood_r2(
-        model, fam, tv.layers, n_tasks=n_paper_tasks, n_per_task=n_paper_tasks, seed=seed
+        model, fam, tv.layers, n_tasks=o.n_paper_tasks, n_per_task=o.n_paper_tasks, seed=seed
     )
-    tables["paper_anova"] = paper_anova(model, fam, tv.layers, n_per_task=n_anova, seed=seed + 2)
+    tables["paper_anova"] = paper_anova(model, fam, tv.layers, n_per_task=o.n_anova, seed=seed + 2)
     tables["simplex_fit"] = simplex_table(model, fam, tv, batches)
     best = best_layer(tables["simplex_fit"])
     fit = fit_beta(model, fam, tv, batches["major"])
@@ -136,21 +144,19 @@ def analyse_two_modes(
         small,
         {layer: tv.basis(layer) for layer in tv.layers},
         point=tv.point,
-        n_random=n_random,
+        n_random=o.n_random,
         seed=seed,
     )
     tables["steering"] = steering_table(model, fam, tv, small["major"], tv.layers)
     tables["convexity"] = convexity_table(model, fam, tv, small["major"], tv.layers)
-    if modes and list_checkpoints(run.dir):
+    if o.modes and list_checkpoints(run.dir):
         tables["modes"] = mode_table(run.dir, n=n_causal, seed=seed, progress=progress)
         tables["geometry_training"] = geometry_over_training(
-            run.dir, n=n_training, n_per_task=n_per_task // 2, seed=seed, progress=progress
+            run.dir, n=o.n_training, n_per_task=n_per_task // 2, seed=seed, progress=progress
         )
     for df in tables.values():
         if "k" not in df.columns:
             df.insert(0, "k", fam.config.k)
-    if save:
-        save_tables(tables, analyses_dir(run, out_dir), run_source(run))
     log.info("analysed %s in %.1f s (best layer %d)", run.dir, time.perf_counter() - t0, best)
     return tables
 

@@ -41,7 +41,6 @@ config, so its numbers do not depend on the engine or on which worker runs it.
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import json
 import logging
@@ -69,27 +68,6 @@ DEFAULT_TRIAL_DIR = "{family}_{model}_k{k}_s{seed}"
 TRIAL_DIR_FIELDS = ("family", "model", "k", "seed", "n_minor")
 #: the columns of results.csv that say which trial a row is
 AXES = ("trial", "family", "model", "k", "n_minor", "seed", "n_layers", "d_model", "steps")
-
-#: analysis name -> "module:function" of its run-level driver, used when the analysis
-#: registry (:mod:`tvlens.registry`) is not there; with it, its entries are the drivers
-FALLBACK_DRIVERS: dict[str, str] = {
-    "two_modes": "tvlens.experiments.two_modes:analyse_run",
-    "decodability": "tvlens.analyses.decodability:analyse_decodability",
-    "dynamics": "tvlens.analyses.dynamics:analyse_dynamics",
-    "patching": "tvlens.analyses.patching:analyse_patching",
-}
-#: per-analysis summaries the sweep writes beyond the drivers' tables: ``headline`` gives a
-#: trial's results.csv numbers, ``across_k`` the across-k tables. Named as strings and
-#: imported on use, like the registry's drivers (the experiments build on the sweep, not
-#: the other way round).
-SUMMARY_HOOKS: dict[str, dict[str, str]] = {
-    "two_modes": {
-        "headline": "tvlens.experiments.two_modes:headline",
-        "across_k": "tvlens.experiments.two_modes:across_k",
-    },
-}
-#: options the sweep passes itself (never from the config)
-_RESERVED = {"run", "out_dir", "save", "progress"}
 
 _KEYS = {
     "name",
@@ -483,50 +461,22 @@ def _parse_analyses(raw: Any, source: str) -> dict[str, dict[str, Any]]:
             raise _err(
                 source, f"analyses.{name}", "options must be a mapping of keyword arguments."
             )
-        params = driver_parameters(name)
-        bad = [] if params is None else sorted(set(opts) - set(params))
-        if bad:
-            raise _err(
-                source,
-                f"analyses.{name}",
-                f"unknown option(s) {bad}; valid options are {sorted(params)}.",
-            )
+        from tvlens.registry import get
+
+        try:
+            get(name).options_class().build(opts)
+        except ConfigError as e:
+            raise _err(source, f"analyses.{name}", str(e)) from None
         out[name] = dict(opts)
     return out
 
 
 def drivers() -> dict[str, str]:
-    """Analysis name -> ``"module:function"`` of every run-level driver a sweep can run.
+    """Analysis name -> ``"module:function"`` of every trained-run driver a sweep can run
+    (the entries of :data:`tvlens.registry.ANALYSES` with a driver)."""
+    from tvlens.registry import get, names
 
-    A driver takes the trained Run first and returns ``{table: DataFrame}``, writing each
-    table to ``RUN_DIR/analyses/<table>.csv``. The names come from the analysis registry
-    (:data:`tvlens.registry.ANALYSES`, entries with a driver) when it is installed.
-    """
-    try:
-        from tvlens.registry import ANALYSES
-    except ImportError:
-        return dict(FALLBACK_DRIVERS)
-    return {name: a.driver for name, a in ANALYSES.items() if a.driver}
-
-
-def driver(name: str) -> Callable[..., dict]:
-    """The run-level analysis driver registered under ``name``."""
-    import importlib
-
-    module, _, fn = drivers()[name].partition(":")
-    return getattr(importlib.import_module(module), fn)
-
-
-def driver_parameters(name: str) -> list[str] | None:
-    """The keyword options a config may pass to driver ``name`` (None: it takes any)."""
-    params = list(inspect.signature(driver(name)).parameters.values())[1:]  # 1st: the run
-    if any(p.kind is p.VAR_KEYWORD for p in params):
-        return None
-    return [
-        p.name
-        for p in params
-        if p.name not in _RESERVED and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-    ]
+    return {n: str(get(n).driver) for n in names("trained")}
 
 
 def _build_trials(spec: SweepSpec) -> list[Trial]:
@@ -776,28 +726,17 @@ def call_driver(name: str, run: Any, options: Mapping[str, Any]) -> dict[str, An
     """Run analysis ``name`` on ``run`` with the config's ``options``. The driver writes its
     tables into ``RUN_DIR/analyses`` and picks its own seeds from the run unless the options
     set ``seed``, exactly as ``tvlens demo`` and the experiments call it."""
-    return dict(driver(name)(run, **dict(options)) or {})
+    from tvlens.registry import run_analyses
+
+    return run_analyses(run, [name], options={name: options})[0]
 
 
 def headline_for(name: str, tables: Mapping[str, Any], run: Any) -> dict[str, Any]:
-    """The numbers of analysis ``name`` that go into the trial's ``results.csv`` row."""
-    if name == "two_modes":
-        headline = _hook("two_modes", "headline")
-        row = headline(dict(tables), run.metrics if len(run.metrics) else None)
-        row.pop("k", None)
-        row.pop("n_minor", None)
-        return row
-    if name == "decodability" and "decodability" in tables:
-        from tvlens.analyses.decodability import summarise
+    """The numbers of analysis ``name`` that go into the trial's ``results.csv`` row (its
+    registry entry's ``headline``)."""
+    from tvlens.registry import get
 
-        out = {}
-        df = tables["decodability"]
-        for _, r in summarise(df).iterrows():
-            m = r["method"]
-            for col in ("best_layer", "best_n_examples", "best_td", "chance", "td_last_n"):
-                out[f"td_{m}_{col}"] = r[col]
-        return out
-    return {}
+    return get(name).headline_numbers(tables, run)
 
 
 # ----------------------------------------------------------------------------- sweep
@@ -1146,9 +1085,10 @@ def finish_two_modes(out: Path, trials: list[Trial], records: Mapping[str, dict]
     import pandas as pd
 
     from tvlens.analyses.common import save_tables
+    from tvlens.registry import get
     from tvlens.viz.common import write_figures
 
-    across_k = _hook("two_modes", "across_k")
+    across_k = get("two_modes").across_function()
     figures = _two_modes_figures()
     groups: dict[tuple, list[Trial]] = {}
     for t in trials:
@@ -1187,14 +1127,6 @@ def _load_tables(run_dir: Path) -> dict[str, Any]:
     import pandas as pd
 
     return {p.stem: pd.read_csv(p) for p in sorted((run_dir / "analyses").glob("*.csv"))}
-
-
-def _hook(analysis: str, kind: str) -> Callable[..., Any]:
-    """A summary function of ``analysis`` named in :data:`SUMMARY_HOOKS`, imported on use."""
-    import importlib
-
-    module, _, fn = SUMMARY_HOOKS[analysis][kind].partition(":")
-    return getattr(importlib.import_module(module), fn)
 
 
 def _two_modes_figures() -> dict[str, Callable[..., Any]]:

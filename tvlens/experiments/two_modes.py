@@ -67,6 +67,16 @@ def load_tables(run_dir: Path) -> dict[str, pd.DataFrame]:
 
 
 # --------------------------------------------------------------------------- headline
+def sweep_headline(tables: dict[str, pd.DataFrame], run: Any) -> dict:
+    """:func:`headline` of one sweep trial (its registry entry's ``headline``): the axes
+    ``k`` and ``n_minor`` are the sweep's own columns."""
+    metrics = getattr(run, "metrics", None)
+    row = headline(dict(tables), metrics if metrics is not None and len(metrics) else None)
+    row.pop("k", None)
+    row.pop("n_minor", None)
+    return row
+
+
 def headline(tables: dict[str, pd.DataFrame], metrics: pd.DataFrame | None = None) -> dict:
     """One row of headline numbers for a run (the columns of ``results.csv``).
 

@@ -19,23 +19,27 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from tvlens.llm.config import ANALYSES, TEMPLATES, LLMConfig
-
-
-def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of ints") from e
+from tvlens.llm.config import LLMSettings
+from tvlens.options import add_flags, from_flags
 
 
 def _names(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
+def _analyses() -> list[Any]:
+    """The registry's LLM analyses (plug-ins included), in order."""
+    from tvlens.registry import ANALYSES, load_plugins
+
+    load_plugins()
+    return [a for a in ANALYSES.values() if a.kind == "llm" and a.driver is not None]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = LLMConfig()
+    from tvlens.registry import LLM
+
     parser.add_argument(
         "--model",
         help="registered real model (smollm2, gemma3-270m), a .gguf file or a folder holding "
@@ -44,42 +48,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--accept-terms", action="store_true", help="accept the model's terms (Gemma) once"
     )
-    parser.add_argument(
-        "--task",
-        default=d.tasks,
-        help="task(s) for ICL / task vectors / function vectors: names, a family "
-        "(word, pos, bitwise, null), 'all', or a task JSON path; comma-separated",
-    )
-    parser.add_argument(
-        "--td-tasks", default=d.td_tasks, help="tasks for decodability and geometry (grouped)"
-    )
     parser.add_argument("--out", type=Path, help="run directory (default runs/llm/<model>)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing run dir")
+    entries = _analyses()
     parser.add_argument(
         "--analyses",
         type=_names,
-        default=d.analyses,
-        help=f"comma-separated subset of {','.join(ANALYSES)}",
+        default=LLM,
+        help=f"comma-separated subset of {','.join(a.name for a in entries)} "
+        f"(default {','.join(LLM)})",
     )
-    parser.add_argument("--shots", type=_ints, default=d.icl_shots, help="ICL shot counts")
-    parser.add_argument("--td-shots", type=_ints, default=d.td_shots, help="TD shot counts")
-    parser.add_argument("--n-prompts", type=int, default=d.n_prompts, help="prompts per task")
-    parser.add_argument("--n-td", type=int, default=d.n_td, help="prompts per task for TD")
-    parser.add_argument("--tv-shots", type=int, default=d.tv_shots, help="task-vector shots")
-    parser.add_argument("--fv-shots", type=int, default=d.fv_shots, help="function-vector shots")
-    parser.add_argument("--n-ie", type=int, default=d.n_ie, help="prompts for head IE")
-    parser.add_argument("--k-heads", type=int, default=d.k_heads, help="heads in the FV")
-    parser.add_argument("--n-mixture", type=int, default=d.n_mixture, help="prompts per mix")
-    parser.add_argument("--layers", type=_ints, help="layers to sweep (default all)")
-    parser.add_argument(
-        "--template",
-        default=d.template,
-        help="auto (default: the template measured best for a registered model, qa "
-        f"otherwise), {', '.join(TEMPLATES)}",
+    # every flag below is generated from the options dataclasses (tvlens.options)
+    add_flags(parser.add_argument_group("prompt settings"), [LLMSettings])
+    add_flags(
+        parser.add_argument_group("analysis options (shared by the analyses that have them)"),
+        [a.options_class() for a in entries],
     )
-    parser.add_argument("--mode", default=d.mode, choices=["first_token", "exact"])
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--device", help="one device, e.g. cuda:0 or cpu")
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     parser.add_argument("--n-devices", type=int, help="split the model over N GPUs")
@@ -166,27 +150,13 @@ def run(args: argparse.Namespace) -> int:
             "or a subcommand: get, models, convert (tvlens llm -h)."
         )
     from tvlens.llm.load import load
-    from tvlens.llm.run import run_llm, summary
+    from tvlens.llm.run import LLMRun, summary
+    from tvlens.registry import get, run_analyses
 
-    cfg = LLMConfig(
-        tasks=args.task,
-        td_tasks=args.td_tasks,
-        analyses=tuple(args.analyses),
-        icl_shots=tuple(args.shots),
-        n_prompts=args.n_prompts,
-        td_shots=tuple(args.td_shots),
-        n_td=args.n_td,
-        tv_shots=args.tv_shots,
-        fv_shots=args.fv_shots,
-        n_ie=args.n_ie,
-        k_heads=args.k_heads,
-        n_mixture=args.n_mixture,
-        layers=tuple(args.layers) if args.layers else None,
-        template=args.template,
-        mode=args.mode,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    names = list(args.analyses)
+    entries = [get(n, "llm") for n in names]  # unknown names fail before the model loads
+    settings = from_flags(LLMSettings, args)
+    options = {a.name: from_flags(a.options_class(), args) for a in entries}
     out = args.out or Path("runs") / "llm" / Path(str(args.model).rstrip("/")).name
     if (out / "config.json").exists() and not args.force:
         raise FileExistsError(f"{out} already holds a run; pass --force or another --out.")
@@ -201,8 +171,9 @@ def run(args: argparse.Namespace) -> int:
         device_map=device_map,
         accept_terms=args.accept_terms,
     )
-    tables = run_llm(model, out, cfg, model_name=str(args.model), progress=args.progress)
-    table = summary(tables)
+    run = LLMRun(model, out, name=str(args.model), settings=settings)
+    tables, _ = run_analyses(run, names, options=options, progress=args.progress)
+    table = summary(tables, run)
     if len(table):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     print(f"wrote {out}/config.json and {len(tables)} tables under {out}/analyses")

@@ -1,11 +1,12 @@
-"""Settings of an LLM run (:class:`LLMConfig`) and the prompt templates it names, kept free
-of heavy imports so that building the ``tvlens`` command line stays cheap."""
+"""The options of every LLM analysis and the settings of an LLM run (:class:`LLMSettings`),
+and the prompt templates they name."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+
+from tvlens.errors import ConfigError
+from tvlens.options import Options, option
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,6 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
-ANALYSES = ("icl", "task_vectors", "function_vectors", "decodability", "geometry")
 #: prompts per task for decodability: half the paper's N = 100, which keeps the default
 #: run of SmolLM2 / Gemma-3-270M on 2 CPU cores inside 10 / 20 minutes (``--n-td 100``
 #: for the paper's size)
@@ -54,45 +54,121 @@ def resolve_template(template: str, model: str) -> str:
     return recommended_template(model) or DEFAULT_TEMPLATE
 
 
-@dataclass
-class LLMConfig:
-    """Settings of one LLM run (defaults are sized for a GPU and a 2B–8B model)."""
+# ----------------------------------------------------------------------------- options
+# Each LLM analysis declares its options here, once (a light module: ``tvlens llm`` builds
+# its flags from these classes without importing torch). Fields with the same flag and
+# default share one flag (``--task``, ``--layers``, ``--n-prompts``).
+_TASKS_HELP = (
+    "task(s): names, a family (word, pos, bitwise, null), 'all', or a task JSON path; "
+    "comma-separated"
+)
+_LAYERS_HELP = "layers to sweep"
 
-    tasks: str = "antonym"  # tasks for ICL, task vectors and function vectors
-    td_tasks: str = "pos,bitwise,null"  # tasks for decodability and geometry (grouped)
-    analyses: tuple[str, ...] = ANALYSES
-    icl_shots: tuple[int, ...] = (0, 1, 2, 4, 8)
-    n_prompts: int = 50  # prompts per task for ICL, task vectors, FV mean and evaluation
-    td_shots: tuple[int, ...] = DEFAULT_TD_SHOTS
-    n_td: int = DEFAULT_PER_TASK  # prompts per task for decodability
-    tv_shots: int = 5
-    fv_shots: int = 10
-    n_ie: int = 25  # shuffled-label prompts for the head indirect effects
-    k_heads: int = 10
-    n_mixture: int = 20  # prompts per mixing proportion
-    layers: tuple[int, ...] | None = None  # layers for the sweeps (default: all)
-    template: str = "auto"  # "auto": the registered model's template, else DEFAULT_TEMPLATE
-    mode: str = "first_token"
-    point: str = "resid_post"
-    batch_size: int = 16
-    seed: int = 0
 
-    def __post_init__(self) -> None:
-        bad = [a for a in self.analyses if a not in ANALYSES]
-        if bad:
-            raise ValueError(f"unknown analyses {bad}; choose from {list(ANALYSES)}.")
-        for name in ("n_prompts", "n_td", "n_ie", "k_heads", "n_mixture", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
-        shots = (*self.icl_shots, *self.td_shots, self.tv_shots, self.fv_shots)
-        if any(s < 0 for s in shots) or not self.td_shots or not self.icl_shots:
-            raise ValueError("shot counts must be non-negative and the shot lists non-empty.")
-        if self.n_td <= 10 and "decodability" in self.analyses:
-            raise ValueError(f"n_td={self.n_td}: kNN with k = 10 needs more than 10 prompts.")
-        if self.template != "auto" and self.template not in TEMPLATES:
-            raise ValueError(f"template={self.template!r}; choose auto, {', '.join(TEMPLATES)}.")
-        if self.mode not in ("first_token", "exact"):
-            raise ValueError(f"mode={self.mode!r}; choose 'first_token' or 'exact'.")
+def _check_tasks(options: Options) -> None:
+    """Read the options' task spec now (names, families, JSON files), so a bad one fails
+    before any analysis runs or any earlier result is cleared."""
+    from tvlens.llm.tasks import load_tasks
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    load_tasks(options.tasks)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class LLMSettings(Options):
+    """How every analysis of one LLM run writes and scores prompts (recorded in the run's
+    ``config.json`` and in every table's provenance)."""
+
+    section = "llm"
+    template: str = option(
+        "auto",
+        "prompt template: auto (the one measured best for a registered model, "
+        f"{DEFAULT_TEMPLATE} otherwise) or one of {', '.join(TEMPLATES)}",
+        choices=("auto", *TEMPLATES),
+    )
+    mode: str = option("first_token", "answer scoring", choices=("first_token", "exact"))
+    point: str = option("resid_post", "hook point of the states and patches")
+    batch_size: int = option(16, "prompts per forward pass", min=1)
+    seed: int = option(0, "seed of every prompt draw")
+
+
+@dataclass(frozen=True)
+class ICLOptions(Options):
+    """ICL accuracy by task × shots."""
+
+    section = "icl"
+    tasks: str = option("antonym", _TASKS_HELP, flag="--task")
+    shots: tuple[int, ...] = option((0, 1, 2, 4, 8), "ICL shot counts", min=0)
+    n_prompts: int = option(50, "prompts per task", min=1)
+
+    def check(self) -> None:
+        if not self.shots:
+            raise ConfigError("icl.shots is empty; give at least one shot count.")
+        _check_tasks(self)
+
+
+@dataclass(frozen=True)
+class TaskVectorOptions(Options):
+    """Hendel et al.'s task vectors patched into zero-shot queries, by layer."""
+
+    section = "task_vectors"
+    tasks: str = option("antonym", _TASKS_HELP, flag="--task")
+    layers: tuple[int, ...] | None = option(None, _LAYERS_HELP, min=0)
+    shots: int = option(5, "demonstrations of the source prompts", flag="--tv-shots", min=0)
+    n_prompts: int = option(50, "prompts per task", min=1)
+
+    def check(self) -> None:
+        _check_tasks(self)
+
+
+@dataclass(frozen=True)
+class FunctionVectorOptions(Options):
+    """Todd et al.'s function vectors: head indirect effects, then the vector by layer."""
+
+    section = "function_vectors"
+    tasks: str = option("antonym", _TASKS_HELP, flag="--task")
+    layers: tuple[int, ...] | None = option(None, _LAYERS_HELP, min=0)
+    shots: int = option(10, "demonstrations per prompt", flag="--fv-shots", min=0)
+    n_prompts: int = option(50, "prompts per task (mean activations and evaluation)", min=1)
+    n_ie: int = option(25, "shuffled-label prompts for the head indirect effects", min=1)
+    k_heads: int = option(10, "heads in the function vector", min=1)
+
+    def check(self) -> None:
+        _check_tasks(self)
+
+
+@dataclass(frozen=True)
+class DecodabilityOptions(Options):
+    """Task decodability by group × layer × shots, and its correlation with ICL."""
+
+    section = "decodability"
+    tasks: str = option("pos,bitwise,null", "tasks (grouped by family)", flag="--td-tasks")
+    layers: tuple[int, ...] | None = option(None, _LAYERS_HELP, min=0)
+    shots: tuple[int, ...] = option(DEFAULT_TD_SHOTS, "shot counts", flag="--td-shots", min=0)
+    n_prompts: int = option(DEFAULT_PER_TASK, "prompts per task", flag="--n-td", min=1)
+
+    def check(self) -> None:
+        _check_tasks(self)
+        if not self.shots:
+            raise ConfigError("decodability.shots is empty; give at least one shot count.")
+        if self.n_prompts <= 10:
+            raise ConfigError(
+                f"decodability.n_prompts={self.n_prompts}: kNN with k = 10 needs more than "
+                "10 prompts per task (--n-td)."
+            )
+
+
+@dataclass(frozen=True)
+class GeometryOptions(Options):
+    """PCA of query states by task and the simplex fit of mixed-demonstration prompts."""
+
+    section = "geometry"
+    tasks: str = option("pos,bitwise,null", "tasks (grouped by family)", flag="--td-tasks")
+    layers: tuple[int, ...] | None = option(None, _LAYERS_HELP, min=0)
+    shots: int = option(
+        max(DEFAULT_TD_SHOTS), "demonstrations per prompt", flag="--geometry-shots", min=1
+    )
+    n_prompts: int = option(DEFAULT_PER_TASK, "prompts per task", flag="--n-td", min=1)
+    n_mixture: int = option(20, "prompts per mixing proportion", min=1)
+
+    def check(self) -> None:
+        _check_tasks(self)

@@ -35,8 +35,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from tvlens.analyses.decodability import DEFAULT_K, Method, decodability_table, knn_loo_predict
-from tvlens.hooks.core import hook_name
-from tvlens.llm.config import DEFAULT_PER_TASK, DEFAULT_TD_SHOTS, DEFAULT_TEMPLATE
+from tvlens.hooks.core import check_layers, hook_name
+from tvlens.llm.config import (
+    DEFAULT_PER_TASK,
+    DEFAULT_TD_SHOTS,
+    DEFAULT_TEMPLATE,
+    DecodabilityOptions,
+)
 from tvlens.llm.icl import icl_row
 from tvlens.llm.prompts import (
     ScoreMode,
@@ -46,8 +51,8 @@ from tvlens.llm.prompts import (
     run_nested,
     tokenizer_of,
 )
-from tvlens.llm.task_vectors import check_layers
-from tvlens.llm.tasks import NLTask
+from tvlens.llm.tasks import NLTask, load_tasks, task_groups
+from tvlens.registry import driver
 from tvlens.tasks.base import derive_seed
 
 log = logging.getLogger(__name__)
@@ -173,7 +178,7 @@ def td_icl_table(per_task: pd.DataFrame, icl: pd.DataFrame) -> pd.DataFrame:
     return per_task.merge(icl[cols], on=["group", "task", "shots"], how="left")
 
 
-def td_icl_correlation(
+def td_icl_correlation_table(
     table: pd.DataFrame, exclude_families: Sequence[str] = ("null",)
 ) -> pd.DataFrame:
     """Pearson / Spearman correlation of per-task TD with ICL accuracy across a group's
@@ -202,3 +207,99 @@ def td_icl_correlation(
     return pd.DataFrame(
         rows, columns=["group", "layer", "n_points", "r", "r2", "p_value", "spearman"]
     )
+
+
+def grouped_tasks(spec: str) -> dict[str, list[NLTask]]:
+    """The tasks of ``spec`` grouped by family (each with Null), with a clear error when no
+    group of two or more tasks results."""
+    groups = task_groups(load_tasks(spec))
+    if not groups:
+        raise ValueError(
+            f"tasks={spec!r} gives no group of two or more tasks of one family; pass e.g. "
+            "'pos,null' or 'bitwise'."
+        )
+    return groups
+
+
+def group_states(
+    run: Any,
+    group: str,
+    members: Sequence[NLTask],
+    shots: Sequence[int],
+    n_prompts: int,
+    layers: Sequence[int] | None,
+    keep: int,
+    progress: bool = False,
+) -> DecodabilityResult:
+    """:func:`decodability_by_shots` of one group on ``run``, keeping the ``keep``-shot
+    states; the result is cached on the run, so geometry reuses decodability's pass."""
+    key = (
+        "llm-decodability",
+        group,
+        tuple(t.name for t in members),
+        n_prompts,
+        None if layers is None else tuple(layers),
+    )
+    cached = run.cache.get(key)
+    if cached is not None and keep in cached.states and set(shots) <= set(cached.states):
+        return cached
+    s = run.settings
+    res = decodability_by_shots(
+        run.model,
+        members,
+        shots,
+        n_prompts,
+        layers,
+        s.template,
+        s.seed,
+        s.point,
+        mode=s.mode,
+        batch_size=s.batch_size,
+        keep_states=(keep,),
+        group=group,
+        progress=progress,
+    )
+    if cached is None or keep in res.states:
+        run.cache[key] = res
+    return res
+
+
+@driver("decodability", DecodabilityOptions, kind="llm")
+def analyse_decodability(
+    run: Any, o: DecodabilityOptions, progress: bool
+) -> dict[str, pd.DataFrame]:
+    """TD by group × layer × shots (``llm_decodability``), per-task TD beside ICL accuracy
+    (``llm_td_icl``) and their correlation per group × layer (``llm_td_correlation``)."""
+    td, per, icl = [], [], []
+    for group, members in grouped_tasks(o.tasks).items():
+        res = group_states(
+            run, group, members, o.shots, o.n_prompts, o.layers, max(o.shots), progress
+        )
+        td.append(res.td)
+        per.append(res.per_task)
+        icl.append(res.icl)
+    table = td_icl_table(pd.concat(per, ignore_index=True), pd.concat(icl, ignore_index=True))
+    return {
+        "llm_decodability": pd.concat(td, ignore_index=True),
+        "llm_td_icl": table,
+        "llm_td_correlation": td_icl_correlation_table(table),
+    }
+
+
+def headline(tables: dict[str, pd.DataFrame], run: Any = None) -> dict[str, float]:
+    """Peak kNN TD of each group at the most shots, with its layer and chance."""
+    d = tables["llm_decodability"]
+    d = d[(d["method"] == "knn") & (d["n_examples"] == d["n_examples"].max())]
+    out = {}
+    for group, g in d.groupby("group"):
+        best = g.loc[g["td"].idxmax()]
+        name = (
+            f"TD {group} ({int(best['n_examples'])} shots) peak layer {int(best['layer'])} "
+            f"(chance {best['chance']:.2f})"
+        )
+        out[name] = float(best["td"])
+    return out
+
+
+#: deprecated name of :func:`td_icl_correlation_table` (kept for one release)
+td_icl_correlation = td_icl_correlation_table

@@ -41,9 +41,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tvlens.hooks.core import hook_name
+from tvlens.hooks.core import check_layers, hook_name
 from tvlens.hooks.rowwise import add_rows_hook
-from tvlens.llm.config import DEFAULT_TEMPLATE
+from tvlens.llm.config import DEFAULT_TEMPLATE, FunctionVectorOptions
 from tvlens.llm.prompts import (
     BosPolicy,
     QueryReplay,
@@ -59,8 +59,9 @@ from tvlens.llm.prompts import (
     sample_prompts,
     tokenizer_of,
 )
-from tvlens.llm.task_vectors import check_layers, condition_row
-from tvlens.llm.tasks import NLTask
+from tvlens.llm.task_vectors import best_by_layer, condition_row
+from tvlens.llm.tasks import NLTask, load_tasks
+from tvlens.registry import driver
 
 log = logging.getLogger(__name__)
 Engine = Literal["auto", "full"]
@@ -428,3 +429,47 @@ def function_vector_analysis(
         vector_norm=float(vector.norm()),
     )
     return FunctionVectorResult(z_mean, ie, vector, sweep)
+
+
+@driver("function_vectors", FunctionVectorOptions, kind="llm")
+def analyse_function_vectors(
+    run: Any, o: FunctionVectorOptions, progress: bool
+) -> dict[str, pd.DataFrame]:
+    """Head indirect effects (``llm_fv_heads``) and the function vector's accuracy by layer
+    (``llm_function_vectors``) of every task; the vectors go to
+    ``RUN_DIR/function_vectors.safetensors``."""
+    from safetensors.torch import save_file
+
+    from tvlens.io import atomic_path
+
+    s = run.settings
+    heads, sweeps, vectors = [], [], {}
+    for task in load_tasks(o.tasks):
+        res = function_vector_analysis(
+            run.model,
+            task,
+            k_heads=o.k_heads,
+            shots=o.shots,
+            n_mean=o.n_prompts,
+            n_ie=o.n_ie,
+            n_eval=o.n_prompts,
+            layers=o.layers,
+            mode=s.mode,
+            point=s.point,
+            progress=progress,
+            **run.prompt_kwargs,
+        )
+        heads.append(res.heads)
+        sweeps.append(res.sweep)
+        vectors[task.name] = res.vector.float().contiguous()
+    with atomic_path(run.dir / "function_vectors.safetensors") as tmp:
+        save_file(vectors, str(tmp))
+    return {
+        "llm_fv_heads": pd.concat(heads, ignore_index=True),
+        "llm_function_vectors": pd.concat(sweeps, ignore_index=True),
+    }
+
+
+def headline(tables: dict[str, pd.DataFrame], run: Any = None) -> dict[str, float]:
+    """The best function-vector accuracy of each task."""
+    return best_by_layer(tables["llm_function_vectors"], ("function_vector",))

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from tvlens.analyses.geometry import alignment_scores, projection_r2, simplex_fit, top_components
 from tvlens.hooks.core import hook_name, orthonormal_basis
-from tvlens.llm.config import DEFAULT_TEMPLATE
+from tvlens.llm.config import DEFAULT_TEMPLATE, GeometryOptions
 from tvlens.llm.prompts import (
     Prompt,
     Template,
@@ -34,6 +34,7 @@ from tvlens.llm.prompts import (
     tokenizer_of,
 )
 from tvlens.llm.tasks import NLTask
+from tvlens.registry import driver
 
 DEFAULT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -210,3 +211,42 @@ def mixture_geometry(
                         )
             simplex_rows.append(row)
     return pd.DataFrame(mix_rows), pd.DataFrame(simplex_rows)
+
+
+@driver("geometry", GeometryOptions, kind="llm")
+def analyse_geometry(run: Any, o: GeometryOptions, progress: bool) -> dict[str, pd.DataFrame]:
+    """PCA of the ``shots``-shot query states by task (``llm_pca``) and the simplex fit of
+    mixed-demonstration prompts (``llm_mixture``, ``llm_simplex``), per task group. The
+    states come from decodability's pass when it ran on this run with the same tasks."""
+    from tvlens.llm.decodability import group_states, grouped_tasks
+
+    s = run.settings
+    pca, mix, simplex = [], [], []
+    for group, members in grouped_tasks(o.tasks).items():
+        res = group_states(
+            run, group, members, (o.shots,), o.n_prompts, o.layers, o.shots, progress
+        )
+        states = res.states[o.shots]
+        names = [t.name for t in res.tasks]
+        pca.append(pca_table(states, res.labels, names, res.layers, group=group))
+        m, fit = mixture_geometry(
+            run.model,
+            res.tasks,
+            states,
+            res.labels,
+            res.layers,
+            o.shots,
+            n_prompts=o.n_mixture,
+            template=s.template,
+            seed=s.seed,
+            point=s.point,
+            batch_size=s.batch_size,
+            group=group,
+        )
+        mix.append(m)
+        simplex.append(fit)
+    return {
+        "llm_pca": pd.concat(pca, ignore_index=True),
+        "llm_mixture": pd.concat(mix, ignore_index=True),
+        "llm_simplex": pd.concat(simplex, ignore_index=True),
+    }

@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from tvlens.llm.config import DEFAULT_TEMPLATE
+from tvlens.llm.config import DEFAULT_TEMPLATE, ICLOptions
 from tvlens.llm.prompts import (
     Encoded,
     Scored,
@@ -20,7 +20,8 @@ from tvlens.llm.prompts import (
     sample_prompts,
     tokenizer_of,
 )
-from tvlens.llm.tasks import NLTask
+from tvlens.llm.tasks import NLTask, load_tasks
+from tvlens.registry import driver
 
 
 def majority_baseline(enc: Encoded) -> float:
@@ -43,7 +44,7 @@ def icl_row(task: NLTask, shots: int, enc: Encoded, scored: Scored) -> dict:
     }
 
 
-def icl_accuracy(
+def icl_table(
     model: Any,
     tasks: Sequence[NLTask],
     shots: Sequence[int] = (0, 1, 2, 4, 8),
@@ -68,3 +69,31 @@ def icl_accuracy(
         scored = run_prompts(model, enc, mode=mode, batch_size=batch_size)
         rows.append(icl_row(task, s, enc, scored))
     return pd.DataFrame(rows)
+
+
+@driver("icl", ICLOptions, kind="llm")
+def analyse_icl(run: Any, o: ICLOptions, progress: bool) -> dict[str, pd.DataFrame]:
+    """ICL accuracy of ``run``'s model by task × shots (``llm_icl``)."""
+    s = run.settings
+    table = icl_table(
+        run.model,
+        load_tasks(o.tasks),
+        o.shots,
+        o.n_prompts,
+        mode=s.mode,
+        progress=progress,
+        **run.prompt_kwargs,
+    )
+    return {"llm_icl": table}
+
+
+def headline(tables: dict[str, pd.DataFrame], run: Any = None) -> dict[str, float]:
+    """ICL accuracy of every task × shot count."""
+    return {
+        f"ICL {r.task} {r.shots}-shot (majority {r.baseline:.2f})": r.accuracy
+        for r in tables["llm_icl"].itertuples()
+    }
+
+
+#: deprecated name of :func:`icl_table` (kept for one release)
+icl_accuracy = icl_table

@@ -1,52 +1,48 @@
-"""Run every LLM analysis on one model and write a run directory the report reads.
+"""An LLM run: a pretrained model (a TransformerBridge) and the folder its analyses write.
+
+:class:`LLMRun` is the pretrained counterpart of a trained :class:`~tvlens.models.Run`:
+every LLM analysis is a registered driver (:mod:`tvlens.registry`, ``kind = "llm"``) run with
+:func:`tvlens.run_analyses`, and writes its tables through :mod:`tvlens.io` with a
+provenance record (model, weights hash, template, seed, the analysis and its options).
+``tvlens llm`` is "load, then ``run_analyses``".
 
 Layout (the same as a synthetic run's, so ``tvlens report RUN_DIR`` works on both)::
 
-    RUN_DIR/config.json                 model, settings, library versions
-    RUN_DIR/analyses/llm_icl.csv        ICL accuracy by task × shots
-    RUN_DIR/analyses/llm_task_vectors.csv       Hendel task vectors: accuracy by layer
-    RUN_DIR/analyses/llm_fv_heads.csv           indirect effect of every head
-    RUN_DIR/analyses/llm_function_vectors.csv   function vector: accuracy by layer
-    RUN_DIR/analyses/llm_decodability.csv       TD by group × method × layer × shots
-    RUN_DIR/analyses/llm_td_icl.csv             per-task TD beside ICL accuracy
-    RUN_DIR/analyses/llm_td_correlation.csv     TD–ICL correlation by group × layer
-    RUN_DIR/analyses/llm_pca.csv                PCA of last-token states by task
-    RUN_DIR/analyses/llm_mixture.csv            simplex weights of mixed-task prompts
-    RUN_DIR/analyses/llm_simplex.csv            simplex / subspace R² by split
-    RUN_DIR/function_vectors.safetensors        one function vector per task
+    RUN_DIR/config.json                 kind "llm", model, settings, each analysis's options,
+                                        library versions and the wall time of each analysis
+    RUN_DIR/analyses/llm_*.csv          the tables (see each analysis's registry entry)
+    RUN_DIR/analyses/provenance.json    where every table came from
+    RUN_DIR/function_vectors.safetensors  one function vector per task
 
-``config.json`` also records the wall time of each analysis (``timings_s``), which the
-README's measured results and ``benchmarks/llm.py`` quote.
+Example::
+
+    from tvlens import run_analyses
+    from tvlens.llm import LLMRun, load
+
+    run = LLMRun(load("smollm2"), "runs/llm/smollm2", name="smollm2")
+    tables, seconds = run_analyses(run, ["task_vectors"], options={"task_vectors": {"layers": [15]}})
 """
 
 from __future__ import annotations
 
-import dataclasses
+import hashlib
 import json
 import logging
 import platform
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from tvlens.llm.config import LLMConfig, resolve_template
-from tvlens.llm.decodability import (
-    decodability_by_shots,
-    td_icl_correlation,
-    td_icl_table,
-)
-from tvlens.llm.function_vectors import function_vector_analysis
-from tvlens.llm.geometry import mixture_geometry, pca_table
-from tvlens.llm.icl import icl_accuracy
-from tvlens.llm.task_vectors import task_vector_sweep
-from tvlens.llm.tasks import load_tasks, task_groups
-from tvlens.models.checkpoint import atomic_write_text
+from tvlens.llm.config import LLMSettings, resolve_template
 
 log = logging.getLogger(__name__)
+
+#: files an LLM run writes besides ``config.json`` (removed when a run starts afresh)
+RUN_FILES = ("function_vectors.safetensors",)
 
 
 def _versions() -> dict[str, str]:
@@ -59,242 +55,157 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def save_table(df: pd.DataFrame, run_dir: Path, name: str) -> Path:
-    """Write ``df`` to ``run_dir/analyses/<name>.csv`` atomically."""
-    path = Path(run_dir) / "analyses" / f"{name}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, df.to_csv(index=False))
-    return path
+def weights_sha256(name_or_path: str | Path) -> str | None:
+    """A content hash of a model's weights, from the SHA-256s that tvlens recorded when it
+    converted or installed them (``tvlens_manifest.json``); ``None`` for a model without
+    one (a hub id or a plain HF folder: its files are not hashed here)."""
+    from tvlens.llm.weights import REGISTRY, cache_root, read_manifest
+
+    name = str(name_or_path)
+    folder = cache_root() / "models" / name if name in REGISTRY else Path(name)
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    if manifest is None:
+        return None
+    files = sorted((n, r["sha256"]) for n, r in manifest["files"].items())
+    return hashlib.sha256(json.dumps(files).encode()).hexdigest()
+
+
+class LLMRun:
+    """A pretrained model and the run directory its analyses write.
+
+    ``model`` is a bridge from :func:`tvlens.llm.load`; ``name`` is what it was loaded
+    from (a registered name, a folder, a hub id), recorded with its weights hash;
+    ``settings`` (:class:`~tvlens.llm.config.LLMSettings` or a mapping of its fields) say how
+    every analysis writes and scores prompts. With ``fresh=True`` (the default) the tables of
+    an earlier run in ``run_dir`` are removed first, so the folder only holds this run's.
+    """
+
+    kind = "llm"
+
+    def __init__(
+        self,
+        model: Any,
+        run_dir: str | Path,
+        *,
+        name: str = "?",
+        settings: LLMSettings | Mapping[str, Any] | None = None,
+        fresh: bool = True,
+    ) -> None:
+        s = LLMSettings.build(settings)
+        self.model = model
+        self.dir = Path(run_dir)
+        self.name = str(name)
+        self.settings = replace(s, template=resolve_template(s.template, self.name))
+        #: expensive intermediate results shared by this run's analyses (geometry reuses
+        #: decodability's query states); never written
+        self.cache: dict[Any, Any] = {}
+        self._weights = weights_sha256(self.name)
+        self._fresh = fresh  # cleared when the first analysis starts (see record)
+        cfg = model.cfg
+        self.meta: dict[str, Any] = {
+            "kind": "llm",
+            "model": {
+                "name": self.name,
+                "weights_sha256": self._weights,
+                "n_layers": int(cfg.n_layers),
+                "n_heads": int(cfg.n_heads),
+                "d_model": int(cfg.d_model),
+                "dtype": str(getattr(cfg, "dtype", "?")),
+                "device": str(getattr(cfg, "device", "?")),
+            },
+            "settings": self.settings.to_dict(),
+            "analyses": {},
+            "versions": _versions(),
+            "timings_s": {},
+        }
+
+    # ------------------------------------------------------------------ prompt settings
+    @property
+    def template(self) -> str:
+        return self.settings.template
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed
+
+    @property
+    def prompt_kwargs(self) -> dict[str, Any]:
+        """The settings every prompt-level function takes: template, seed, batch size."""
+        s = self.settings
+        return {"template": s.template, "seed": s.seed, "batch_size": s.batch_size}
+
+    # ----------------------------------------------------------------------- provenance
+    @property
+    def source(self) -> dict[str, Any]:
+        """What every table of this run is computed from (its provenance ``source``)."""
+        s = self.settings
+        return {
+            "model": self.name,
+            "weights_sha256": self._weights,
+            "template": s.template,
+            "seed": s.seed,
+            "mode": s.mode,
+            "point": s.point,
+        }
+
+    def record(self, analysis: str, options: Any) -> None:
+        """Record ``analysis``'s options in ``config.json`` as it starts. The first call
+        also clears an earlier run's tables (with ``fresh=True``): only once every option has
+        been validated, so a typo never costs the previous results."""
+        if self._fresh:  # a rerun must not leave tables of analyses it did not redo
+            stale = [*(self.dir / "analyses").glob("llm_*.csv"), *map(self.dir.joinpath, RUN_FILES)]
+            for path in [*stale, self.dir / "analyses" / "provenance.json"]:
+                path.unlink(missing_ok=True)
+            self._fresh = False
+        self.meta["analyses"][analysis] = options.to_dict()
+        self._write_meta()
+
+    def record_timing(self, analysis: str, seconds: float) -> None:
+        self.meta["timings_s"][analysis] = seconds
+        self._write_meta()
+
+    def _write_meta(self) -> None:
+        from tvlens.io import save_json
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        save_json(self.dir / "config.json", self.meta, default=str)
+
+    def __repr__(self) -> str:
+        return f"LLMRun({self.name!r}, {str(self.dir)!r}, template={self.template!r})"
+
+
+def summary(tables: Mapping[str, pd.DataFrame], run: Any = None) -> pd.DataFrame:
+    """One line per headline number of a run's tables (the registry entries' headlines)."""
+    from tvlens.registry import ANALYSES
+
+    rows = []
+    for entry in ANALYSES.values():
+        if entry.kind == "llm" and entry.headline and set(entry.tables) & set(tables):
+            rows.extend(entry.headline_numbers(tables, run).items())
+    return pd.DataFrame(rows, columns=["measure", "value"])
 
 
 def run_llm(
     model: Any,
     run_dir: str | Path,
-    config: LLMConfig | None = None,
+    config: Mapping[str, Any] | None = None,
     model_name: str = "?",
     progress: bool = False,
 ) -> dict[str, pd.DataFrame]:
-    """Run the analyses in ``config.analyses`` on ``model`` (a bridge from
-    :func:`tvlens.llm.load`) and write ``run_dir``; returns the tables by CSV name.
+    """Deprecated: ``run_analyses(LLMRun(model, run_dir, name=...), names, options=...)``.
 
-    Earlier ``llm_*`` tables in ``run_dir`` are removed first, so the directory only holds
-    this run's results.
-    """
-    cfg = config or LLMConfig()
-    cfg = dataclasses.replace(cfg, template=resolve_template(cfg.template, model_name))
-    run_dir = Path(run_dir)
-    tasks = load_tasks(cfg.tasks)  # validate every input before anything is deleted
-    if {"decodability", "geometry"} & set(cfg.analyses):
-        load_tasks(cfg.td_tasks)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    stale = [*(run_dir / "analyses").glob("llm_*.csv"), run_dir / "function_vectors.safetensors"]
-    for path in stale:  # a rerun must not leave tables of analyses it did not redo
-        path.unlink(missing_ok=True)
-    meta = {
-        "kind": "llm",
-        "model": {
-            "name": model_name,
-            "n_layers": int(model.cfg.n_layers),
-            "n_heads": int(model.cfg.n_heads),
-            "d_model": int(model.cfg.d_model),
-            "dtype": str(getattr(model.cfg, "dtype", "?")),
-            "device": str(getattr(model.cfg, "device", "?")),
-        },
-        "llm": cfg.to_dict(),
-        "versions": _versions(),
-    }
-    timings: dict[str, float] = {}
-    meta["timings_s"] = timings
+    ``config`` maps ``"settings"`` to :class:`LLMSettings` fields, ``"analyses"`` to the
+    names to run, and each analysis name to its options."""
+    import warnings
 
-    def write_meta() -> None:
-        text = json.dumps(meta, indent=2, default=str) + "\n"
-        atomic_write_text(run_dir / "config.json", text)
+    from tvlens.registry import LLM, run_analyses
 
-    write_meta()
-    common = {"template": cfg.template, "seed": cfg.seed, "batch_size": cfg.batch_size}
-    tables: dict[str, pd.DataFrame] = {}
-    layers = list(cfg.layers) if cfg.layers is not None else None
-
-    def keep(name: str, df: pd.DataFrame) -> None:
-        tables[name] = df
-        log.info("wrote %s", save_table(df, run_dir, name))
-
-    clock = [time.perf_counter()]
-
-    def lap(stage: str) -> None:
-        now = time.perf_counter()
-        timings[stage] = round(now - clock[0], 2)
-        clock[0] = now
-        log.info("%s took %.1f s", stage, timings[stage])
-        write_meta()
-
-    if "icl" in cfg.analyses:
-        keep(
-            "llm_icl",
-            icl_accuracy(
-                model,
-                tasks,
-                cfg.icl_shots,
-                cfg.n_prompts,
-                mode=cfg.mode,
-                progress=progress,
-                **common,
-            ),
-        )
-        lap("icl")
-    if "task_vectors" in cfg.analyses:
-        frames = [
-            task_vector_sweep(
-                model,
-                t,
-                layers,
-                cfg.tv_shots,
-                cfg.n_prompts,
-                mode=cfg.mode,
-                point=cfg.point,
-                progress=progress,
-                **common,
-            )
-            for t in tasks
-        ]
-        keep("llm_task_vectors", pd.concat(frames, ignore_index=True))
-        lap("task_vectors")
-    if "function_vectors" in cfg.analyses:
-        heads, sweeps, vectors = [], [], {}
-        for t in tasks:
-            res = function_vector_analysis(
-                model,
-                t,
-                k_heads=cfg.k_heads,
-                shots=cfg.fv_shots,
-                n_mean=cfg.n_prompts,
-                n_ie=cfg.n_ie,
-                n_eval=cfg.n_prompts,
-                layers=layers,
-                mode=cfg.mode,
-                point=cfg.point,
-                progress=progress,
-                **common,
-            )
-            heads.append(res.heads)
-            sweeps.append(res.sweep)
-            vectors[t.name] = res.vector.float().contiguous()
-        keep("llm_fv_heads", pd.concat(heads, ignore_index=True))
-        keep("llm_function_vectors", pd.concat(sweeps, ignore_index=True))
-        from safetensors.torch import save_file
-
-        save_file(vectors, str(run_dir / "function_vectors.safetensors"))
-        lap("function_vectors")
-    if "decodability" in cfg.analyses or "geometry" in cfg.analyses:
-        tables |= _decodability_and_geometry(model, run_dir, cfg, layers, progress, keep)
-        lap("+".join(a for a in ("decodability", "geometry") if a in cfg.analyses))
-    return tables
-
-
-def _decodability_and_geometry(
-    model: Any,
-    run_dir: Path,
-    cfg: LLMConfig,
-    layers: Sequence[int] | None,
-    progress: bool,
-    keep: Any,
-) -> dict[str, pd.DataFrame]:
-    groups = task_groups(load_tasks(cfg.td_tasks))
-    if not groups:
-        raise ValueError(
-            f"td_tasks={cfg.td_tasks!r} gives no group of two or more tasks of one family; "
-            "pass e.g. 'pos,null' or 'bitwise'."
-        )
-    with_td = "decodability" in cfg.analyses
-    with_geo = "geometry" in cfg.analyses
-    geo_shots = max(cfg.td_shots) if with_td else max(cfg.td_shots[-1], 1)
-    td, per, icl, pca, mix, simplex = [], [], [], [], [], []
-    for group, members in groups.items():
-        res = decodability_by_shots(
-            model,
-            members,
-            cfg.td_shots if with_td else (geo_shots,),
-            cfg.n_td,
-            layers,
-            cfg.template,
-            cfg.seed,
-            cfg.point,
-            mode=cfg.mode,
-            batch_size=cfg.batch_size,
-            keep_states=(geo_shots,) if with_geo else (),
-            group=group,
-            progress=progress,
-        )
-        td.append(res.td)
-        per.append(res.per_task)
-        icl.append(res.icl)
-        if with_geo:
-            states = res.states[geo_shots]
-            names = [t.name for t in res.tasks]
-            pca.append(pca_table(states, res.labels, names, res.layers, group=group))
-            m, s = mixture_geometry(
-                model,
-                res.tasks,
-                states,
-                res.labels,
-                res.layers,
-                geo_shots,
-                n_prompts=cfg.n_mixture,
-                template=cfg.template,
-                seed=cfg.seed,
-                point=cfg.point,
-                batch_size=cfg.batch_size,
-                group=group,
-            )
-            mix.append(m)
-            simplex.append(s)
-    out: dict[str, pd.DataFrame] = {}
-    if with_td:
-        table = td_icl_table(pd.concat(per, ignore_index=True), pd.concat(icl, ignore_index=True))
-        for name, df in (
-            ("llm_decodability", pd.concat(td, ignore_index=True)),
-            ("llm_td_icl", table),
-            ("llm_td_correlation", td_icl_correlation(table)),
-        ):
-            keep(name, df)
-            out[name] = df
-    if with_geo:
-        for name, df in (
-            ("llm_pca", pd.concat(pca, ignore_index=True)),
-            ("llm_mixture", pd.concat(mix, ignore_index=True)),
-            ("llm_simplex", pd.concat(simplex, ignore_index=True)),
-        ):
-            keep(name, df)
-            out[name] = df
-    return out
-
-
-def summary(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One line per headline number of a run (for the CLI)."""
-    rows = []
-    if "llm_icl" in tables:
-        for r in tables["llm_icl"].itertuples():
-            rows.append((f"ICL {r.task} {r.shots}-shot", r.accuracy))
-    for name, cond in (
-        ("llm_task_vectors", "task_vector"),
-        ("llm_task_vectors", "mean_task_vector"),
-        ("llm_function_vectors", "function_vector"),
-    ):
-        if name in tables:
-            d = tables[name]
-            for task, g in d[d["condition"] == cond].groupby("task"):
-                best = g.loc[g["accuracy"].idxmax()]
-                rows.append((f"{cond} {task} best layer {int(best['layer'])}", best["accuracy"]))
-    if "llm_decodability" in tables:
-        d = tables["llm_decodability"]
-        d = d[(d["method"] == "knn") & (d["n_examples"] == d["n_examples"].max())]
-        for group, g in d.groupby("group"):
-            best = g.loc[g["td"].idxmax()]
-            rows.append(
-                (
-                    f"TD {group} ({int(best['n_examples'])} shots) peak layer "
-                    f"{int(best['layer'])} (chance {best['chance']:.2f})",
-                    best["td"],
-                )
-            )
-    return pd.DataFrame(rows, columns=["measure", "value"])
+    warnings.warn(
+        "run_llm is deprecated; use tvlens.run_analyses(LLMRun(model, run_dir, name=...), ...)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    cfg = dict(config or {})
+    names = list(cfg.pop("analyses", LLM))
+    run = LLMRun(model, run_dir, name=model_name, settings=cfg.pop("settings", None))
+    return run_analyses(run, names, options=cfg, progress=progress)[0]

@@ -16,10 +16,9 @@ from typing import Any
 import pandas as pd
 from torch import Tensor
 
-from tvlens.hooks.core import check_layers as _check_layers
-from tvlens.hooks.core import hook_name
+from tvlens.hooks.core import check_layers, hook_name
 from tvlens.hooks.rowwise import patch_rows_hook
-from tvlens.llm.config import DEFAULT_TEMPLATE
+from tvlens.llm.config import DEFAULT_TEMPLATE, TaskVectorOptions
 from tvlens.llm.prompts import (
     BosPolicy,
     Scored,
@@ -31,13 +30,8 @@ from tvlens.llm.prompts import (
     sample_prompts,
     tokenizer_of,
 )
-from tvlens.llm.tasks import NLTask
-
-
-def check_layers(model: Any, layers: Sequence[int] | None) -> list[int]:
-    """``layers`` (default: all) as a list, with a clear error for out-of-range ones
-    (:func:`tvlens.hooks.check_layers`, the one layer check)."""
-    return _check_layers(model, layers)
+from tvlens.llm.tasks import NLTask, load_tasks
+from tvlens.registry import driver
 
 
 def condition_row(task: str, layer: int, condition: str, scored: Scored, **extra: Any) -> dict:
@@ -53,7 +47,7 @@ def condition_row(task: str, layer: int, condition: str, scored: Scored, **extra
     }
 
 
-def task_vector_sweep(
+def task_vector_table(
     model: Any,
     task: NLTask,
     layers: Sequence[int] | None = None,
@@ -120,3 +114,43 @@ def task_vector_sweep(
         ):
             rows.append(condition_row(task.name, layer, condition, scored, shots=shots))
     return pd.DataFrame(rows)
+
+
+@driver("task_vectors", TaskVectorOptions, kind="llm")
+def analyse_task_vectors(run: Any, o: TaskVectorOptions, progress: bool) -> dict[str, pd.DataFrame]:
+    """Task vectors and mean task vectors of every task, by layer (``llm_task_vectors``)."""
+    s = run.settings
+    frames = [
+        task_vector_table(
+            run.model,
+            task,
+            o.layers,
+            o.shots,
+            o.n_prompts,
+            mode=s.mode,
+            point=s.point,
+            progress=progress,
+            **run.prompt_kwargs,
+        )
+        for task in load_tasks(o.tasks)
+    ]
+    return {"llm_task_vectors": pd.concat(frames, ignore_index=True)}
+
+
+def best_by_layer(df: pd.DataFrame, conditions: Sequence[str]) -> dict[str, float]:
+    """The best accuracy over layers of each task × ``condition``, named with its layer."""
+    out = {}
+    for cond in conditions:
+        for task, g in df[df["condition"] == cond].groupby("task"):
+            best = g.loc[g["accuracy"].idxmax()]
+            out[f"{cond} {task} best layer {int(best['layer'])}"] = float(best["accuracy"])
+    return out
+
+
+def headline(tables: dict[str, pd.DataFrame], run: Any = None) -> dict[str, float]:
+    """The best task-vector and mean-vector accuracy of each task."""
+    return best_by_layer(tables["llm_task_vectors"], ("task_vector", "mean_task_vector"))
+
+
+#: deprecated name of :func:`task_vector_table` (kept for one release)
+task_vector_sweep = task_vector_table

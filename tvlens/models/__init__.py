@@ -1,7 +1,7 @@
 """Model configs, the TL-native task model, training and checkpoints."""
 
 from tvlens.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from tvlens.models.config import FAMILY_DEFAULTS, ModelConfig, RunConfig, TrainConfig
+from tvlens.models.config import ModelConfig, RunConfig, TrainConfig
 from tvlens.models.evaluate import References, eval_batches, predict, reference_table
 from tvlens.models.model import TaskModel
 from tvlens.models.train import (
@@ -15,7 +15,6 @@ from tvlens.models.train import (
 )
 
 __all__ = [
-    "FAMILY_DEFAULTS",
     "CheckpointError",
     "ModelConfig",
     "NonFiniteLossError",

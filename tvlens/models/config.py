@@ -7,23 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from tvlens.tasks.base import ConfigError, FamilyConfig
+from tvlens.tasks.base import ConfigError, PoolConfig, family_config
 from tvlens.validation import check_fields
-
-#: Family-specific defaults applied by :meth:`RunConfig.for_family` (docs/concepts.md, section A).
-FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "dice": {"vocab": 6, "seq_len": 64},
-    "markov": {"vocab": 8, "seq_len": 64},
-    "linreg": {"dim": 6, "seq_len": 40, "noise": 0.5},
-    "sparse_linreg": {
-        "dim": 5,
-        "sparsity": 2,
-        "n_concepts": 4,
-        "n_major": 4,
-        "seq_len": 24,
-        "noise": 0.25,
-    },
-}
 
 
 @dataclass
@@ -126,7 +111,7 @@ class TrainConfig:
 class RunConfig:
     """A whole run: the task family, the model and the training schedule."""
 
-    family: FamilyConfig = field(default_factory=FamilyConfig)
+    family: PoolConfig = field(default_factory=family_config)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -135,15 +120,15 @@ class RunConfig:
 
     @classmethod
     def for_family(cls, name: str, **sections: dict[str, Any]) -> RunConfig:
-        """A config with ``name``'s defaults, updated by ``family=``/``model=``/``train=`` dicts."""
-        fam = {"name": name, **FAMILY_DEFAULTS.get(name, {}), **sections.get("family", {})}
-        return cls.from_dict({**sections, "family": fam})
+        """A config with ``name``'s defaults (its config class's), updated by
+        ``family=``/``model=``/``train=`` dicts."""
+        return cls.from_dict({**sections, "family": {**sections.get("family", {}), "name": name}})
 
     def validate(self) -> None:
         from tvlens.tasks import FAMILIES
 
         for name, kind in (
-            ("family", FamilyConfig),
+            ("family", PoolConfig),
             ("model", ModelConfig),
             ("train", TrainConfig),
         ):
@@ -152,7 +137,6 @@ class RunConfig:
                     f"config section {name!r} must be a {kind.__name__}; got "
                     f"{type(getattr(self, name)).__name__}."
                 )
-        check_fields(self.family, "family")
         self.family.validate()
         self.train.validate()
         d_in = FAMILIES[self.family.name].d_in_for(self.family)  # the family owns its layout
@@ -199,8 +183,15 @@ class RunConfig:
         unknown = sorted(set(d) - {"family", "model", "train"})
         if unknown:
             raise ConfigError(f"unknown config section(s) {unknown}; use family, model, train.")
+        fam = d.get("family", {})
+        if not isinstance(fam, dict):
+            raise ConfigError(
+                "config section 'family' must be a JSON object of fields; got "
+                f"{'null' if fam is None else type(fam).__name__}."
+            )
+        fam = dict(fam)
         return cls(
-            family=build(FamilyConfig, "family"),
+            family=family_config(fam.pop("name", "dice"), **fam),
             model=build(ModelConfig, "model"),
             train=build(TrainConfig, "train"),
         )

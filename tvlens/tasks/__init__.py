@@ -1,8 +1,8 @@
 """Latent-task families, samplers and exact Bayesian references.
 
 ``registry`` maps family names to their classes (``FAMILIES``, imported on first lookup);
-``base`` holds the family interface, the flat serialised ``FamilyConfig``, ``PoolConfig``
-(the fields every family reads), ``Batch`` and ``make_family``; each family (``dice``,
+``base`` holds the family interface, ``PoolConfig`` (the fields every family reads; each
+family's config extends it with its own), ``family_config`` (a family's config by name), ``Batch`` and ``make_family``; each family (``dice``,
 ``markov``, ``linreg``, ``sparse_linreg``, ``dyck``) lives in its own module with its own
 config dataclass, and answers for its own token layout (query positions, labels, current
 tokens, context-free loss), so no code outside ``tasks/`` branches on the family's kind. Names
@@ -18,6 +18,10 @@ _EXPORTS = {
     "Batch": "tvlens.tasks.base",
     "ConfigError": "tvlens.tasks.base",
     "FamilyConfig": "tvlens.tasks.base",
+    "family_config": "tvlens.tasks.base",
+    "CapabilityError": "tvlens.tasks.base",
+    "ABILITIES": "tvlens.tasks.base",
+    "DyckConfig": "tvlens.tasks.dyck",
     "TaskFamily": "tvlens.tasks.base",
     "derive_seed": "tvlens.tasks.base",
     "make_family": "tvlens.tasks.base",

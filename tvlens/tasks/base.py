@@ -24,7 +24,7 @@ import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Literal
 
 import torch
@@ -32,14 +32,22 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from tvlens.errors import ConfigError as ConfigError
 from tvlens.tasks.registry import FAMILIES
 
 Split = Literal["train", "major", "minor", "ood"]
 SPLITS: tuple[str, ...] = ("train", "major", "minor", "ood")
+Ability = Literal["sufficient_statistics", "bayes_predictive", "oracle_predictive"]
+#: optional abilities a family may implement -> what they are, for error messages
+ABILITIES: dict[str, str] = {
+    "sufficient_statistics": "the learning reference's sufficient statistics",
+    "bayes_predictive": "a structured-prior Bayes reference",
+    "oracle_predictive": "an oracle reference",
+}
 
 
-class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field and the fix."""
+class CapabilityError(NotImplementedError):
+    """A family lacks an optional ability (:data:`ABILITIES`) that an analysis needs."""
 
 
 @dataclass(frozen=True)
@@ -84,13 +92,16 @@ class Batch:
         )
 
 
-@dataclass
-class FamilyConfig:
-    """Everything that defines a task family and its training mixture.
+@dataclass(frozen=True)
+class PoolConfig:
+    """The fields every family reads: its task pool, mixture, length and seed.
 
-    ``k = -1`` means no minor tasks; otherwise there are ``2**k`` minor tasks sharing
-    probability ``p_minor``. ``seq_len`` counts model positions (for regression, two per
-    in-context example).
+    Each family declares its own frozen config as a subclass holding only the fields it
+    reads (``DiceConfig``, ``LinRegConfig``, …) with its run defaults, validates them in
+    :meth:`validate` and names it in ``config_class``; :func:`family_config` builds one from
+    a name and fields. A run's ``config.json`` holds exactly these fields. ``k = -1`` means no
+    minor tasks; otherwise there are ``2**k`` minor tasks sharing probability ``p_minor``.
+    ``seq_len`` counts model positions (for regression, two per in-context example).
     """
 
     name: str = "dice"
@@ -98,15 +109,17 @@ class FamilyConfig:
     k: int = -1
     p_minor: float = 0.1
     seq_len: int = 64
-    vocab: int = 6
-    dim: int = 8
-    noise: float = 0.5
-    n_concepts: int = 4
-    sparsity: int = 4
     seed: int = 0
-    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_minor(self) -> int:
+        return 0 if self.k < 0 else 2**self.k
 
     def validate(self) -> None:
+        """Check the pool fields; a family's config extends this with its own fields."""
+        from tvlens.validation import check_fields
+
+        check_fields(self, "family")
         if self.name not in FAMILIES:
             raise ConfigError(
                 f"family.name={self.name!r} is not a known task family; "
@@ -130,53 +143,76 @@ class FamilyConfig:
             )
         if self.seq_len < 2:
             raise ConfigError(f"family.seq_len={self.seq_len} must be >= 2.")
-        if self.vocab < 2:
-            raise ConfigError(f"family.vocab={self.vocab} must be >= 2.")
-        if self.dim < 1:
-            raise ConfigError(f"family.dim={self.dim} must be >= 1.")
-        if self.noise <= 0:
-            raise ConfigError(f"family.noise={self.noise} must be > 0.")
-
-    @property
-    def n_minor(self) -> int:
-        return 0 if self.k < 0 else 2**self.k
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
 
 @dataclass(frozen=True)
-class PoolConfig:
-    """The fields every family reads: its task pool, mixture, length and seed.
+class VocabConfig(PoolConfig):
+    """Token families: the pool fields plus the number of symbols ``vocab``."""
 
-    Each family declares its own frozen config (``DiceConfig``, ``LinRegConfig``, …) as a
-    subclass holding only the fields it reads, and keeps it as ``family.config``. The flat
-    :class:`FamilyConfig` stays the serialised form (a run's ``config.json``); a family
-    reads its own fields from it with :meth:`from_config`.
-    """
-
-    name: str = "dice"
-    n_major: int = 3
-    k: int = -1
-    p_minor: float = 0.1
-    seq_len: int = 64
-    seed: int = 0
-
-    @classmethod
-    def from_config(cls, config: FamilyConfig | PoolConfig) -> PoolConfig:
-        """This family's fields of ``config`` (a flat :class:`FamilyConfig` or a typed one)."""
-        return cls(**{f.name: getattr(config, f.name) for f in fields(cls)})
-
-    @property
-    def n_minor(self) -> int:
-        return 0 if self.k < 0 else 2**self.k
+    vocab: int = 6
 
     def validate(self) -> None:
-        """Checks of the family's own fields (the flat config checks the shared ones)."""
-        FamilyConfig(**self.to_dict()).validate()
+        super().validate()
+        _require(self.vocab >= 2, f"family.vocab={self.vocab} must be >= 2.")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+
+#: fields of the flat config of tvlens < 0.5, which every family's config.json carried
+_LEGACY_FIELDS = ("vocab", "dim", "noise", "n_concepts", "sparsity", "extra")
+
+
+def family_config(name: str = "dice", **fields_: object) -> PoolConfig:
+    """The config of family ``name`` with its run defaults, updated by ``fields_``.
+
+    Unknown fields raise :class:`ConfigError` naming the family's valid ones, so a field of
+    another family (``dim`` for dice) or a typo is never silently ignored. A legacy flat
+    config (with an ``extra`` dict, as tvlens < 0.5 wrote) is read by dropping the fields
+    its family does not have and moving ``extra``'s keys into fields.
+    """
+    if not isinstance(name, str) or name not in FAMILIES:
+        raise ConfigError(
+            f"family.name={name!r} is not a known task family; choose one of {sorted(FAMILIES)}."
+        )
+    cls = config_class(name)
+    valid = {f.name for f in fields(cls)}
+    if "extra" in fields_:  # legacy flat config: its unused fields carry no information
+        extra = fields_.pop("extra")
+        if not isinstance(extra, dict):
+            raise ConfigError(f"family.extra must be a JSON object; got {type(extra).__name__}.")
+        fields_ = {k: v for k, v in fields_.items() if k in valid or k not in _LEGACY_FIELDS}
+        fields_.update(extra)
+    unknown = sorted(set(fields_) - valid)
+    if unknown:
+        raise ConfigError(
+            f"unknown field(s) {unknown} for family {name!r}; valid fields are {sorted(valid)}."
+        )
+    config = cls(name=name, **fields_)
+    config.validate()
+    return config
+
+
+def config_class(name: str) -> type[PoolConfig]:
+    """The config dataclass of family ``name`` (its ``config_class``)."""
+    return FAMILIES[name].config_class
+
+
+def FamilyConfig(name: str = "dice", **fields_: object) -> PoolConfig:  # noqa: N802
+    """Deprecated: use :func:`family_config` (a family's config holds only its own fields)."""
+    import warnings
+
+    warnings.warn(
+        "FamilyConfig is deprecated; use tvlens.tasks.family_config(name, **fields).",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return family_config(name, **fields_)
 
 
 def derive_seed(*parts: object) -> int:
@@ -217,16 +253,58 @@ class TaskFamily(ABC):
     param_dims: int = 1
     #: what :meth:`divergence` measures: ``kl`` (distributions) or ``sq_err`` (means)
     divergence_name: str = "kl"
-    #: the family's own config dataclass (``None``: keep the flat :class:`FamilyConfig`)
-    config_class: type[PoolConfig] | None = None
+    #: the family's own config dataclass (the fields it reads, with its run defaults)
+    config_class: type[PoolConfig] = PoolConfig
 
-    def __init__(self, config: FamilyConfig | PoolConfig) -> None:
+    def __init__(self, config: PoolConfig) -> None:
+        if type(config) is not self.config_class:
+            raise ConfigError(
+                f"{type(self).__name__} needs a {self.config_class.__name__}; got "
+                f"{type(config).__name__}. Build it with family_config({self.name!r}, ...)."
+            )
         config.validate()
-        self.config = config if self.config_class is None else self.config_class.from_config(config)
+        self.config = config
         g = generator("pool", self.name, config.seed)
         n = config.n_major + config.n_minor
         self.pool: Tensor = self.sample_prior(n, g)
         self.prior: Float[Tensor, " k"] = self._mixture_weights()
+
+    # --------------------------------------------------------- optional abilities
+    def has(self, ability: Ability) -> bool:
+        """Whether this family implements optional ``ability`` (see :data:`ABILITIES`)."""
+        if ability not in ABILITIES:
+            raise ValueError(f"unknown ability {ability!r}; choose one of {list(ABILITIES)}.")
+        return getattr(type(self), ability) is not getattr(TaskFamily, ability)
+
+    def require(self, ability: Ability, needed_by: str) -> None:
+        """Raise :class:`CapabilityError` now if ``needed_by`` needs an ability this family
+        lacks, before any work is done."""
+        if not self.has(ability):
+            raise CapabilityError(
+                f"{needed_by} needs {ABILITIES[ability]}, which family {self.name!r} does not "
+                f"define; use a family that does ({self._families_with(ability)}) or give "
+                f"{type(self).__name__} a {ability}() method."
+            )
+
+    @staticmethod
+    def _families_with(ability: Ability) -> str:
+        names = [
+            n for n in FAMILIES if getattr(FAMILIES[n], ability) is not getattr(TaskFamily, ability)
+        ]
+        return ", ".join(names) or "none"
+
+    def sufficient_statistics(self, batch: Batch) -> Float[Tensor, "batch pos s"]:
+        """The learning reference's sufficient statistics before each position, normalised
+        per observation (optional: :mod:`tvlens.analyses.probes` needs it)."""
+        raise CapabilityError(f"family {self.name!r} defines no sufficient statistics.")
+
+    def bayes_predictive(self, batch: Batch) -> Tensor:
+        """The Bayes predictive under a structured prior (optional: concept families)."""
+        raise CapabilityError(f"family {self.name!r} defines no structured-prior reference.")
+
+    def oracle_predictive(self, batch: Batch) -> Tensor:
+        """The predictive of a learner told each sequence's latent group (optional)."""
+        raise CapabilityError(f"family {self.name!r} defines no oracle reference.")
 
     # ----------------------------------------------------------------- interface
     @abstractmethod
@@ -292,7 +370,7 @@ class TaskFamily(ABC):
         return self.d_in_for(self.config)
 
     @classmethod
-    def d_in_for(cls, config: FamilyConfig) -> int | None:
+    def d_in_for(cls, config: PoolConfig) -> int | None:
         """:attr:`d_in` of the family ``config`` would build, without building it (config
         validation needs it before the pool exists)."""
         return None
@@ -493,10 +571,12 @@ class TaskFamily(ABC):
         )
 
 
-def make_family(config: FamilyConfig | None = None, **overrides) -> TaskFamily:
-    """Build a task family from a config (or keyword overrides of the default config)."""
-    from dataclasses import replace
-
-    config = replace(config or FamilyConfig(), **overrides)
-    config.validate()
+def make_family(config: PoolConfig | None = None, **overrides: object) -> TaskFamily:
+    """Build a task family from its config, or from ``name=`` and fields
+    (``make_family(name="dice", vocab=32)``); ``overrides`` update ``config``."""
+    if config is None:
+        config = family_config(**overrides)  # type: ignore[arg-type]
+    elif overrides:
+        d = {**config.to_dict(), **overrides}
+        config = family_config(d.pop("name"), **d)
     return FAMILIES[config.name](config)

@@ -8,14 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tvlens.tasks.base import Batch, PoolConfig, TaskFamily, _expand_params, exclusive_cumsum
+from tvlens.tasks.base import Batch, TaskFamily, VocabConfig, _expand_params, exclusive_cumsum
 
 
 @dataclass(frozen=True)
-class DiceConfig(PoolConfig):
+class DiceConfig(VocabConfig):
     """Dice: the pool fields plus the number of symbols ``vocab``."""
-
-    vocab: int = 6
 
 
 class Dice(TaskFamily):

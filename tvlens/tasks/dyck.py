@@ -17,7 +17,7 @@ reference only reads the Dyck prefix seen so far.
   number of non-negative paths of m steps from height h down to zero.
 
 Vocabulary (``family.vocab = S + 2``): background symbols ``0 … S − 1``, ``down = S``,
-``up = S + 1``; ``BOS = S + 2``. Knobs in ``family.extra``: ``dyck_length`` (pairs n,
+``up = S + 1``; ``BOS = S + 2``. Fields of :class:`DyckConfig`: ``dyck_length`` (pairs n,
 default 8) and ``repeat_prob`` (r, default 0.3). OOD tasks are fresh uniform paths that
 are *not* in the pool (the prior is discrete, so a fresh draw could repeat a pool task;
 the reference code does not exclude them).
@@ -26,6 +26,7 @@ the reference code does not exclude them).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
@@ -34,8 +35,8 @@ from torch import Tensor
 from tvlens.tasks.base import (
     Batch,
     ConfigError,
-    FamilyConfig,
     TaskFamily,
+    VocabConfig,
     _expand_params,
     exclusive_cumsum,
 )
@@ -58,6 +59,33 @@ def completions(n_steps: int) -> Float[Tensor, "m h"]:
     return table
 
 
+@dataclass(frozen=True)
+class DyckConfig(VocabConfig):
+    """Dyck paths: the pool fields, ``vocab = S + 2`` symbols, the pairs per path
+    ``dyck_length`` and the chance ``repeat_prob`` that a position shows the next step."""
+
+    name: str = "dyck"
+    dyck_length: int = DEFAULT_DYCK_LENGTH
+    repeat_prob: float = DEFAULT_REPEAT_PROB
+
+    def validate(self) -> None:
+        super().validate()
+        if self.vocab < 3:
+            raise ConfigError(
+                f"family.vocab={self.vocab}: Dyck needs at least 3 symbols (background "
+                "symbols plus the two brackets); set family.vocab >= 3."
+            )
+        if not 1 <= self.dyck_length <= 30:
+            raise ConfigError(
+                f"family.dyck_length={self.dyck_length} must lie in 1..30 (pairs per path)."
+            )
+        if not 0.0 < self.repeat_prob <= 1.0:
+            raise ConfigError(
+                f"family.repeat_prob={self.repeat_prob} must lie in (0, 1]: it is the "
+                "chance that a position shows the next bracket."
+            )
+
+
 class Dyck(TaskFamily):
     """Uniform Dyck paths of ``n`` pairs, revealed step by step among background noise."""
 
@@ -65,24 +93,11 @@ class Dyck(TaskFamily):
     kind = "discrete"
     param_dims = 1
 
-    def __init__(self, config: FamilyConfig) -> None:
-        extra = dict(config.extra or {})
-        self.n_pairs = int(extra.get("dyck_length", DEFAULT_DYCK_LENGTH))
-        self.repeat_prob = float(extra.get("repeat_prob", DEFAULT_REPEAT_PROB))
-        if config.vocab < 3:
-            raise ConfigError(
-                f"family.vocab={config.vocab}: Dyck needs at least 3 symbols (background "
-                "symbols plus the two brackets); set family.vocab >= 3."
-            )
-        if not 1 <= self.n_pairs <= 30:
-            raise ConfigError(
-                f"family.extra.dyck_length={self.n_pairs} must lie in 1..30 (pairs per path)."
-            )
-        if not 0.0 < self.repeat_prob <= 1.0:
-            raise ConfigError(
-                f"family.extra.repeat_prob={self.repeat_prob} must lie in (0, 1]: it is the "
-                "chance that a position shows the next bracket."
-            )
+    config_class = DyckConfig
+
+    def __init__(self, config: DyckConfig) -> None:
+        self.n_pairs = config.dyck_length
+        self.repeat_prob = config.repeat_prob
         self._table = completions(2 * self.n_pairs)
         super().__init__(config)
 
@@ -144,7 +159,7 @@ class Dyck(TaskFamily):
         if len(pool) >= self.n_paths:
             raise ConfigError(
                 f"the pool holds all {self.n_paths} Dyck paths of {self.n_pairs} pairs, so no "
-                "OOD task exists; raise family.extra.dyck_length or lower family.k."
+                "OOD task exists; raise family.dyck_length or lower family.k."
             )
         out: list[Tensor] = []
         have = 0

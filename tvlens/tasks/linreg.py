@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -11,38 +11,48 @@ from torch import Tensor
 from tvlens.tasks.base import (
     Batch,
     ConfigError,
-    FamilyConfig,
     PoolConfig,
     TaskFamily,
     _expand_params,
     exclusive_cumsum,
 )
 
-#: how OOD tasks are drawn (``family.extra.ood``): fresh from the prior N(0, I), or
-#: uniformly in balls of radius ``family.extra.ood_radius`` around the major tasks (the
-#: reference code's OOD tasks, radius 2 by default)
+#: how OOD tasks are drawn (``family.ood``): fresh from the prior N(0, I), or uniformly in
+#: balls of radius ``family.ood_radius`` around the major tasks (the reference code's OOD
+#: tasks, radius 2 by default)
 OOD_MODES = ("prior", "ball")
-DEFAULT_OOD_RADIUS = 2.0
 
 
 @dataclass(frozen=True)
 class LinRegConfig(PoolConfig):
-    """Linear regression: the pool fields plus the input dimension, the noise σ and, in
-    ``extra``, how OOD tasks are drawn (``ood``: ``prior`` or ``ball``; ``ood_radius``)."""
+    """Linear regression: the pool fields plus the input dimension, the noise σ, and how OOD
+    tasks are drawn (``ood``: ``prior`` or ``ball``; ``ood_radius`` for ``ball``)."""
 
     name: str = "linreg"
     seq_len: int = 40
     dim: int = 6
     noise: float = 0.5
-    extra: dict = field(default_factory=dict)
+    ood: str = "prior"
+    ood_radius: float = 2.0
 
-    @property
-    def ood(self) -> str:
-        return str(self.extra.get("ood", "prior"))
-
-    @property
-    def ood_radius(self) -> float:
-        return float(self.extra.get("ood_radius", DEFAULT_OOD_RADIUS))
+    def validate(self) -> None:
+        super().validate()
+        if self.seq_len % 2:
+            raise ConfigError(
+                f"family.seq_len={self.seq_len} must be even for regression: "
+                "each example takes two positions (x then y)."
+            )
+        if self.dim < 1:
+            raise ConfigError(f"family.dim={self.dim} must be >= 1.")
+        if self.noise <= 0:
+            raise ConfigError(f"family.noise={self.noise} must be > 0.")
+        if self.ood not in OOD_MODES:
+            raise ConfigError(
+                f"family.ood={self.ood!r}; choose one of {list(OOD_MODES)} (prior: fresh "
+                "draws from N(0, I); ball: around the major tasks)."
+            )
+        if self.ood_radius <= 0:
+            raise ConfigError(f"family.ood_radius={self.ood_radius} must be > 0.")
 
 
 class LinReg(TaskFamily):
@@ -59,29 +69,6 @@ class LinReg(TaskFamily):
     divergence_name = "sq_err"
     config_class = LinRegConfig
 
-    def __init__(self, config: FamilyConfig | LinRegConfig) -> None:
-        if config.seq_len % 2:
-            raise ConfigError(
-                f"family.seq_len={config.seq_len} must be even for regression: "
-                "each example takes two positions (x then y)."
-            )
-        extra = dict(getattr(config, "extra", None) or {})
-        unknown = sorted(set(extra) - {"ood", "ood_radius"})
-        if unknown:
-            raise ConfigError(
-                f"family.extra has unknown key(s) {unknown} for {self.name}; valid keys are "
-                "['ood', 'ood_radius']."
-            )
-        if extra.get("ood", "prior") not in OOD_MODES:
-            raise ConfigError(
-                f"family.extra.ood={extra['ood']!r}; choose one of {list(OOD_MODES)} (prior: "
-                "fresh draws from N(0, I); ball: around the major tasks)."
-            )
-        radius = extra.get("ood_radius", DEFAULT_OOD_RADIUS)
-        if not isinstance(radius, (int, float)) or isinstance(radius, bool) or radius <= 0:
-            raise ConfigError(f"family.extra.ood_radius={radius!r} must be a number > 0.")
-        super().__init__(config)
-
     @property
     def d_vocab(self) -> int:
         return 1
@@ -91,7 +78,7 @@ class LinReg(TaskFamily):
         return 1
 
     @classmethod
-    def d_in_for(cls, config: FamilyConfig | LinRegConfig) -> int:
+    def d_in_for(cls, config: LinRegConfig) -> int:
         return config.dim + 1
 
     @property
@@ -131,8 +118,8 @@ class LinReg(TaskFamily):
         return torch.randn(n, self.config.dim, generator=g)
 
     def ood_params(self, n: int, g: torch.Generator) -> Tensor:
-        """OOD weights: prior draws (``extra.ood = 'prior'``, the default), or, with
-        ``'ball'``, points uniform in balls of radius ``extra.ood_radius`` around the major
+        """OOD weights: prior draws (``ood = 'prior'``, the default), or, with
+        ``'ball'``, points uniform in balls of radius ``ood_radius`` around the major
         tasks (major j gets draws j, j + M, j + 2M, …), as the reference code draws them."""
         if self.config.ood == "prior":
             return self.sample_prior(n, g)

@@ -8,11 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tvlens.tasks.base import Batch, PoolConfig, TaskFamily, _expand_params, exclusive_cumsum
+from tvlens.tasks.base import Batch, TaskFamily, VocabConfig, _expand_params, exclusive_cumsum
 
 
 @dataclass(frozen=True)
-class MarkovConfig(PoolConfig):
+class MarkovConfig(VocabConfig):
     """Markov chains: the pool fields plus the number of states ``vocab``."""
 
     name: str = "markov"

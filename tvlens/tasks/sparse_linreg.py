@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from tvlens.tasks.base import Batch, ConfigError, FamilyConfig, generator
+from tvlens.tasks.base import Batch, ConfigError, generator
 from tvlens.tasks.linreg import LinReg, LinRegConfig
 
 #: elements of the largest ``[chunk, n, C·M, s, s]`` tensor built by the enumeration
@@ -60,7 +60,7 @@ class SparseLinReg(LinReg):
     name = "sparse_linreg"
     config_class = SparseLinRegConfig
 
-    def __init__(self, config: FamilyConfig | SparseLinRegConfig) -> None:
+    def __init__(self, config: SparseLinRegConfig) -> None:
         d, s, c = config.dim, config.sparsity, config.n_concepts
         if not 1 <= s < d:
             raise ConfigError(
