@@ -85,14 +85,47 @@ def resumable(model: torch.nn.Module, config: RunConfig, tensors: dict, meta: di
         opt.zero_grad(set_to_none=True)
 
 
+def nested_runs(folder: Path) -> list[Path]:
+    """Runs tvlens wrote inside ``folder``: the nearest sub-folders holding a
+    ``config.json`` (the demo's second model ``learning_k<K>``, its ``seeds/*``, a sweep's
+    trials), not looking inside a run found, its checkpoints or a sweep's staging area."""
+    found: list[Path] = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if sub.name == CKPT_DIR or sub.name.startswith("."):
+            continue
+        if (sub / "config.json").is_file():
+            found.append(sub)
+        else:
+            found += nested_runs(sub)
+    return found
+
+
 def check_run(run_dir: Path | str) -> list[Finding]:
-    """All findings for ``run_dir`` (see the module docstring); reads, never writes."""
+    """All findings for ``run_dir`` (see the module docstring); reads, never writes.
+
+    A folder holding other runs (the demo's second model, a sweep's trials) has each
+    checked as a run of its own, its findings named by their path from ``run_dir``; a
+    folder with no ``config.json`` of its own (a sweep) is a note, not a problem."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return [Finding("problem", str(run_dir), "is not a directory; pass a run directory.")]
+    nested = nested_runs(run_dir)
+    if (run_dir / "config.json").exists() or not nested:
+        out = _check_one(run_dir, nested)
+    else:
+        kind = "a sweep" if (run_dir / "sweep.json").exists() else "a folder of runs"
+        out = [Finding("note", str(run_dir), f"{kind} of {len(nested)} run(s), each checked")]
+        out += _check_tables(run_dir, {}, nested)
+    for sub in nested:
+        rel = sub.relative_to(run_dir).as_posix()
+        out += [Finding(f.level, f"{rel}/{f.what}", f.detail) for f in check_run(sub)]
+    return out
+
+
+def _check_one(run_dir: Path, nested: list[Path]) -> list[Finding]:
+    """The findings of one run directory, leaving out the runs ``nested`` inside it."""
     out: list[Finding] = []
     add = lambda level, what, detail: out.append(Finding(level, what, detail))  # noqa: E731
-    if not run_dir.is_dir():
-        add("problem", str(run_dir), "is not a directory; pass a run directory.")
-        return out
     cfg_path = run_dir / "config.json"
     config = None
     try:
@@ -250,10 +283,38 @@ def check_run(run_dir: Path | str) -> list[Finding]:
                     "config, checkpoints and metrics",
                 )
 
-    # ------------------------------------------------------------------------ analyses
+    out += _check_tables(run_dir, shas, nested)
+
+    # ---------------------------------------------------------------- leftovers, lock
+    stale = [
+        p
+        for p in run_dir.rglob("*.tmp")
+        if p.name.startswith(".") and not any(p.is_relative_to(n) for n in nested)
+    ]
+    if stale:
+        add(
+            "note",
+            "temporaries",
+            f"{len(stale)} stale *.tmp file(s); the next writer removes them.",
+        )
+    lock = run_dir / LOCK_NAME
+    if lock.exists() and _locked(lock):
+        holder = lock.read_text(errors="replace").strip()
+        add("note", "lock", f"in use by {holder}; files may change while you check.")
+    return out
+
+
+def _check_tables(run_dir: Path, shas: dict[int, str], nested: list[Path]) -> list[Finding]:
+    """Every analysis table of ``run_dir`` (not of the runs ``nested`` in it) against its
+    provenance record and the checkpoints ``shas`` (step -> SHA-256) on disk."""
+    out: list[Finding] = []
+    add = lambda level, what, detail: out.append(Finding(level, what, detail))  # noqa: E731
     dirs = {run_dir / "analyses", *(p.parent for p in run_dir.rglob(PROVENANCE))}
     for d in sorted(p for p in dirs if p.is_dir()):
         if CKPT_DIR in d.relative_to(run_dir).parts:
+            continue
+        hidden = any(part.startswith(".") for part in d.relative_to(run_dir).parts)
+        if hidden or any(d.is_relative_to(n) for n in nested):
             continue
         prov = read_provenance(d)
         tables = sorted(d.glob("*.csv")) if d != run_dir else []
@@ -301,19 +362,6 @@ def check_run(run_dir: Path | str) -> list[Finding]:
                 add("ok", str(rel), f"over steps {int(col.min())}–{int(col.max())}")
             else:
                 add("note", str(rel), "records no checkpoint step.")
-
-    # ---------------------------------------------------------------- leftovers, lock
-    stale = [p for p in run_dir.rglob("*.tmp") if p.name.startswith(".")]
-    if stale:
-        add(
-            "note",
-            "temporaries",
-            f"{len(stale)} stale *.tmp file(s); the next writer removes them.",
-        )
-    lock = run_dir / LOCK_NAME
-    if lock.exists() and _locked(lock):
-        holder = lock.read_text(errors="replace").strip()
-        add("note", "lock", f"in use by {holder}; files may change while you check.")
     return out
 
 

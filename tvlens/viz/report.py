@@ -81,10 +81,15 @@ class Section:
     title: str
     figures: list[Figure] = field(default_factory=list)
     note: str | None = None
+    #: the section's finding, as sentences computed from the run (tvlens.viz.findings)
+    findings: list[str] = field(default_factory=list)
+    #: the sub-run the section belongs to (e.g. the demo's ``learning_k10``); "" for the run
+    scope: str = ""
 
     @property
     def anchor(self) -> str:
-        return "sec-" + re.sub(r"[^a-z0-9]+", "-", self.module.rsplit(".", 1)[-1].lower())
+        name = f"{self.scope} {self.module.rsplit('.', 1)[-1]}".strip().lower()
+        return "sec-" + re.sub(r"[^a-z0-9]+", "-", name)
 
 
 @dataclass
@@ -173,10 +178,14 @@ def _csv_name(name: str) -> str:
 
 
 def build_sections(
-    run_dir: Path, results: dict[str, Path], modules: Sequence[str] = VIZ_MODULES
+    run_dir: Path,
+    results: dict[str, Path],
+    modules: Sequence[str] = VIZ_MODULES,
+    scope: str = "",
 ) -> tuple[list[Section], set[str], list[Absent]]:
     """Sections for every registered CSV the run holds, the names rendered, and the modules
-    (installed, but with none of their tables in this run) that got no section."""
+    (installed, but with none of their tables in this run) that got no section. ``scope``
+    names a sub-run (its figure ids and anchors carry it, so they stay unique)."""
     sections: list[Section] = []
     used: set[str] = set()
     absent: list[Absent] = []
@@ -195,14 +204,15 @@ def build_sections(
         if registry is None:
             continue
         title, figures = registry
-        sec = Section(module, title)
+        sec = Section(module, title, scope=scope)
         for name, fns in figures.items():
             if name not in results:
                 continue
             used.add(name)
             rel = results[name].relative_to(run_dir).as_posix()
             for i, fn in enumerate(fns if isinstance(fns, list | tuple) else [fns]):
-                sec.figures.append(render_figure(module, name, results[name], fn, rel, i))
+                fid = f"{scope}-{name}" if scope else name
+                sec.figures.append(render_figure(module, fid, results[name], fn, rel, i))
         if sec.figures:
             sections.append(sec)
         else:
@@ -234,10 +244,25 @@ def _table(df: pd.DataFrame, caption: str | None = None) -> str:
     return body + cap
 
 
+def _plain(v: Any) -> str:
+    """A setting's value as text: floats to 3 significant digits, lists item by item."""
+    from tvlens.viz.findings import fmt
+
+    if isinstance(v, bool) or v is None:
+        return "" if v is None else str(v)
+    if isinstance(v, float):
+        return fmt(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_plain(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return json.dumps(v)
+    return str(v)
+
+
 def _key_values(d: dict[str, Any]) -> pd.DataFrame:
     """A flat dict as a four-column (setting, value, setting, value) grid."""
     flat = _flatten(d)
-    items = [(k, json.dumps(v) if isinstance(v, list | dict) else v) for k, v in flat.items()]
+    items = [(k, _plain(v)) for k, v in flat.items()]
     half = (len(items) + 1) // 2
     left, right = items[:half], items[half:] + [("", "")] * (2 * half - len(items))
     return pd.DataFrame(
@@ -456,6 +481,7 @@ def write_report(
     for module, note in notes.items():
         sections.append(Section(module, module.rsplit(".", 1)[-1].title(), note=note))
     other = {n: p for n, p in results.items() if n not in used}
+    sections = with_findings(run_dir, results, sections, modules)
 
     page = render_page(
         run_dir,
@@ -470,6 +496,67 @@ def write_report(
     n_err = sum(f.error is not None for s in sections for f in s.figures)
     log.info("wrote %s (%d figures, %d errors, %d sections)", out, n_fig, n_err, len(sections))
     return out
+
+
+#: the demo's side-by-side table: drawn in its own section, first, with the verdict
+TWO_MODES = "demo_two_modes"
+
+
+def sub_runs(run_dir: Path) -> list[Path]:
+    """Runs a tvlens command wrote inside ``run_dir`` (the demo's second model,
+    ``learning_k<K>``): direct sub-folders with a ``config.json`` and result tables."""
+    return [
+        d
+        for d in sorted(p for p in run_dir.iterdir() if p.is_dir())
+        if (d / "config.json").is_file() and discover_results(d)
+    ]
+
+
+def _run_label(run_dir: Path, name: str) -> str:
+    try:
+        k = json.loads((run_dir / "config.json").read_text())["family"]["k"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return name
+    return f"{name} (k = {k}: {'no' if int(k) < 0 else 2 ** int(k)} minor tasks)"
+
+
+def with_findings(
+    run_dir: Path, results: dict[str, Path], sections: list[Section], modules: Sequence[str]
+) -> list[Section]:
+    """``sections`` opened by their findings (:func:`tvlens.viz.findings.section_findings`),
+    plus, when the run holds sub-runs (the demo's second model), each sub-run's sections
+    with its own findings and, first, the two models side by side with the verdict."""
+    from tvlens.viz.findings import section_findings, two_modes_sentences
+
+    found = section_findings(run_dir, results)
+    for sec in sections:
+        sec.findings = found.get(sec.module, [])
+    subs = sub_runs(run_dir)
+    if subs:
+        main = _run_label(run_dir, "main model")
+        for sec in sections:
+            sec.title = f"{main}: {sec.title}"
+    for sub in subs:
+        sub_results = discover_results(sub)
+        found = section_findings(sub, sub_results)
+        label = _run_label(sub, sub.name)
+        for sec in build_sections(sub, sub_results, modules, scope=sub.name)[0]:
+            sec.title = f"{label}: {sec.title}"
+            sec.findings = found.get(sec.module, [])
+            for fig in sec.figures:
+                fig.source = f"{sub.name}/{fig.source}"
+            sections.append(sec)
+    if TWO_MODES in results:
+        both = Section("two_modes", "The two modes side by side")
+        for sec in sections:
+            both.figures += [f for f in sec.figures if f.name == TWO_MODES]
+            sec.figures = [f for f in sec.figures if f.name != TWO_MODES]
+        try:
+            both.findings = two_modes_sentences(read_csv(results[TWO_MODES]))
+        except Exception as e:  # noqa: BLE001 — a finding must not sink the report
+            log.warning("report: no two-modes findings: %s: %s", type(e).__name__, e)
+        sections = [both] + [s for s in sections if s.figures or s.note]
+    return sections
 
 
 def _inline_script(js: str) -> str:
@@ -499,6 +586,9 @@ def render_page(
         body.append(f'<section id="{sec.anchor}"><h2>{html.escape(sec.title)}</h2>')
         if sec.note:
             body.append(_error_box(sec.title, sec.note))
+        if sec.findings:
+            items = "".join(f"<li>{html.escape(f)}</li>" for f in sec.findings)
+            body.append(f'<div class="finding"><strong>Finding</strong><ul>{items}</ul></div>')
         for fig in sec.figures:
             body.append(fig.html)
             body.append(f'<p class="source">source: {html.escape(fig.source)}</p>')
