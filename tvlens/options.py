@@ -28,7 +28,7 @@ from typing import Any, ClassVar, TypeVar
 
 from tvlens.errors import ConfigError
 
-__all__ = ["Options", "add_flags", "from_flags", "option"]
+__all__ = ["Options", "add_flags", "check_flags_used", "flags_of", "from_flags", "option"]
 
 OptionsT = TypeVar("OptionsT", bound="Options")
 
@@ -205,3 +205,24 @@ def from_flags(cls: type[OptionsT], args: argparse.Namespace) -> OptionsT:
         if value is not None:
             values[f.name] = value
     return cls.build(values)
+
+
+def flags_of(cls: type[Options]) -> dict[str, str]:
+    """Flag -> field name of ``cls``'s command-line options."""
+    return {_flag(f): f.name for f in dataclasses.fields(cls) if f.metadata.get("cli", True)}
+
+
+def check_flags_used(
+    args: argparse.Namespace, used: Iterable[type[Options]], known: Iterable[type[Options]]
+) -> None:
+    """Refuse a flag given on the command line that none of the ``used`` classes reads
+    (e.g. ``--layers`` when only ICL runs), naming the classes that would read it."""
+    read = {flag for cls in used for flag in flags_of(cls)}
+    for cls in known:
+        for flag in flags_of(cls):
+            if flag not in read and getattr(args, _dest(flag), None) is not None:
+                owners = sorted(c.section for c in known if flag in flags_of(c))
+                raise ConfigError(
+                    f"{flag} is not read by the analyses that run; it is an option of "
+                    f"{', '.join(owners)}. Add one of them to --analyses or drop {flag}."
+                )

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from tvlens.tasks.base import ConfigError
+from tvlens.errors import ConfigError
 
 __all__ = [
     "InputTypeError",

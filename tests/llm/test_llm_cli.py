@@ -107,3 +107,7 @@ def test_cli_errors_are_clear(tiny_dirs, tmp_path, capsys):
     assert "unknown analysis 'magic' for llm runs" in capsys.readouterr().err
     with pytest.raises(ValueError, match="kNN with k = 10"):
         DecodabilityOptions(n_prompts=5)
+    # a flag that no analysis that runs reads is refused, not ignored
+    assert main(argv + ["--analyses", "icl", "--layers", "999"]) == 1
+    err = capsys.readouterr().err
+    assert "--layers is not read by the analyses that run" in err and "task_vectors" in err

@@ -198,8 +198,8 @@ def test_state_checks_refuse_degenerate_inputs():
 
 def test_llm_force_with_a_malformed_task_file_deletes_nothing(tmp_path):
     """Validation before deletion: the previous run's tables survive a bad --task."""
-    from tvlens.llm.config import LLMConfig
-    from tvlens.llm.run import run_llm
+    from tvlens.cli import main
+    from tvlens.llm.config import ICLOptions
 
     run_dir = tmp_path / "llm"
     (run_dir / "analyses").mkdir(parents=True)
@@ -208,7 +208,9 @@ def test_llm_force_with_a_malformed_task_file_deletes_nothing(tmp_path):
     (run_dir / "function_vectors.safetensors").write_bytes(b"previous")
     bad = _write(tmp_path / "broken_task.json", '{"schema_version": 1, "name": ')
     with pytest.raises(ValueError, match="broken_task.json"):
-        run_llm(None, run_dir, LLMConfig(tasks=str(bad), analyses=("icl",)))
+        ICLOptions(tasks=str(bad))
+    argv = ["llm", "--model", str(tmp_path / "any"), "--out", str(run_dir), "--force"]
+    assert main([*argv, "--task", str(bad), "--analyses", "icl"]) == 1
     assert old.read_text() == "task,acc\nantonym,0.5\n"
     assert (run_dir / "function_vectors.safetensors").read_bytes() == b"previous"
 

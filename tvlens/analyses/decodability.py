@@ -527,6 +527,18 @@ class Representations:
     split: str
     point: str
 
+    def decode(self, **kwargs: Any) -> pd.DataFrame:
+        """:func:`decodability_table` of these states at their own layers, example counts and
+        positions; ``kwargs`` are its other options (``methods``, ``k``, ``seed``, …)."""
+        return decodability_table(
+            self.reps,
+            self.labels,
+            layers=self.layers,
+            n_examples=self.n_examples,
+            positions=self.positions,
+            **kwargs,
+        )
+
 
 def collect_representations(
     model: Any,
@@ -601,18 +613,7 @@ def task_decodability_table(
         point=point,
         seed=seed,
     )
-    df = decodability_table(
-        r.reps,
-        r.labels,
-        layers=r.layers,
-        n_examples=r.n_examples,
-        positions=r.positions,
-        methods=methods,
-        k=k,
-        seed=seed,
-        shuffled=shuffled,
-        progress=progress,
-    )
+    df = r.decode(methods=methods, k=k, seed=seed, shuffled=shuffled, progress=progress)
     df.insert(0, "label", r.label)
     df.insert(1, "split", r.split)
     df.insert(2, "point", point)

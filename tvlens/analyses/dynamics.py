@@ -35,7 +35,6 @@ from tvlens.analyses.decodability import (
     Method,
     Representations,
     collect_representations,
-    decodability_table,
     knn_loo_predict,
     max_examples,
 )
@@ -116,16 +115,7 @@ def td_and_loss(
     )
     loss = model_losses(model, family, reps.batch)
     base = context_free_loss(family, reps.batch)
-    df = decodability_table(
-        reps.reps,
-        reps.labels,
-        layers=reps.layers,
-        n_examples=reps.n_examples,
-        positions=reps.positions,
-        methods=methods,
-        k=k,
-        seed=seed,
-    )
+    df = reps.decode(methods=methods, k=k, seed=seed)
     by_pos = {
         pos: (float(loss[:, pos].mean()), float(base[:, pos].mean())) for pos in reps.positions
     }

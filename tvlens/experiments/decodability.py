@@ -38,7 +38,6 @@ from tvlens.analyses.decodability import (
     DEFAULT_PER_CLASS,
     Label,
     collect_representations,
-    decodability_table,
     labels_for,
     max_examples,
     n_label_classes,
@@ -384,16 +383,7 @@ def run(args: argparse.Namespace) -> int:
             model, family, label=label, split=split, n=sizes[(label, split)], n_examples=n_examples
         )
         reps = reps or r  # the primary target's prompts feed the per-class scores
-        df = decodability_table(
-            r.reps,
-            r.labels,
-            layers=r.layers,
-            n_examples=r.n_examples,
-            positions=r.positions,
-            k=args.knn_k,
-            shuffled=True,
-            progress=True,
-        )
+        df = r.decode(k=args.knn_k, shuffled=True, progress=True)
         df.insert(0, "split", split)
         df.insert(0, "label", label)
         frames.append(df)

@@ -15,14 +15,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from tvlens.llm.config import LLMSettings
-from tvlens.options import add_flags, from_flags
+from tvlens.options import add_flags, check_flags_used, from_flags
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -157,12 +156,12 @@ def run(args: argparse.Namespace) -> int:
     entries = [get(n, "llm") for n in names]  # unknown names fail before the model loads
     settings = from_flags(LLMSettings, args)
     options = {a.name: from_flags(a.options_class(), args) for a in entries}
+    used = [LLMSettings, *(a.options_class() for a in entries)]
+    check_flags_used(args, used, [LLMSettings, *(a.options_class() for a in _analyses())])
     out = args.out or Path("runs") / "llm" / Path(str(args.model).rstrip("/")).name
     if (out / "config.json").exists() and not args.force:
         raise FileExistsError(f"{out} already holds a run; pass --force or another --out.")
-    device_map = args.device_map
-    if device_map and device_map.strip().startswith("{"):
-        device_map = json.loads(device_map)
+    device_map = args.device_map  # load() parses and checks a JSON dict itself
     model = load(
         args.model,
         device=args.device,
