@@ -39,6 +39,7 @@ _EXPORTS = {
     "ablation_table": "tvlens.analyses",
     "task_decodability_table": "tvlens.analyses",
     "task_vectors": "tvlens.analyses",
+    "TaskVectors": "tvlens.analyses",
     "add_hook": "tvlens.hooks",
     "capture": "tvlens.hooks",
     "capture_means": "tvlens.hooks",

@@ -30,12 +30,20 @@ def _chosen(argv: list[str]) -> str | None:
     return next((a for a in argv if a in COMMANDS), None)
 
 
+#: ``tvlens --help``'s description (plain text: argparse prints it as written)
+DESCRIPTION = (
+    "Find and test task vectors in transformers (built on TransformerLens): train small "
+    "models on task families with exact Bayesian references, analyse them, and write "
+    "offline HTML reports. `tvlens COMMAND --help` describes each command."
+)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``tvlens`` parser; subcommand options are added only for the one in ``argv``.
 
     With ``argv=None`` every subcommand's options are added (imports them all).
     """
-    parser = argparse.ArgumentParser(prog="tvlens", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="tvlens", description=DESCRIPTION)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = None if argv is None else _chosen(argv)

@@ -137,3 +137,20 @@ def test_a_fresh_sweep_folder_passes_check(tmp_path):
     assert [str(f) for f in findings if f.level == "problem"] == []
     assert findings[0].level == "note" and "sweep" in findings[0].detail
     assert main(["check", str(out)]) == 0
+
+
+def test_training_without_a_terminal_logs_its_progress(tmp_path, monkeypatch, caplog):
+    import importlib
+
+    from tiny import tiny_config
+
+    train_mod = importlib.import_module("tvlens.models.train")
+    monkeypatch.setattr(train_mod, "LOG_EVERY_S", 0.0)  # every step, for the test
+    with caplog.at_level(logging.INFO, logger="tvlens.models.train"):
+        train_mod.train(tiny_config(steps=4), tmp_path / "run")  # pytest's stderr: no tty
+    lines = [r.getMessage() for r in caplog.records if "step" in r.getMessage()]
+    assert lines[-1].startswith("train dice k=-1: step 4/4 (100%), loss ")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="tvlens.models.train"):
+        train_mod.train(tiny_config(steps=4), tmp_path / "quiet", progress=False)
+    assert not [r for r in caplog.records if "step 4/4" in r.getMessage()]

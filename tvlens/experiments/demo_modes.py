@@ -110,7 +110,9 @@ def train_and_analyse(config: dict, run_dir: str, analyse: bool, threads: int = 
     if steps and steps[-1] == cfg.train.steps:
         run = load_run(out)
     else:
-        run = train(cfg, out, resume=(out / "config.json").exists(), progress=False)
+        # the second model's bar sits below the main model's (line 1); without a terminal
+        # both log their progress every LOG_EVERY_S seconds
+        run = train(cfg, out, resume=(out / "config.json").exists(), position=1)
     train_s = time.perf_counter() - t0
     if analyse:
         from tvlens.analyses.two_modes import analyse_two_modes
@@ -124,8 +126,13 @@ def train_and_analyse(config: dict, run_dir: str, analyse: bool, threads: int = 
     }
 
 
-def train_all(jobs: list[tuple[dict, str]], analyse: bool, threads: int = 1) -> list[dict]:
-    """:func:`train_and_analyse` for each (config, run directory), one after the other."""
+def train_all(
+    jobs: list[tuple[dict, str]], analyse: bool, threads: int = 1, log_level: int = logging.INFO
+) -> list[dict]:
+    """:func:`train_and_analyse` for each (config, run directory), one after the other. In
+    the spawned worker, logging is set up as the command's (level ``log_level``), so the
+    second model's progress and messages reach the same stderr."""
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
     return [train_and_analyse(cfg, d, analyse, threads) for cfg, d in jobs]
 
 
@@ -133,7 +140,8 @@ def start(jobs: list[tuple[RunConfig, Path]], analyse: bool) -> tuple[ProcessPoo
     """Start :func:`train_all` on ``jobs`` in one spawned worker process (one thread)."""
     pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
     payload = [(cfg.to_dict(), str(d)) for cfg, d in jobs]
-    fut = pool.submit(train_all, payload, analyse, 1)
+    level = logging.getLogger().getEffectiveLevel()
+    fut = pool.submit(train_all, payload, analyse, 1, level)
     return pool, fut
 
 

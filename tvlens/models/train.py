@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,10 @@ from tvlens.tasks import make_family
 from tvlens.tasks.base import Batch, ConfigError, TaskFamily
 
 log = logging.getLogger(__name__)
+
+#: where no progress bar can be drawn (stderr not a terminal, not a notebook), training
+#: logs its progress at this pace instead
+LOG_EVERY_S = 30.0
 
 CKPT_DIR = "checkpoints"
 RESUME = "resume"
@@ -315,6 +320,7 @@ def train(
     resume: bool = False,
     progress: bool = True,
     stop_at: int | None = None,
+    position: int | None = None,
 ) -> Run:
     """Train a model on ``config.family`` and save metrics and checkpoints in ``run_dir``.
 
@@ -325,15 +331,25 @@ def train(
     continues bit for bit. ``stop_at`` ends the loop early (after saving the resume
     state), which is how tests interrupt a run. A non-finite loss stops training with
     :class:`NonFiniteLossError`.
+
+    ``progress`` shows a tqdm bar (``tqdm.auto``: a widget in notebooks) where one can be
+    drawn, and otherwise logs the step, loss and time left every :data:`LOG_EVERY_S`
+    seconds at INFO; ``position`` is the bar's line (a second model trained beside
+    another, as the demo does, draws on line 1).
     """
     run_dir = Path(run_dir)
     _check_device(config.train.device)
     with run_lock(run_dir, f"tvlens train, pid {os.getpid()}"):
-        return _train_locked(config, run_dir, resume, progress, stop_at)
+        return _train_locked(config, run_dir, resume, progress, stop_at, position)
 
 
 def _train_locked(
-    config: RunConfig, run_dir: Path, resume: bool, progress: bool, stop_at: int | None
+    config: RunConfig,
+    run_dir: Path,
+    resume: bool,
+    progress: bool,
+    stop_at: int | None,
+    position: int | None = None,
 ) -> Run:
     tc = config.train
     torch.manual_seed(tc.seed)
@@ -431,14 +447,17 @@ def _train_locked(
 
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     model.raw.train()
+    desc = f"train {family.name} k={config.family.k}"
     bar = tqdm(
         range(start, end),
-        desc=f"train {family.name}",
+        desc=desc,
         disable=None if progress else True,
         initial=start,
         total=tc.steps,
         mininterval=2.0,
+        position=position,
     )
+    pace = _Pace(desc, start, tc.steps) if progress and bar.disable else None
     last_saved = start
     for step in bar:
         batch = family.sample("train", tc.batch_size, seed=tc.seed, step=step).to(tc.device)
@@ -463,6 +482,8 @@ def _train_locked(
             last_saved = done
             model.raw.train()
             bar.set_postfix(loss=f"{loss.item():.4f}")
+        if pace is not None:
+            pace.tick(done, loss)
     if end < tc.steps and end % tc.eval_every and end > start:
         save_resume(end)
     model.eval()
@@ -491,6 +512,28 @@ def _read_metrics(path: Path) -> pd.DataFrame:
             f"{list(metrics.columns)[:6]}); {fix}"
         )
     return metrics
+
+
+class _Pace:
+    """Progress as log lines, every :data:`LOG_EVERY_S` seconds and at the last step (for
+    training where no bar can be drawn: stderr not a terminal, e.g. a pipe or a job log)."""
+
+    def __init__(self, desc: str, start: int, total: int) -> None:
+        self.desc, self.start, self.total = desc, start, total
+        self.t0 = self.last = time.monotonic()
+
+    def tick(self, done: int, loss: torch.Tensor) -> None:
+        now = time.monotonic()
+        if now - self.last < LOG_EVERY_S and done < self.total:
+            return
+        self.last = now
+        rate = (done - self.start) / max(now - self.t0, 1e-9)
+        left = (self.total - done) / rate if rate > 0 else float("nan")
+        log.info(
+            "%s: step %d/%d (%.0f%%), loss %.4f, %.0f s elapsed, ~%.0f s left",
+            self.desc, done, self.total, 100 * done / self.total, loss.item(),
+            now - self.t0, left,
+        )  # fmt: skip
 
 
 def load_run(run_dir: Path | str, step: int | None = None) -> Run:
