@@ -154,3 +154,18 @@ def test_training_without_a_terminal_logs_its_progress(tmp_path, monkeypatch, ca
     with caplog.at_level(logging.INFO, logger="tvlens.models.train"):
         train_mod.train(tiny_config(steps=4), tmp_path / "quiet", progress=False)
     assert not [r for r in caplog.records if "step 4/4" in r.getMessage()]
+
+
+def test_a_fresh_llm_run_passes_check(tmp_path):
+    from tvlens.llm.tiny import build_tiny_checkpoint
+
+    model = build_tiny_checkpoint(tmp_path / "gemma2", "gemma2", seed=1)
+    out = tmp_path / "llm"
+    small = ["--n-prompts", "6", "--n-td", "11", "--td-shots", "1,2", "--shots", "0,2",
+             "--tv-shots", "2", "--fv-shots", "2", "--n-ie", "3", "--k-heads", "3",
+             "--n-mixture", "3", "--batch-size", "8"]  # fmt: skip
+    assert main(["llm", "--model", str(model), "--task", "antonym", "--out", str(out), *small]) == 0
+    findings = check_run(out)
+    assert [str(f) for f in findings if f.level == "problem"] == []
+    assert sum(f.level == "ok" and f.what.startswith("analyses/llm_") for f in findings) >= 5
+    assert main(["check", str(out)]) == 0
