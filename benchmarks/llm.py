@@ -263,9 +263,7 @@ def full_run(model: Any, name: str, run_dir: Path | None = None) -> dict[str, fl
 
     with tempfile.TemporaryDirectory() as tmp:
         where = Path(run_dir or tmp)
-        _, wall, cpu = timed(
-            lambda: run_analyses(LLMRun(model, where, name=name), progress=True)
-        )
+        _, wall, cpu = timed(lambda: run_analyses(LLMRun(model, where, name=name), progress=True))
         stages = json.loads((where / "config.json").read_text())["timings_s"]
     stages = {**stages, "total_wall_s": round(wall, 1), "total_cpu_s": round(cpu, 1)}
     for k, v in stages.items():
