@@ -41,6 +41,28 @@ def _import_key(line: str) -> tuple[int, str]:
     return (line.startswith("from "), line.split()[1])
 
 
+FIRST_CELL = """\
+torch.set_num_threads(1)  # models this small run fastest on one thread
+pd.set_option("display.precision", 4)
+RUNS = Path("runs")  # run directories are written here (relative to the notebook)
+static_figures.enable(RUNS / "figures")  # every figure also as a PNG: output and file
+"""
+
+
+def first_cell(third_party: tuple[str, ...] = (), tvlens: tuple[str, ...] = ()) -> str:
+    """The first code cell of notebooks 01 and 02: every import at the top (grouped as
+    ruff's isort wants), then the shared settings. No warning filter: nothing they import
+    warns (tqdm.auto draws its bar with ipywidgets, from the ``[dev]`` extra), and the tests
+    fail on any warning printed. ``static_figures`` (beside the notebooks) adds a static PNG
+    to every plotly figure shown."""
+    groups = [
+        ["from pathlib import Path"],
+        sorted(("import pandas as pd", "import torch", *third_party), key=_import_key),
+        sorted(tvlens, key=_import_key),
+    ]
+    return "\n\n".join("\n".join(g) for g in groups if g) + "\n\n" + FIRST_CELL
+
+
 TWO_MODES = [
     new_markdown_cell(
         """\
@@ -52,66 +74,138 @@ combination of task vectors, weighted by the posterior over the known tasks) and
 **learning** of an unseen one (the states leave the task-vector plane). Which one dominates
 depends on task diversity in training: `k` sets the number of minor tasks, `2**k`.
 
-This notebook trains two tiny models on the dice family, one with no minor tasks (`k = -1`)
-and one with 256 (`k = 8`), and measures on each:
-1. the loss against the exact retrieval and learning references;
-2. the simplex fit of hidden states on the task means, and the R² of OOD states on the task
-   plane;
-3. the alignment of the simplex weights β with the exact posterior;
-4. the mode diagnostic log(KL to retrieval / KL to learning) over training.
+This notebook trains the two models of `tvlens demo`, on its family (dice with 32 symbols, so
+that the two references differ on OOD tasks):
 
-The settings are tiny so that the notebook runs in about a minute on a laptop CPU; the
-numbers are measured here, and at this size they are noisy. `tvlens experiment two-modes
---family dice` runs the full sweep over k (see the README for its results)."""
+* the **retrieval-mode** model: 3 major tasks and no minor tasks (`k = -1`);
+* the **learning-mode** model: 2¹⁰ minor tasks that carry 90 % of the training sequences
+  (`k = 10`, `p_minor = 0.9`),
+
+then runs tvlens's two-modes analyses on each and sets their headline numbers side by side,
+each beside its null baseline, with the verdict computed from them.
+
+**Small, fast settings.** `tvlens demo` trains 4-layer, 64-wide models on 64-token sequences
+for 500 and 1500 steps (about 5 minutes on a laptop CPU). Here the models are 2 layers × 32
+wide, sequences 64 tokens, 300 and 1500 steps, and the analyses use small samples: the
+notebook runs in about a minute, and its numbers are measured, not claimed: at this size
+they are noisy, and the learning model may not yet have left retrieval. The verdict below
+says where each model sits, whatever it is. The static copies of the figures (for a viewer
+without JavaScript) are also written to `runs/figures/`."""
     ),
     new_code_cell(
-        setup(
-            tvlens=(
-                "from tvlens.models import RunConfig, train",
+        first_cell(
+            ("import static_figures",),
+            (
+                "import tvlens",
+                "from tvlens.experiments.demo_modes import DEMO_FAMILY, LEARNING_MIXTURE",
                 "from tvlens.viz.training import final_metrics, training_curves",
-            )
+            ),
         )
         + """
-SETTINGS = dict(
-    family={"seq_len": 32},
-    model={"n_layers": 2, "d_model": 32, "n_heads": 2, "d_mlp": 64},
-    train={"steps": 400, "batch_size": 32, "eval_every": 100, "eval_size": 128,
-           "n_checkpoints": 4},
-)
+MODEL = {"n_layers": 2, "d_model": 32, "n_heads": 2, "d_mlp": 64}  # tvlens demo: 4 × 64
+TRAIN = {"batch_size": 32, "eval_every": 100, "eval_size": 128, "n_checkpoints": 4}
+MODELS = {  # label -> (family fields, steps): the demo's two models
+    "retrieval (k = -1)": ({"k": -1}, 300),
+    "learning (k = 10)": (LEARNING_MIXTURE, 1500),
+}
+DIRS = {  # the demo's layout: the learning model inside the main run's folder
+    "retrieval (k = -1)": RUNS / "two_modes",
+    "learning (k = 10)": RUNS / "two_modes" / "learning_k10",
+}
 runs = {}
-for k in (-1, 8):
-    cfg = RunConfig.for_family("dice", **{**SETTINGS, "family": {**SETTINGS["family"], "k": k}})
-    runs[k] = train(cfg, RUNS / f"two_modes_k{k}", progress=False)
-    (runs[k].dir / "analyses").mkdir(exist_ok=True)
-pd.concat({k: final_metrics(r.metrics) for k, r in runs.items()}, names=["k", "row"])"""
+for label, (fields, steps) in MODELS.items():
+    family = {**DEMO_FAMILY["dice"], **fields}  # 32 symbols, 64 tokens
+    cfg = tvlens.RunConfig.for_family("dice", family=family, model=MODEL,
+                                      train={**TRAIN, "steps": steps})
+    runs[label] = tvlens.train(cfg, DIRS[label])
+pd.concat({label: final_metrics(r.metrics) for label, r in runs.items()}, names=["model", "row"])"""
     ),
-    new_markdown_cell(
-        "Training curves of the `k = 8` model: model loss beside the retrieval and learning "
-        "references, per split, and the divergence to each."
-    ),
-    new_code_cell("training_curves(runs[8].metrics)"),
     new_markdown_cell(
         """\
-## Task vectors and the simplex fit
+## Loss against the two exact references
 
-θ_k = h̄_k − mean_j h̄_j at `resid_post`, averaged over the last 16 positions. Hidden states
-are fitted as convex combinations of the major-task means; `r2_affine` on OOD data is the R²
-of the OOD states on the task plane (low or negative: they leave it)."""
+Each family knows its exact Bayesian predictors: **retrieval** (the posterior over the
+training tasks) and **learning** (the Dirichlet-conjugate learner of an unseen task). Per
+split, the model's loss beside both (and beside the true task's loss, the floor), and the
+divergence to each, over training. On major tasks both models should reach the retrieval
+reference; OOD is where they part."""
+    ),
+    new_code_cell('training_curves(runs["retrieval (k = -1)"].metrics)'),
+    new_code_cell('training_curves(runs["learning (k = 10)"].metrics)'),
+    new_markdown_cell(
+        """\
+## The two-modes analyses, on each model
+
+`tvlens.run_analyses(run, ["two_modes"])` runs the registered analysis on a run: task vectors,
+the simplex fit and its R², OOD states on the task plane, β against the exact posterior,
+ablation of the task subspace against random subspaces, steering, the mode diagnostic over
+checkpoints. It writes `analyses/*.csv` into the run and returns the tables. The samples here
+are small (the demo's options are the defaults of `TwoModesOptions`)."""
     ),
     new_code_cell(
         """\
-from tvlens.analyses.geometry import simplex_table
-from tvlens.analyses.task_vectors import task_vectors
-
-tvs, fits = {}, {}
-for k, run in runs.items():
-    tvs[k] = task_vectors(run.model, run.family, n_per_task=64)
-    batches = {s: run.family.sample(s, 128, seed=11) for s in ("major", "ood")}
-    fits[k] = simplex_table(run.model, run.family, tvs[k], batches)
-    fits[k].to_csv(run.dir / "analyses" / "simplex_fit.csv", index=False)
-fits = pd.concat(fits, names=["k", "row"]).reset_index(level=0)
-fits.pivot_table(index=["k", "layer"], columns="split", values=["r2_task", "r2_affine"])"""
+SMALL = {"two_modes": {"n_eval": 128, "n_causal": 64, "n_training": 32, "n_per_task": 32,
+                       "n_paper_tasks": 16, "n_anova": 4}}
+tables = {}
+for label, run in runs.items():
+    tables[label], seconds = tvlens.run_analyses(run, ["two_modes"], options=SMALL)
+    print(f"{label}: {len(tables[label])} tables in {sum(seconds.values()):.1f} s")
+sorted(tables["retrieval (k = -1)"])"""
     ),
+    new_markdown_cell(
+        """\
+## The two models side by side
+
+Each headline number (rows) for both models, with the **named null baseline** measured in the
+same run (a random subspace of the same rank, a one-hot posterior, the other reference, …);
+the verdict places each model's OOD loss between the two references. The sentences are
+generated from these numbers (the report opens with the same ones)."""
+    ),
+    new_code_cell(
+        """\
+from tvlens.experiments.demo_modes import format_side_by_side, side_by_side, verdict
+from tvlens.viz.findings import two_modes_sentences
+
+both = side_by_side({label: run.dir for label, run in runs.items()})
+both.to_csv(DIRS["retrieval (k = -1)"] / "analyses" / "demo_two_modes.csv", index=False)
+print(format_side_by_side(both))
+print()
+print(verdict(both)["statement"])
+for sentence in two_modes_sentences(both):
+    print("-", sentence)"""
+    ),
+    new_code_cell(
+        """\
+from tvlens.viz.paper import demo_two_modes
+
+demo_two_modes(both)"""
+    ),
+    new_markdown_cell(
+        """\
+## Geometry: the simplex fit and the task plane
+
+θ_k = h̄_k − mean_j h̄_j at `resid_post`, averaged over the last 16 positions. Hidden states
+are fitted as convex combinations of the major-task means (`r2_task`); `r2_affine` on OOD
+data is the R² of OOD states on the task plane: high in retrieval, low or negative in
+learning (the states leave the plane)."""
+    ),
+    new_code_cell(
+        """\
+fits = pd.concat({label: t["simplex_fit"] for label, t in tables.items()}, names=["model", "row"])
+fits.reset_index(level=0).pivot_table(index=["model", "layer"], columns="split",
+                                      values=["r2_task", "r2_affine"])"""
+    ),
+    new_markdown_cell(
+        "A 3-D view of each model's last-layer states at the last position: the task plane "
+        "(x, y) with the major-task vertices, and the main direction off the plane (z)."
+    ),
+    new_code_cell(
+        """\
+from tvlens.viz.geometry import geometry_scatter
+
+geometry_scatter(tables["retrieval (k = -1)"]["geometry_points"])"""
+    ),
+    new_code_cell('geometry_scatter(tables["learning (k = 10)"]["geometry_points"])'),
     new_markdown_cell(
         """\
 ## β against the exact posterior
@@ -121,144 +215,248 @@ posterior P(task | x≤t) over the major tasks (correlation, total variation, co
     ),
     new_code_cell(
         """\
-from tvlens.analyses.geometry import fit_beta
-
-alignment = {}
-for k, run in runs.items():
-    fit = fit_beta(run.model, run.family, tvs[k], run.family.sample("major", 128, seed=12))
-    alignment[k] = fit.summary()
-    alignment[k].to_csv(run.dir / "analyses" / "alignment_summary.csv", index=False)
-pd.concat(alignment, names=["k", "row"])"""
+pd.concat({label: t["alignment_summary"] for label, t in tables.items()},
+          names=["model", "row"])"""
     ),
     new_markdown_cell(
         """\
-## The mode diagnostic
+## The mode diagnostic over training
 
 log(KL(model ‖ retrieval) / KL(model ‖ learning)) per checkpoint and split: negative means
-the model is closer to retrieval over the known tasks, positive closer to the
-prior-conjugate learner. With two values of k this is a two-row slice of the heatmap over
-training step × log2 N_minor that the full experiment draws."""
+the model is closer to retrieval, positive closer to the learner. With two models this is a
+two-row slice of the heatmap over training step × number of minor tasks that `tvlens
+experiment two-modes` draws."""
     ),
     new_code_cell(
         """\
 from tvlens.analyses.modes import mode_heatmap_table
 from tvlens.viz.geometry import mode_heatmap
 
-modes = mode_heatmap_table({k: r.dir for k, r in runs.items()}, n=128)
-for k, run in runs.items():
-    modes[modes["k"] == k].to_csv(run.dir / "analyses" / "modes.csv", index=False)
+modes = mode_heatmap_table({r.config.family.k: r.dir for r in runs.values()}, n=128)
 mode_heatmap(modes)"""
     ),
-    new_code_cell(
-        'modes[modes["step"] == modes["step"].max()].pivot_table(index="k", columns="split", '
-        'values="log_ratio")'
-    ),
     new_markdown_cell(
-        "A 3-D view of the `k = 8` model's last-layer states at the last position: the task "
-        "plane (x, y) with the major-task vertices, and the main direction off the plane (z)."
+        """\
+Attention patterns of the learning model's heads on one major-task sequence, with token
+labels. `tvlens.viz.attention.attention_view` draws the same table as a circuitsvis widget
+(hover a token to see where it attends), which needs JavaScript."""
     ),
     new_code_cell(
         """\
-from tvlens.analyses.geometry import geometry_points
-from tvlens.viz.geometry import geometry_scatter
+from tvlens.analyses.attention import attention_patterns
+from tvlens.viz.attention import attention_figure
 
-run = runs[8]
-batches = {s: run.family.sample(s, 100, seed=13) for s in ("major", "ood")}
-points = geometry_points(run.model, tvs[8], batches, layer=run.model.n_layers - 1)
-points.to_csv(run.dir / "analyses" / "geometry_points.csv", index=False)
-geometry_scatter(points)"""
+attention_figure(attention_patterns(runs["learning (k = 10)"], split="major", seed=0))"""
     ),
     new_markdown_cell(
-        """\
-Attention patterns of the `k = 8` model on one major-task sequence, as a circuitsvis widget
-(hover a token to see where it attends). circuitsvis loads its JavaScript from a CDN when the
-machine is online and otherwise inlines a 1.3 MB bundle into each widget; the HTML report
-draws the same table with plotly instead, so it works offline."""
-    ),
-    new_code_cell(
-        """\
-from tvlens.viz.attention import attention_patterns, attention_view
-
-attention = attention_patterns(runs[8], split="major", seed=0)
-attention_view(attention, layer=runs[8].model.n_layers - 1)"""
-    ),
-    new_markdown_cell(
-        "Finally, an offline HTML report of the `k = 8` run: training curves, the tables saved "
-        "above under `analyses/`, and attention patterns (computed by the report)."
+        "Finally, the offline HTML report of the pair, laid out as `tvlens demo`'s: the two "
+        "modes side by side first, then one set of sections per model, each opened by its "
+        "findings."
     ),
     new_code_cell(
         """\
 from tvlens.viz.report import write_report
 
-print(write_report(runs[8].dir))"""
+print(write_report(DIRS["retrieval (k = -1)"]))"""
     ),
 ]
 
 PATCHING_STEERING = [
     new_markdown_cell(
         """\
-# Activation patching and steering on dice
+# Hooks, patching and steering on a trained dice model
 
-One tiny dice model, two interventions:
+TransformerLens's own tutorials start with the model's internals; this one does the same on a
+small dice model, then writes patching and steering twice: with plain hooks and with
+tvlens's sweeps, and checks that the two agree.
 
-* **activation patching** (denoising): run a sequence of task 1, patch in activations from a
-  sequence of task 0 one (layer, position) or (layer, head) at a time, and measure how far the
-  last prediction moves towards task 0. `tvlens.analyses.patching.patch_sweep` equals
-  `transformer_lens.patching` and skips what a patch cannot change;
-* **steering**: replace the task-subspace part of the residual by a task vector θ_k, or by a
-  convex mixture Σ α_k θ_k, and compare the prediction with task k's true distribution and
-  with the α-mixture of the tasks' distributions.
+1. `run_with_cache` and the hook names;
+2. the residual stream as a sum of components;
+3. the logit lens;
+4. direct logit attribution (DLA) of each head, checked against the logit it explains;
+5. activation patching with a hand-written hook, then `tvlens.analyses.patching.patch_sweep`;
+6. steering with a hand-written hook, then `tvlens.hooks` and `tvlens.analyses.steering`.
 
-Small settings (about a minute on a CPU); the numbers are measured here and noisy."""
+**Small, fast settings**: a 2-layer, 32-wide model trained for 400 steps on 32-token
+sequences (a few seconds on a CPU); the whole notebook runs in about half a minute. The
+numbers are measured here; at this size they are noisy. Static copies of the figures are
+written to `runs/figures/`."""
     ),
     new_code_cell(
-        setup(tvlens=("from tvlens.models import RunConfig, train",))
+        first_cell(("import plotly.express as px", "import static_figures"), ("import tvlens",))
         + """
-cfg = RunConfig.for_family(
+cfg = tvlens.RunConfig.for_family(
     "dice",
     family={"seq_len": 32},
     model={"n_layers": 2, "d_model": 32, "n_heads": 2, "d_mlp": 64},
     train={"steps": 400, "batch_size": 32, "eval_every": 100, "eval_size": 128,
            "n_checkpoints": 2},
 )
-run = train(cfg, RUNS / "patching_steering", progress=False)
-run.model.eval()
+run = tvlens.train(cfg, RUNS / "patching_steering")
 family = run.family
-(run.dir / "analyses").mkdir(exist_ok=True)"""
+model = run.model.bridge  # the TransformerBridge over the trained weights: TL's hooks
+torch.set_grad_enabled(False)  # analysis only from here on: no autograd graphs
+(run.dir / "analyses").mkdir(exist_ok=True)
+print(model.cfg.n_layers, "layers,", model.cfg.n_heads, "heads, d_model", model.cfg.d_model,
+      "| normalisation:", model.cfg.normalization_type, "| symbols:", family.d_out)"""
     ),
     new_markdown_cell(
         """\
-## Patching
+## 1. `run_with_cache`
 
-Clean: 16 sequences of task 0; corrupted: 16 of task 1. The metric is how much the model's
-last prediction prefers task 0's distribution to task 1's: E_{v ~ model}[log p₀(v) − log p₁(v)],
-normalised so that 0 is the corrupted run and 1 the clean run."""
+Two batches: 16 sequences of task 0 (**clean**) and 16 of task 1 (**corrupted**). One forward
+pass with a cache of every activation, named as in TransformerLens
+(`tvlens.hook_name(layer, point)` spells them). The bridge and the raw module that trained
+share their weights, so their logits are the same."""
     ),
     new_code_cell(
         """\
-from tvlens.analyses.patching import patch_sweep
 from tvlens.analyses.task_vectors import sample_tasks
-from tvlens.viz.patching import patching_heatmap
 
 clean = sample_tasks(family, torch.tensor([0]), 16, seed=1)
 corrupted = sample_tasks(family, torch.tensor([1]), 16, seed=2)
-log_ratio = family.pool[0].log() - family.pool[1].log()  # log p0(v) - log p1(v), [V]
+logits, cache = model.run_with_cache(clean.inputs)
+torch.testing.assert_close(logits, run.model(clean.inputs))
+print("logits", tuple(logits.shape), "|", len(cache), "cached activations; layer 0's:")
+print([name for name in cache.keys() if name.startswith("blocks.0.hook")])
+print(tvlens.hook_name(1, "z"), tuple(cache[tvlens.hook_name(1, "z")].shape),
+      "(batch, position, head, d_head)")"""
+    ),
+    new_markdown_cell(
+        """\
+## 2. The residual stream
+
+The final residual is the sum of what wrote into it: the embedding, and each layer's
+attention and MLP outputs (`cache.decompose_resid`). Their norms at the last position show
+who writes most."""
+    ),
+    new_code_cell(
+        """\
+parts, labels = cache.decompose_resid(layer=-1, return_labels=True)
+final = cache[tvlens.hook_name(model.cfg.n_layers - 1, "resid_post")]
+torch.testing.assert_close(parts.sum(0), final)  # exact: the stream is a sum
+pd.DataFrame({"component": labels,
+              "norm at last position": parts[:, :, -1].norm(dim=-1).mean(1).tolist()})"""
+    ),
+    new_markdown_cell(
+        """\
+## 3. The logit lens
+
+Read every intermediate residual (`cache.accumulated_resid`) through the final LayerNorm and
+the unembedding, as if the model stopped there, and compare the prediction with the true
+distribution of task 0 (KL in nats, mean over the 16 sequences). At the last layer the lens
+is the model itself (checked)."""
+    ),
+    new_code_cell(
+        """\
+resid, names = cache.accumulated_resid(layer=-1, incl_mid=True, return_labels=True)
+lens_logits = model.unembed(model.ln_final(resid))  # [point, batch, position, symbol]
+torch.testing.assert_close(lens_logits[-1], logits)  # the last point is the model's output
+lens = family.output_to_prediction(lens_logits)
+true = family.pool[0]  # task 0's distribution over the symbols
+kl = (true * (true.log() - lens.clamp_min(1e-12).log())).sum(-1).mean(1)  # [point, position]
+px.imshow(kl.detach(), x=list(range(kl.shape[1])), y=names, aspect="auto",
+          labels={"x": "position", "y": "residual read", "color": "KL (nats)"},
+          title="Logit lens: KL(task 0 ‖ lens prediction), clean sequences")"""
+    ),
+    new_markdown_cell(
+        """\
+## 4. Direct logit attribution of the heads
+
+The metric is a direction in logit space: how much the last prediction prefers task 0 to
+task 1, `u · logits` with u = log p₀ − log p₁ (centred, since a softmax ignores a constant).
+The final LayerNorm is `LN(x) = w ⊙ (x − mean x) / σ(x) + b`; with σ taken from the cache
+(`ln_final.hook_scale`) it is linear in x, so the metric splits exactly into one term per
+component of the residual (each head's output `z_h W_O[h]`, each layer's `b_O` and MLP, the
+embedding) plus a constant `(b W_U + b_U) · u`. The terms must sum to the metric: checked."""
+    ),
+    new_code_cell(
+        """\
+u = family.pool[0].log() - family.pool[1].log()
+u = u - u.mean()
+scale = cache["ln_final.hook_scale"][:, -1]  # σ(x) at the last position, [batch, 1]
+direction = (model.ln_final.w[:, None] * model.W_U) @ u  # [d_model]
 
 
+def dla(component):
+    \"\"\"A residual component at the last position -> its share of u · logits, per sequence.\"\"\"
+    c = component - component.mean(-1, keepdim=True)
+    return (c / scale) @ direction
+
+
+n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+terms = {"embed": dla(cache["hook_embed"][:, -1])}
+for layer in range(n_layers):
+    z = cache[tvlens.hook_name(layer, "z")][:, -1]  # [batch, head, d_head]
+    for head in range(n_heads):
+        terms[f"L{layer}H{head}"] = dla(z[:, head] @ model.W_O[layer, head])
+    terms[f"L{layer} b_O"] = dla(model.b_O[layer].expand(z.shape[0], -1))
+    terms[f"L{layer} MLP"] = dla(cache[tvlens.hook_name(layer, "mlp_out")][:, -1])
+constant = (model.ln_final.b @ model.W_U + model.b_U) @ u
+metric = logits[:, -1] @ u
+torch.testing.assert_close(sum(terms.values()) + constant, metric)  # the closed form holds
+dla_table = pd.DataFrame({"component": list(terms),
+                          "dla": [float(t.mean()) for t in terms.values()]})
+print(f"u · logits = {float(metric.mean()):.3f} = Σ terms {float(dla_table.dla.sum()):.3f} "
+      f"+ constant {float(constant):.3f}")
+px.bar(dla_table, x="component", y="dla", text_auto=".2f",
+       labels={"dla": "contribution to u · logits (logit units)"},
+       title="Direct logit attribution at the last position, clean sequences")"""
+    ),
+    new_markdown_cell(
+        """\
+## 5. Activation patching
+
+**By hand.** Run the corrupted sequences, and at one layer overwrite the residual
+(`hook_resid_pre`) at the last position with the clean run's, using a plain hook; the metric
+is the same `u · logits` at the last position, averaged over the batch. 0 = the corrupted
+run, 1 = the clean run."""
+    ),
+    new_code_cell(
+        """\
 def prefers_task0(logits):
-    probs = family.output_to_prediction(logits[:, -1])  # the model's last prediction
-    return (probs * log_ratio).sum(-1).mean()
+    return (logits[:, -1] @ u).mean()
 
 
-def normalised(df):
-    lo, hi = df.attrs["corrupted_value"], df.attrs["clean_value"]
-    return df.assign(value=(df["value"] - lo) / (hi - lo))
+clean_value = float(prefers_task0(logits))
+corrupted_value = float(prefers_task0(model(corrupted.inputs)))
 
 
-resid = normalised(patch_sweep(run.model, clean.inputs, corrupted.inputs, prefers_task0,
-                               "resid_pre", metric_positions=-1))
-heads = normalised(patch_sweep(run.model, clean.inputs, corrupted.inputs, prefers_task0,
-                               "z", by="head", metric_positions=-1))
+def patch_last_position(activation, hook):
+    activation[:, -1] = cache[hook.name][:, -1]  # the clean run's value, cached above
+    return activation
+
+
+by_hand = []
+for layer in range(n_layers):
+    name = tvlens.hook_name(layer, "resid_pre")
+    patched = model.run_with_hooks(corrupted.inputs, fwd_hooks=[(name, patch_last_position)])
+    value = float(prefers_task0(patched))
+    by_hand.append({"layer": layer, "value": value,
+                    "recovered": (value - corrupted_value) / (clean_value - corrupted_value)})
+pd.DataFrame(by_hand)"""
+    ),
+    new_markdown_cell(
+        """\
+**With tvlens.** `patch_sweep` does every (layer, position) at once (and skips what a patch
+cannot change); its last-position column must equal the hand-written loop. It patches head
+outputs too (`point="z"`, `by="head"`: each head at all positions). `recovered` normalises
+as above."""
+    ),
+    new_code_cell(
+        """\
+from tvlens.analyses.patching import patch_sweep, recovered
+from tvlens.viz.patching import patching_heatmap
+
+resid = patch_sweep(model, clean.inputs, corrupted.inputs, prefers_task0, "resid_pre",
+                    metric_positions=-1)
+resid["recovered"] = recovered(resid)
+last = resid[resid["pos"] == clean.inputs.shape[1] - 1].reset_index(drop=True)
+pd.testing.assert_series_equal(last["value"], pd.DataFrame(by_hand)["value"],
+                               check_exact=False, atol=1e-4)  # the sweep = the hand loop
+heads = patch_sweep(model, clean.inputs, corrupted.inputs, prefers_task0, "z", by="head",
+                    metric_positions=-1)
+heads["recovered"] = recovered(heads)
 resid.to_csv(run.dir / "analyses" / "patching_resid_pre.csv", index=False)
 heads.to_csv(run.dir / "analyses" / "patching_heads.csv", index=False)
 patching_heatmap(resid, "Denoising blocks.{l}.hook_resid_pre: share of the clean effect restored")"""
@@ -268,21 +466,53 @@ patching_heatmap(resid, "Denoising blocks.{l}.hook_resid_pre: share of the clean
     ),
     new_markdown_cell(
         """\
-## Steering along the task simplex
+## 6. Steering along the task simplex
 
-Task vectors at every layer; then, per layer, steer major-task sequences to each task k
-(task-ID accuracy = the share of positions whose prediction is closest to task k), and to
-convex mixtures α (divergence of the steered prediction from Σ α_k p_k)."""
+Task vectors at every layer (`tvlens.task_vectors`): the major-task means h̄_k of
+`resid_post`, and an orthonormal basis B of the task subspace. Steering to task k replaces
+the task-subspace part of the residual by that of h̄_k: `h' = h − BᵀB h + BᵀB h̄_k`.
+
+**By hand**, as a plain hook at layer 0, then the same with `tvlens.replace_subspace_hook`:
+the two predictions agree, and after the hook the residual's coordinates in the subspace are
+exactly h̄_k's."""
+    ),
+    new_code_cell(
+        """\
+tv = tvlens.task_vectors(run.model, family, n_per_task=64)
+layer, k = 0, 2
+B, target = tv.basis(layer), tv.vertices(layer)[k]
+
+
+def steer_by_hand(activation, hook):
+    return activation - (activation @ B.T) @ B + (target @ B.T) @ B
+
+
+batch = family.sample("major", 96, seed=3)
+steered = {}
+hooks = {"by hand": steer_by_hand, "tvlens": tvlens.replace_subspace_hook(B, target)}
+for how, hook in hooks.items():
+    with model.hooks(fwd_hooks=[(tv.hook(layer), hook)]):
+        out, steered_cache = model.run_with_cache(batch.inputs, names_filter=tv.hook(layer))
+    steered[how] = family.output_to_prediction(out)
+    coords = steered_cache[tv.hook(layer)] @ B.T
+    torch.testing.assert_close(coords, (target @ B.T).expand_as(coords))
+torch.testing.assert_close(steered["by hand"], steered["tvlens"])
+kl_to_k = (steered["tvlens"] * (steered["tvlens"].log() - family.pool[k].log())).sum(-1)
+print(f"steered to task {k} at layer {layer}: mean KL(prediction ‖ p_{k}) over the last "
+      f"16 positions = {float(kl_to_k[:, -16:].mean()):.4f} nats")"""
+    ),
+    new_markdown_cell(
+        """\
+**With tvlens's sweeps.** Per layer, steer major-task sequences to each task k (task-ID
+accuracy = the share of sequences whose prediction is closest to task k) and to convex
+mixtures α (divergence of the steered prediction from Σ α_k p_k)."""
     ),
     new_code_cell(
         """\
 from tvlens.analyses.steering import convexity_table, steering_table
-from tvlens.analyses.task_vectors import task_vectors
 from tvlens.viz.steering import convexity_check, steering_accuracy
 
-tv = task_vectors(run.model, family, n_per_task=64)
-batch = family.sample("major", 96, seed=3)
-layers = list(range(run.model.n_layers))
+layers = list(range(n_layers))
 steer = steering_table(run.model, family, tv, batch, layers)
 convex = convexity_table(run.model, family, tv, batch, layers)
 steer.to_csv(run.dir / "analyses" / "steering.csv", index=False)
