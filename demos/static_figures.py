@@ -251,11 +251,8 @@ def _heatmap(a: _Axes, t: dict, c: str, bar_slot: tuple) -> Any:
     image = a.ax.imshow(z, **kwargs)
     a.images = True
     if t.get("showscale", True) is not False:
-        bar = a.ax.figure.colorbar(image, ax=a.ax, fraction=0.05, pad=0.02)
-        bar.ax.tick_params(labelsize=6)
         title = plain((t.get("colorbar") or {}).get("title"))
-        if title:
-            bar.set_label(title, fontsize=7)
+        a.ax.figure._static_scales.append((image, title))  # drawn once, by _colorbar
     if t.get("texttemplate") or t.get("text") is not None:
         labels = _values(t.get("text")) if t.get("text") is not None else None
         for r in range(z.shape[0]):
@@ -316,6 +313,9 @@ def draw(fig_dict: dict) -> plt.Figure:
     height = (layout.get("height") or 500) / PX_PER_INCH
     fig = plt.figure(figsize=(width, height), dpi=PX_PER_INCH)
     legend_room = 0.2 if any(t.get("name") for t in traces) else 0.0
+    if any(t.get("type") == "heatmap" for t in traces):
+        legend_room = max(legend_room, 0.08)  # the colour bar
+    fig._static_scales = []  # heatmaps' (image, title): one colour bar for the figure
     box = (0.08, 0.08, 0.9 - legend_room, 0.8)
     title = plain(layout.get("title"))
     if title:
@@ -361,7 +361,24 @@ def draw(fig_dict: dict) -> plt.Figure:
             y = box[1] + ann.get("y", 0) * box[3] + 0.005
             fig.text(x, y, plain(ann.get("text")), fontsize=7, ha="center", va="bottom")
     _legend(fig, handles, legend_room)
+    _colorbar(fig)
     return fig
+
+
+def _colorbar(fig: plt.Figure) -> None:
+    """One colour bar, right of the plot area (where plotly draws it), for the first
+    heatmap that shows a scale; not one per panel."""
+    if not fig._static_scales:
+        return
+    image, title = fig._static_scales[0]
+    plots = [ax.get_position() for ax in fig.axes]
+    right = max(p.x1 for p in plots)
+    y0, y1 = min(p.y0 for p in plots), max(p.y1 for p in plots)
+    cax = fig.add_axes((right + 0.01, y0, 0.012, y1 - y0), label="<colorbar>")
+    bar = fig.colorbar(image, cax=cax)
+    bar.ax.tick_params(labelsize=6)
+    if title:
+        bar.set_label(title, fontsize=7)
 
 
 def _legend(fig: plt.Figure, handles: Iterable[tuple[dict, Any]], room: float) -> None:
