@@ -80,10 +80,14 @@ def test_two_modes_sweep_end_to_end(tmp_path, capsys, family):
     assert "cdn.plot.ly" not in html and "plotly.min.js" in html
     assert (out / "figures" / "plotly.min.js").exists()
 
-    # a second invocation reuses the trained runs instead of retraining them
+    # a second invocation reuses the trained runs instead of retraining them; one with a
+    # subset of the ks would replace the summary by a subset, and is refused (nothing lost)
     ckpt = out / "k1" / "checkpoints" / "step_000012.safetensors"
     before = ckpt.stat().st_mtime_ns
-    assert main(argv[:4] + ["--ks", "1", "--out", str(out)] + TINY) == 0
+    rows = len(pd.read_csv(out / "results.csv"))
+    assert main(argv[:4] + ["--ks", "1", "--out", str(out)] + TINY) == 1
+    assert len(pd.read_csv(out / "results.csv")) == rows
+    assert main(argv + TINY) == 0
     assert ckpt.stat().st_mtime_ns == before
 
 

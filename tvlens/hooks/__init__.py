@@ -30,6 +30,8 @@ _EXPORTS = {
     "patch_head_rows_hook": "tvlens.hooks.rowwise",
     "patch_rows_hook": "tvlens.hooks.rowwise",
     "store_rows_hook": "tvlens.hooks.rowwise",
+    "gather_rows_hook": "tvlens.hooks.rowwise",
+    "model_device": "tvlens.hooks.core",
     "BridgeSuffixRunner": "tvlens.hooks.suffix",
     "NativeSuffixRunner": "tvlens.hooks.suffix",
 }

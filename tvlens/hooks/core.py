@@ -151,7 +151,7 @@ def capture(
     idx = resolve_positions(positions, inputs.shape[1])
     wanted = set(names)
     out: dict[str, list[Tensor]] = {n: [] for n in names}
-    device = _device(model)
+    device = model_device(model)
     for i in _batches(inputs.shape[0], batch_size, progress, "capture"):
         _, cache = model.run_with_cache(
             inputs[i : i + batch_size].to(device), names_filter=lambda n: n in wanted
@@ -211,7 +211,7 @@ def capture_means(
     names = check_hook_names(model, names)
     idx = resolve_positions(positions, inputs.shape[1])
     wanted = set(names)
-    device = _device(model)
+    device = model_device(model)
     means: dict[str, StreamingMean] = {}
     for i in _batches(inputs.shape[0], batch_size, progress, "capture means"):
         g = groups[i : i + batch_size]
@@ -231,11 +231,14 @@ def capture_means(
     return {n: m.mean for n, m in means.items()}
 
 
-def _device(model: Any) -> torch.device:
+def model_device(model: Any) -> torch.device:
+    """Where a model's inputs go: its first parameter's device (the embedding's, also when
+    the model is split over devices), else ``cfg.device``, else the CPU."""
     try:
         return next(model.parameters()).device
     except (StopIteration, AttributeError):
-        return torch.device("cpu")
+        dev = getattr(getattr(model, "cfg", None), "device", None)
+        return torch.device(dev) if dev is not None else torch.device("cpu")
 
 
 def _check_width(act: Tensor, width: int, what: str) -> None:

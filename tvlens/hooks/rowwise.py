@@ -29,12 +29,29 @@ def _rows(act: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
     return torch.arange(act.shape[0], device=act.device), pos
 
 
-def store_rows_hook(store: dict[str, Tensor], positions: Int[Tensor, " batch"]) -> HookFn:
-    """Save ``act[b, positions[b]]`` (float32, CPU) into ``store[hook.name]``; no change."""
+def store_rows_hook(
+    store: dict[str, Tensor], positions: Int[Tensor, " batch"], key: str | None = None
+) -> HookFn:
+    """Save ``act[b, positions[b]]`` (float32, CPU) into ``store[key]`` (default
+    ``hook.name``; pass the requested name where TL aliases it, e.g. ``attn.hook_z`` reports
+    ``attn.o.hook_in``); the activation is unchanged."""
 
-    def hook(act: Tensor, hook: Any) -> None:
+    def hook(act: Tensor, hook: Any = None) -> None:
         rows, pos = _rows(act, positions)
-        store[hook.name] = act[rows, pos].detach().float().cpu()
+        store[key or hook.name] = act[rows, pos].detach().float().cpu()
+
+    return hook
+
+
+def gather_rows_hook(
+    store: dict[str, Tensor], key: str, positions: Int[Tensor, "batch ..."]
+) -> HookFn:
+    """Save ``act[b, positions[b, ...]]`` (flattened to ``[batch, k, ...]``, on the
+    activation's device) into ``store[key]``: several positions per row; no change."""
+
+    def hook(act: Tensor, hook: Any = None) -> None:
+        b = torch.arange(act.shape[0], device=act.device)[:, None]
+        store[key] = act[b, positions.flatten(1).to(act.device)].detach()
 
     return hook
 

@@ -41,7 +41,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tvlens.hooks.core import check_layers, hook_name
+from tvlens.hooks.core import check_layers, hook_name, model_device
 from tvlens.hooks.rowwise import add_rows_hook
 from tvlens.llm.config import DEFAULT_TEMPLATE, FunctionVectorOptions
 from tvlens.llm.prompts import (
@@ -52,7 +52,6 @@ from tvlens.llm.prompts import (
     encode,
     layer_sweep,
     length_order,
-    model_device,
     prompt_batches,
     query_scores,
     run_prompts,

@@ -40,7 +40,8 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from tvlens.hooks.core import check_hook_names
+from tvlens.hooks.core import check_hook_names, model_device
+from tvlens.hooks.rowwise import gather_rows_hook, store_rows_hook
 from tvlens.llm.config import DEFAULT_TEMPLATE, TEMPLATES, Template
 from tvlens.llm.tasks import NLTask
 
@@ -351,39 +352,6 @@ def score_answers(
     return ok
 
 
-def _store_query_hook(store: dict[str, Tensor], key: str, qpos: Int[Tensor, " b"]) -> Any:
-    """Keep ``act[b, qpos[b]]`` (float32, CPU) under ``key``: the *requested* name, since
-    TL aliases (``attn.hook_z`` is ``attn.o.hook_in``) report another ``hook.name``."""
-
-    def hook(act: Tensor, hook: Any = None) -> None:
-        rows = torch.arange(act.shape[0], device=act.device)
-        store[key] = act[rows, qpos.to(act.device)].detach().float().cpu()
-
-    return hook
-
-
-def _gather_hook(store: dict[str, Tensor], key: str, pos: Int[Tensor, "b ..."]) -> Any:
-    """Keep ``act[b, pos[b, ...]]`` (flattened to ``[b, k, ...]``, on its device) under ``key``."""
-
-    def hook(act: Tensor, hook: Any = None) -> None:
-        b = torch.arange(act.shape[0], device=act.device)[:, None]
-        store[key] = act[b, pos.flatten(1).to(act.device)].detach()
-
-    return hook
-
-
-def model_device(model: Any) -> torch.device:
-    """Where inputs go: ``cfg.device`` (the embedding's device when split), else the
-    first parameter's."""
-    dev = getattr(getattr(model, "cfg", None), "device", None)
-    if dev is not None:
-        return torch.device(dev)
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
 @torch.no_grad()
 def run_prompts(
     model: Any,
@@ -413,7 +381,7 @@ def run_prompts(
     for rows, tokens, qpos, answers in batches:
         store: dict[str, Tensor] = {}
         fwd = list(hooks(rows, qpos)) if hooks is not None else []
-        fwd += [(name, _store_query_hook(store, name, qpos)) for name in capture]
+        fwd += [(name, store_rows_hook(store, qpos, key=name)) for name in capture]
         keep, where = scored_positions(qpos, answers, mode)
         kept = logits_at(model, tokens, keep, fwd)  # [b, k, vocab]
         local = kept[torch.arange(len(rows), device=kept.device)[:, None], where.to(kept.device)]
@@ -542,10 +510,12 @@ def run_nested(
         t = torch.arange(n_read)
         read = (q[:, :, None] + torch.minimum(t, lens[:, :, None] - 1)).clamp(max=width - 1)
         store: dict[str, Tensor] = {}
-        fwd = [(name, _gather_hook(store, name, q)) for name in capture]
-        fwd.append((last, _gather_hook(store, last, read)))
+        fwd = [(name, gather_rows_hook(store, name, q)) for name in capture]
+        fwd.append((last, gather_rows_hook(store, last, read)))
         if not checked:  # the bridge's own logits at one position, to check ours against
-            fwd.append((last, _gather_hook(store, "check", torch.full((len(rows), 1), width - 1))))
+            fwd.append(
+                (last, gather_rows_hook(store, "check", torch.full((len(rows), 1), width - 1)))
+            )
         tokens = full.tokens[rows, :width].to(device)
         ref = logits_at(model, tokens, torch.tensor([width - 1]), fwd)[:, 0]
         final = store[last].view(len(rows), len(shots), n_read, -1)

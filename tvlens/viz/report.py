@@ -396,19 +396,12 @@ def report_kind(run_dir: Path | str) -> str:
                 f"{cfg.get('model_type')!r}). Run `tvlens llm --model {run_dir} --out RUN_DIR` "
                 "and report RUN_DIR."
             )
-        from tvlens.models.checkpoint import CheckpointError
-        from tvlens.models.config import RunConfig
-        from tvlens.models.train import list_checkpoints, load_run
-        from tvlens.tasks.base import ConfigError
-
-        try:
-            RunConfig.load(cfg_path)
-            if list_checkpoints(run_dir):  # a run stopped before its first checkpoint: curves
-                load_run(run_dir)
-        except (ConfigError, CheckpointError, KeyError, TypeError) as e:
+        sections = {"family", "model", "train"}
+        if not cfg or set(cfg) - sections or not all(isinstance(v, dict) for v in cfg.values()):
             raise NotAReportFolderError(
-                f"{refuse} that can be loaded: {e} (`tvlens check {run_dir}` lists every problem)."
-            ) from None
+                f"{refuse}: its config.json holds {sorted(cfg)}, not a run config (sections "
+                f"{sorted(sections)}). (`tvlens report` also checks that the run loads.)"
+            )
         return "run"
     if (run_dir / "sweep.json").is_file():
         return "sweep"

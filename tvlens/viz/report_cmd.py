@@ -29,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from tvlens.viz.report import discover_results, report_kind, report_path, write_report
 
     kind = report_kind(args.run_dir)  # refused here, before attention is computed into it
+    if kind == "run":
+        _check_loadable(Path(args.run_dir))
     report_path(args.run_dir, args.out)
     notes = {}
     if args.heads:
@@ -41,3 +43,22 @@ def run(args: argparse.Namespace) -> int:
     path = write_report(args.run_dir, args.out, notes=notes)
     print(f"report: {path}")
     return 0
+
+
+def _check_loadable(run_dir: Path) -> None:
+    """Refuse a run that ``load_run`` refuses (the report reads what it would load)."""
+    from tvlens.models.checkpoint import CheckpointError
+    from tvlens.models.config import RunConfig
+    from tvlens.models.train import list_checkpoints, load_run
+    from tvlens.tasks.base import ConfigError
+    from tvlens.viz.report import NotAReportFolderError
+
+    try:
+        RunConfig.load(run_dir / "config.json")
+        if list_checkpoints(run_dir):  # a run stopped before its first checkpoint: curves
+            load_run(run_dir)
+    except (ConfigError, CheckpointError, KeyError, TypeError) as e:
+        raise NotAReportFolderError(
+            f"{run_dir} is not a tvlens run, sweep or LLM run that can be loaded: {e} "
+            f"(`tvlens check {run_dir}` lists every problem)."
+        ) from None
