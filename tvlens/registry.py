@@ -280,6 +280,27 @@ ANALYSES: dict[str, Analysis] = {
             kind="llm",
         ),
         _entry(
+            "modes",
+            "tvlens.llm.modes:analyse_modes",
+            ["llm_modes_icl", "llm_modes_share", "llm_modes_angles", "llm_modes_ablation"],
+            ["tvlens.viz.llm"],
+            "known vs in-context-only tasks: learnt in context, shares of the known-task "
+            "subspace, principal angles, ablation contrast",
+            options="tvlens.llm.config:ModesOptions",
+            headline="tvlens.llm.modes:headline",
+            kind="llm",
+        ),
+        _entry(
+            "convex_steering",
+            "tvlens.llm.convex_steering:analyse_convex_steering",
+            ["llm_convex_steering", "llm_steering_layers"],
+            ["tvlens.viz.llm"],
+            "steering with α θ_A + (1 − α) θ_B against mixed demonstrations and the output mixture",
+            options="tvlens.llm.config:ConvexSteeringOptions",
+            headline="tvlens.llm.convex_steering:headline",
+            kind="llm",
+        ),
+        _entry(
             "attention",
             "tvlens.analyses.attention:analyse_attention",
             ["attention"],

@@ -42,7 +42,7 @@ _timings: dict[str, float] = {}
 #: yet and a warning they print is an expected failure (xfail, naming it), not a failure.
 #: The rewrite should start from demos/build.py's first_cell (static copies, no filters) and
 #: then leave this set.
-PENDING_REWRITE = {"03_llm_task_vectors.ipynb"}
+PENDING_REWRITE: set[str] = set()
 
 
 def _build_module():

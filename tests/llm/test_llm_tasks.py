@@ -47,7 +47,28 @@ def test_shipped_tasks_cover_the_issue_and_are_large_enough():
     for t in tasks:
         assert len(t) >= SHIPPED_MIN_PAIRS, t.name
     families = {t.family for t in tasks}
-    assert families == {"word", "pos", "bitwise", "null"}
+    assert families == {"word", "pos", "bitwise", "null", "novel"}
+
+
+def test_novel_tasks_follow_their_seeded_rules():
+    """The in-context-only tasks: their rules hold, they are reproducible from the seed, and
+    another seed gives other mappings (so no model could have memorised them)."""
+    tasks = {t.name: t for t in load_tasks("novel")}
+    assert set(tasks) == set(make_data.build_novel_tasks())
+    antonym = dict(load_task("antonym").pairs)
+    assert all(y == antonym[x].upper() for x, y in tasks["novel_antonym_upper"].pairs)
+    assert all(y == x[0].upper() for x, y in tasks["novel_first_upper"].pairs)
+    plus = {int(y) - int(x) for x, y in tasks["novel_number_plus"].pairs}
+    assert len(plus) == 1 and 3 <= plus.pop() <= 9
+    colours = {y for _, y in tasks["novel_pos_colour"].pairs}
+    assert colours == {"blue", "green", "red"}
+    swap = tasks["novel_word_swap"].pairs
+    assert all(x != y for x, y in swap) and {y for _, y in swap} == {x for x, _ in swap}
+    other = make_data.build_novel_tasks(seed=1)
+    assert (
+        other["novel_word_swap"]["pairs"]
+        != make_data.build_novel_tasks()["novel_word_swap"]["pairs"]
+    )
 
 
 def test_shipped_files_are_what_make_data_builds():

@@ -67,7 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="auto", help="auto, bfloat16, float16 or float32")
     parser.add_argument("--n-devices", type=int, help="split the model over N GPUs")
     parser.add_argument("--device-map", help="HF device_map: auto, balanced, or a JSON dict")
-    parser.add_argument("--report", action="store_true", help="write report.html afterwards")
+    parser.add_argument(
+        "--report",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write report.html afterwards (default; --no-report: the CSV tables only)",
+    )
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
@@ -170,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         device_map=device_map,
         accept_terms=args.accept_terms,
     )
+    _say_load()
     run = LLMRun(model, out, name=str(args.model), settings=settings)
     tables, _ = run_analyses(run, names, options=options, progress=args.progress)
     table = summary(tables, run)
@@ -181,3 +187,20 @@ def run(args: argparse.Namespace) -> int:
 
         print(f"report: {write_report(out)}")
     return 0
+
+
+def _say_load() -> None:
+    """Say when other work slows this run: the stage timings in config.json are wall times."""
+    import os
+
+    try:
+        load1 = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return
+    cores = os.cpu_count() or 1
+    if load1 > 0.5 * cores:
+        print(
+            f"note: the machine is busy (load {load1:.1f} on {cores} cores); this run's wall "
+            "times (config.json timings_s) will be longer than on idle cores.",
+            file=sys.stderr,
+        )

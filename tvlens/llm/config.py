@@ -99,6 +99,10 @@ class ICLOptions(Options):
     tasks: str = option("antonym", _TASKS_HELP, flag="--task")
     shots: tuple[int, ...] = option((0, 1, 2, 4, 8), "ICL shot counts", min=0)
     n_prompts: int = option(50, "prompts per task", min=1)
+    draws: int = option(
+        3, "independent prompt draws (the table's accuracy is the first; the others give "
+        "its spread: draws_mean, draws_sd, min, max)", min=1,
+    )  # fmt: skip
 
     def check(self) -> None:
         if not self.shots:
@@ -172,3 +176,85 @@ class GeometryOptions(Options):
 
     def check(self) -> None:
         _check_tasks(self)
+
+
+@dataclass(frozen=True)
+class ModesOptions(Options):
+    """Known vs in-context-only tasks: shares of the known-task subspace, principal angles,
+    the ablation contrast (:mod:`tvlens.llm.modes`)."""
+
+    section = "modes"
+    basis_tasks: str = option(
+        "antonym,uppercase,country_capital,english_french,next_number",
+        "known tasks whose vectors span the known-task subspace",
+    )
+    heldout_tasks: str = option(
+        "present_past,first_letter,singular_plural",
+        "known tasks held out of the subspace (the control)",
+    )
+    novel_tasks: str = option("novel", "in-context-only tasks", flag="--novel-tasks")
+    layers: tuple[int, ...] | None = option(None, _LAYERS_HELP, min=0)
+    shots: int = option(8, "demonstrations of the prompts whose states are compared",
+                        flag="--modes-shots", min=1)  # fmt: skip
+    icl_shots: tuple[int, ...] = option(
+        (0, 1, 2, 4, 8),
+        "shot counts of the learnt-in-context check",
+        flag="--modes-icl-shots",
+        min=0,
+    )
+    n_prompts: int = option(24, "prompts per task", flag="--modes-n-prompts", min=3)
+    ablation_layers: tuple[int, ...] | None = option(
+        None, "layers where the known subspace is projected out (default: 3 mid layers)", min=0
+    )
+    learnt_margin: float = option(
+        0.1, "a task counts as learnt in context when its accuracy at the most shots beats "
+        "the majority baseline and zero shots by this much", min=0.0,
+    )  # fmt: skip
+    only_learnt: bool = option(
+        True, "compare only the tasks done in context (off: every task, e.g. on a model that "
+        "learns nothing, to see the geometry anyway)",
+    )  # fmt: skip
+
+    def check(self) -> None:
+        from tvlens.llm.tasks import load_tasks
+
+        basis = load_tasks(self.basis_tasks)
+        if len(basis) < 2:
+            raise ConfigError("modes.basis_tasks needs at least two tasks to span a subspace.")
+        for field in ("heldout_tasks", "novel_tasks"):
+            if len(load_tasks(getattr(self, field))) < 2:
+                raise ConfigError(f"modes.{field} needs at least two tasks.")
+        overlap = {t.name for t in basis} & {t.name for t in load_tasks(self.heldout_tasks)}
+        if overlap:
+            raise ConfigError(f"modes: {sorted(overlap)} are both basis and held-out tasks.")
+
+
+@dataclass(frozen=True)
+class ConvexSteeringOptions(Options):
+    """Steering with α θ_A + (1 − α) θ_B against mixed demonstrations and the output mixture
+    (:mod:`tvlens.llm.convex_steering`)."""
+
+    section = "convex_steering"
+    task_a: str = option("uppercase", "task A (its inputs are shared with task B)")
+    task_b: str = option("first_letter", "task B")
+    alphas: tuple[float, ...] = option((0.0, 0.25, 0.5, 0.75, 1.0), "mixing weights of A")
+    layer: int | None = option(
+        None, "patched layer (default: the best single-task layer of a sweep)", min=0,
+        flag="--steering-layer",
+    )  # fmt: skip
+    shots: int = option(8, "demonstrations of the source and mixed prompts",
+                        flag="--steering-shots", min=1)  # fmt: skip
+    n_prompts: int = option(32, "zero-shot queries (and source prompts per task)",
+                            flag="--steering-n-prompts", min=2)  # fmt: skip
+
+    def check(self) -> None:
+        from tvlens.llm.tasks import load_task
+
+        a, b = load_task(self.task_a), load_task(self.task_b)
+        if not set(a.inputs) & set(b.inputs):
+            raise ConfigError(
+                f"convex_steering: {a.name} and {b.name} share no inputs; pick two tasks on "
+                "the same inputs (e.g. uppercase and first_letter)."
+            )
+        if any(not 0.0 <= x <= 1.0 for x in self.alphas) or not self.alphas:
+            raise ConfigError(f"convex_steering.alphas={self.alphas} must lie in [0, 1].")

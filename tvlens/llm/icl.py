@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -31,16 +32,38 @@ def majority_baseline(enc: Encoded) -> float:
     return Counter(firsts).most_common(1)[0][1] / len(firsts)
 
 
+def binomial_interval(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson's 95 % interval of a proportion ``hits / n`` (sound near 0 and 1, unlike the
+    normal approximation)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def accuracy_columns(scored: Scored) -> dict[str, float]:
+    """Accuracy with its binomial interval (``ci_low``, ``ci_high``) and mean P(answer)."""
+    n = int(scored.correct.numel())
+    lo, hi = binomial_interval(int(scored.correct.sum()), n)
+    return {
+        "accuracy": scored.accuracy,
+        "ci_low": lo,
+        "ci_high": hi,
+        "p_answer": float(scored.p_answer.mean()),
+        "n": n,
+    }
+
+
 def icl_row(task: NLTask, shots: int, enc: Encoded, scored: Scored) -> dict:
-    """One row of the ICL table."""
+    """One row of the ICL table (accuracy with its binomial interval, majority baseline)."""
     return {
         "task": task.name,
         "family": task.family,
         "shots": int(shots),
-        "accuracy": scored.accuracy,
-        "p_answer": float(scored.p_answer.mean()),
+        **accuracy_columns(scored),
         "baseline": majority_baseline(enc),
-        "n": len(enc),
     }
 
 
@@ -75,15 +98,20 @@ def icl_table(
 def analyse_icl(run: Any, o: ICLOptions, progress: bool) -> dict[str, pd.DataFrame]:
     """ICL accuracy of ``run``'s model by task × shots (``llm_icl``)."""
     s = run.settings
-    table = icl_table(
-        run.model,
-        load_tasks(o.tasks),
-        o.shots,
-        o.n_prompts,
-        mode=s.mode,
-        progress=progress,
-        **run.prompt_kwargs,
-    )
+    kw = {**run.prompt_kwargs, "mode": s.mode, "progress": progress}
+    tasks = load_tasks(o.tasks)
+    table = icl_table(run.model, tasks, o.shots, o.n_prompts, **kw)
+    if o.draws > 1:  # other prompt draws of the same size: the spread a single draw hides
+        draws = [table] + [
+            icl_table(run.model, tasks, o.shots, o.n_prompts, **{**kw, "seed": s.seed + 1000 * i})
+            for i in range(1, o.draws)
+        ]
+        acc = pd.concat([d["accuracy"] for d in draws], axis=1)
+        table["draws_mean"] = acc.mean(axis=1)
+        table["draws_sd"] = acc.std(axis=1)
+        table["draws_min"] = acc.min(axis=1)
+        table["draws_max"] = acc.max(axis=1)
+        table["n_draws"] = o.draws
     return {"llm_icl": table}
 
 

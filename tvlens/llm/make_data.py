@@ -254,6 +254,71 @@ def build_tasks() -> dict[str, dict]:
         "bitwise input with a random 5-bit string",
         null_pairs,
     )
+    tasks.update(build_novel_tasks())
+    return tasks
+
+
+#: seed of the in-context-only tasks (their own generator: the other files never change)
+NOVEL_SEED = 20261207
+
+
+def _derangement(rng: random.Random, items: list[str]) -> list[str]:
+    """A random permutation of ``items`` that moves every item."""
+    while True:
+        out = items[:]
+        rng.shuffle(out)
+        if all(a != b for a, b in zip(items, out, strict=True)):
+            return out
+
+
+def build_novel_tasks(seed: int = NOVEL_SEED) -> dict[str, dict]:
+    """The in-context-only tasks (family ``novel``): mappings no pretrained model can know
+    before the prompt, so it must infer them from the demonstrations. Each has a rule that
+    the demonstrations reveal (a random per-item code would be unlearnable unless the query
+    itself were among the demonstrations); drawn from ``seed``:
+
+    * ``novel_antonym_upper``: two known tasks composed, the antonym in capitals;
+    * ``novel_first_upper``: two known tasks composed, the first letter in capitals;
+    * ``novel_pos_colour``: a known classification (noun, verb, adjective) relabelled with
+      colour words in a random order;
+    * ``novel_number_plus``: an integer -> the integer plus a random offset;
+    * ``novel_word_swap``: a random derangement of a word list (apple -> marble), the control
+      that has no rule: it can only be looked up, so it is not learnt in context.
+    """
+    rng = random.Random(seed)
+    words = WORDS.split()
+    tasks = {}
+
+    def add(name: str, description: str, pairs: list[list[str]]) -> None:
+        tasks[name] = _task(name, "novel", f"in-context only (seed {seed}): {description}", pairs)
+
+    add("novel_antonym_upper", "a word -> its antonym in capitals (two known tasks composed)",
+        [[x, y.upper()] for x, y in _pairs(ANTONYM)])  # fmt: skip
+    add("novel_first_upper", "a word -> its first letter in capitals (two known tasks composed)",
+        [[w, w[0].upper()] for w in words])  # fmt: skip
+    colours = ["blue", "green", "red"]
+    rng.shuffle(colours)
+    label = dict(zip(("noun", "verb", "adjective"), colours, strict=True))
+    by_class = {
+        "noun": [x for x, _ in _pairs(SINGULAR_PLURAL)],
+        "verb": [x for x, _ in _pairs(PRESENT_PAST)],
+        "adjective": [x for x, _ in _pairs(ANTONYM)],
+    }
+    seen: set[str] = set()
+    pos_pairs = []
+    for i in range(max(map(len, by_class.values()))):  # interleaved, each input once
+        for cls, xs in by_class.items():
+            if i < len(xs) and xs[i] not in seen:
+                seen.add(xs[i])
+                pos_pairs.append([xs[i], label[cls]])
+    add("novel_pos_colour",
+        f"a word -> a colour naming its part of speech (noun {label['noun']}, verb "
+        f"{label['verb']}, adjective {label['adjective']})", pos_pairs)  # fmt: skip
+    offset = rng.randint(3, 9)
+    add("novel_number_plus", f"an integer -> the integer plus {offset}",
+        [[str(i), str(i + offset)] for i in range(N_GENERATED - offset)])  # fmt: skip
+    add("novel_word_swap", "a word -> another word of the list, a random derangement (no rule)",
+        [[w, v] for w, v in zip(words, _derangement(rng, words), strict=True)])  # fmt: skip
     return tasks
 
 

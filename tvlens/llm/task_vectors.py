@@ -19,6 +19,7 @@ from torch import Tensor
 from tvlens.hooks.core import check_layers, hook_name
 from tvlens.hooks.rowwise import patch_rows_hook
 from tvlens.llm.config import DEFAULT_TEMPLATE, TaskVectorOptions
+from tvlens.llm.icl import accuracy_columns
 from tvlens.llm.prompts import (
     BosPolicy,
     Scored,
@@ -40,9 +41,7 @@ def condition_row(task: str, layer: int, condition: str, scored: Scored, **extra
         "task": task,
         "layer": layer,
         "condition": condition,
-        "accuracy": scored.accuracy,
-        "p_answer": float(scored.p_answer.mean()),
-        "n": int(scored.correct.numel()),
+        **accuracy_columns(scored),
         **extra,
     }
 

@@ -3,8 +3,9 @@
 A task file is ``{"schema_version": 1, "name", "family", "description", "pairs": [{"input",
 "output"}, ...]}``. :func:`load_task` checks the schema, types, empty or padded fields and
 duplicate inputs, and names the file and entry of any problem. Families: ``word`` (antonym,
-country_capital, ...), ``pos`` and ``bitwise`` (Han et al.'s task sets) and ``null`` (labels
-that follow no rule; see :mod:`tvlens.llm.make_data`).
+country_capital, ...: tasks a pretrained model knows), ``pos`` and ``bitwise`` (Han et al.'s
+task sets), ``null`` (labels that follow no rule) and ``novel`` (seeded mappings no model can
+know before the prompt: in-context-only tasks; see :mod:`tvlens.llm.make_data`).
 
 Shipped files hold at least :data:`SHIPPED_MIN_PAIRS` pairs each (a test checks it); a user's
 own file needs :data:`MIN_PAIRS`. :func:`task_groups` splits a task list into the sets the
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DATA_DIR = Path(__file__).parent / "data"
-FAMILIES = ("word", "pos", "bitwise", "null")
+FAMILIES = ("word", "pos", "bitwise", "null", "novel")
 REQUIRED_KEYS = ("schema_version", "name", "family", "description", "pairs")
 MIN_PAIRS = 10
 SHIPPED_MIN_PAIRS = 60

@@ -301,6 +301,114 @@ def simplex_by_layer(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@figure
+def modes_icl(df: pd.DataFrame) -> go.Figure:
+    """Accuracy by shots of the held-out known and the in-context-only tasks (one panel
+    each), with their majority baselines dotted."""
+    _require(df, ("task", "set", "shots", "accuracy", "baseline"), "llm_modes_icl")
+    sets = [s for s in ("heldout_known", "novel") if s in set(df["set"])]
+    fig = make_subplots(rows=1, cols=len(sets), subplot_titles=sets, shared_yaxes=True)
+    colors = _colors(list(dict.fromkeys(df["task"])))
+    for i, set_ in enumerate(sets, start=1):
+        for task, g in df[df["set"] == set_].sort_values("shots").groupby("task", sort=False):
+            c = colors[task]
+            fig.add_scatter(x=g["shots"], y=g["accuracy"], mode="lines+markers", name=task,
+                            line={"color": c}, row=1, col=i)  # fmt: skip
+            fig.add_scatter(x=g["shots"], y=g["baseline"], mode="lines", name=f"{task} majority",
+                            line={"color": c, "dash": "dot"}, showlegend=False, row=1, col=i)  # fmt: skip
+        fig.update_xaxes(title_text="shots", row=1, col=i)
+    fig.update_yaxes(title_text="accuracy (first answer token)", row=1, col=1)
+    fig.update_layout(title="Are the tasks learnt in context? (dotted: majority baseline)")
+    return fig
+
+
+@figure
+def modes_share(df: pd.DataFrame) -> go.Figure:
+    """Share of each set's variance inside the known-task subspace by layer (states and task
+    vectors), beside a random subspace of the same rank (dotted)."""
+    _require(df, ("layer", "set", "level", "share", "random_share"), "llm_modes_share")
+    levels = list(dict.fromkeys(df["level"]))
+    fig = make_subplots(rows=1, cols=len(levels), subplot_titles=levels, shared_yaxes=True)
+    colors = _colors(["heldout_known", "novel"])
+    for i, level in enumerate(levels, start=1):
+        for set_, g in df[df["level"] == level].sort_values("layer").groupby("set", sort=False):
+            c = colors.get(set_)
+            fig.add_scatter(x=g["layer"], y=g["share"], mode="lines+markers", name=set_,
+                            line={"color": c}, showlegend=i == 1, row=1, col=i)  # fmt: skip
+            fig.add_scatter(x=g["layer"], y=g["random_share"], mode="lines",
+                            name=f"{set_}: random subspace", line={"color": c, "dash": "dot"},
+                            showlegend=i == 1, row=1, col=i)  # fmt: skip
+        fig.update_xaxes(title_text="layer", row=1, col=i)
+    fig.update_yaxes(title_text="variance share in the known-task subspace", row=1, col=1)
+    fig.update_layout(title="Held-out known vs in-context-only tasks in the known-task subspace")
+    return fig
+
+
+@figure
+def modes_angles(df: pd.DataFrame) -> go.Figure:
+    """Mean principal angle between the known subspace and each set's task-vector span,
+    beside a random span of the same rank (dotted)."""
+    _require(df, ("layer", "set", "mean_angle", "random_mean_angle"), "llm_modes_angles")
+    fig = go.Figure()
+    colors = _colors(["heldout_known", "novel"])
+    for set_, g in df.sort_values("layer").groupby("set", sort=False):
+        c = colors.get(set_)
+        fig.add_scatter(x=g["layer"], y=g["mean_angle"], mode="lines+markers", name=set_,
+                        line={"color": c})  # fmt: skip
+        fig.add_scatter(x=g["layer"], y=g["random_mean_angle"], mode="lines",
+                        name=f"{set_}: random span", line={"color": c, "dash": "dot"})  # fmt: skip
+    fig.update_layout(title="Principal angles to the known-task subspace", xaxis_title="layer",
+                      yaxis_title="mean principal angle (degrees)")  # fmt: skip
+    return fig
+
+
+@figure
+def modes_ablation(df: pd.DataFrame) -> go.Figure:
+    """Accuracy drop when the known subspace (or a random one of equal rank) is projected
+    out, per set and ablated layer."""
+    _require(df, ("layer", "condition", "set", "drop"), "llm_modes_ablation")
+    g = df.groupby(["layer", "condition", "set"], as_index=False)["drop"].mean()
+    g["label"] = g["set"] + " / " + g["condition"]
+    fig = px.bar(g, x="layer", y="drop", color="label", barmode="group",
+                 title="Accuracy drop with the known-task subspace ablated (vs random subspace)")  # fmt: skip
+    fig.update_layout(xaxis_title="ablated layer", yaxis_title="accuracy drop (clean − ablated)")
+    return fig
+
+
+@figure
+def convex_steering(df: pd.DataFrame) -> go.Figure:
+    """P(A's answer), P(B's answer) and P(neither) against α for task-vector mixtures, mixed
+    demonstrations and the output mixture."""
+    _require(df, ("condition", "alpha", "p_a", "p_b", "p_neither"), "llm_convex_steering")
+    conds = list(dict.fromkeys(df["condition"]))
+    fig = make_subplots(rows=1, cols=len(conds), subplot_titles=conds, shared_yaxes=True)
+    colors = _colors(["p_a", "p_b", "p_neither"])
+    a, b = (df["task_a"].iloc[0], df["task_b"].iloc[0]) if "task_a" in df else ("A", "B")
+    names = {"p_a": f"P({a})", "p_b": f"P({b})", "p_neither": "P(neither)"}
+    for i, cond in enumerate(conds, start=1):
+        g = df[df["condition"] == cond].sort_values("alpha")
+        for col in ("p_a", "p_b", "p_neither"):
+            fig.add_scatter(x=g["alpha"], y=g[col], mode="lines+markers", name=names[col],
+                            line={"color": colors[col]}, showlegend=i == 1, row=1, col=i)  # fmt: skip
+        fig.update_xaxes(title_text=f"α (weight of {a})", row=1, col=i)
+    fig.update_yaxes(title_text="probability of the first answer token", row=1, col=1)
+    fig.update_layout(title="Convex steering: a mixture or a switch?")
+    return fig
+
+
+@figure
+def steering_layers(df: pd.DataFrame) -> go.Figure:
+    """P(answer) of zero-shot queries with θ_A or θ_B patched in, by layer (the steering
+    layer is the best of their sum)."""
+    _require(df, ("layer", "p_a_with_theta_a", "p_b_with_theta_b"), "llm_steering_layers")
+    fig = go.Figure()
+    for col, name in (("p_a_with_theta_a", "P(A) with θ_A"), ("p_b_with_theta_b", "P(B) with θ_B")):
+        fig.add_scatter(x=df["layer"], y=df[col], mode="lines+markers", name=name)
+    fig.update_layout(title="Single task vectors by layer", xaxis_title="layer",
+                      yaxis_title="probability of the first answer token")  # fmt: skip
+    return fig
+
+
 FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure]] = {
     "llm_icl": icl_by_shots,
     "llm_task_vectors": task_vector_by_layer,
@@ -312,4 +420,10 @@ FIGURES: dict[str, Callable[[pd.DataFrame], go.Figure]] = {
     "llm_pca": pca_scatter,
     "llm_mixture": mixture_weights,
     "llm_simplex": simplex_by_layer,
+    "llm_modes_icl": modes_icl,
+    "llm_modes_share": modes_share,
+    "llm_modes_angles": modes_angles,
+    "llm_modes_ablation": modes_ablation,
+    "llm_convex_steering": convex_steering,
+    "llm_steering_layers": steering_layers,
 }

@@ -1,0 +1,316 @@
+"""The two modes in a pretrained model: tasks it knows vs tasks defined only in context.
+
+The synthetic half of tvlens asks whether in-distribution behaviour is retrieval over task
+vectors and whether out-of-distribution states leave the task-vector subspace
+(docs/modes.md). Here the same questions are asked of a pretrained LM, with
+
+* **known tasks** (family ``word``: antonym, uppercase, country -> capital, ...), split into
+  a *basis* set, whose task vectors span the known-task subspace, and a *held-out* set, the
+  control: tasks the model also knows but that did not define the subspace;
+* **in-context-only tasks** (family ``novel``: seeded mappings such as a random word
+  derangement or a letter code, :func:`tvlens.llm.make_data.build_novel_tasks`), which the
+  model can only infer from the demonstrations.
+
+At every layer a task's vector is the mean query-token state of its ``shots``-shot prompts;
+the known subspace is the span of the basis tasks' vectors about their mean (rank = basis
+tasks − 1). :func:`analyse_modes` writes
+
+* ``llm_modes_icl``: accuracy by shots of the held-out and in-context-only tasks beside the
+  majority baseline (an in-context-only task is analysed as one only if it is learnt);
+* ``llm_modes_share``: the share of each set's variance inside the known subspace, for the
+  prompts' states and for the task vectors, beside a random subspace of the same rank (mean
+  and sd; expectation rank/d) and the set's own top principal components (the ceiling)
+  (:mod:`tvlens.analyses.baselines`, the synthetic half's definitions);
+* ``llm_modes_angles``: principal angles between the known subspace and each set's
+  task-vector span, beside those of a random span of the same rank;
+* ``llm_modes_ablation``: accuracy with the known subspace projected out at a layer, beside
+  a random subspace of the same rank (the paper's claim predicts held-out known tasks hurt
+  more than in-context-only ones).
+
+Whether task vectors of in-context-only tasks transfer to zero-shot queries (Hendel
+patching) is the ``task_vectors`` analysis run on ``--task novel``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from tvlens.analyses.baselines import random_share, top_share, variance_share
+from tvlens.analyses.geometry import principal_angles, random_basis
+from tvlens.hooks.core import (
+    check_layers,
+    hook_name,
+    model_device,
+    orthonormal_basis,
+    project_out_hook,
+)
+from tvlens.llm.config import ModesOptions
+from tvlens.llm.icl import icl_row, icl_table
+from tvlens.llm.prompts import Encoded, encode, run_prompts, sample_prompts, tokenizer_of
+from tvlens.llm.tasks import NLTask, load_tasks
+from tvlens.registry import driver
+
+#: the three sets of tasks compared
+SETS = ("basis", "heldout_known", "novel")
+
+
+def known_basis(
+    means: dict[str, Float[Tensor, "layer d"]], basis_tasks: Sequence[str], li: int
+) -> Float[Tensor, "r d"]:
+    """Orthonormal rows spanning the basis tasks' vectors at layer index ``li`` about their
+    mean (rank = number of basis tasks − 1)."""
+    v = torch.stack([means[t][li] for t in basis_tasks]).double()
+    return orthonormal_basis(v - v.mean(0))
+
+
+def _share_row(x: Tensor, basis: Tensor, seed: int) -> dict[str, float]:
+    mean, sd = random_share(x, basis.shape[0], seed=seed)
+    return {
+        "share": variance_share(x, basis),
+        "random_share": mean,
+        "random_sd": sd,
+        "top_share": top_share(x, basis.shape[0]),
+    }
+
+
+def share_table(
+    states: dict[str, Float[Tensor, "n layer d"]],
+    sets: dict[str, list[str]],
+    layers: Sequence[int],
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Variance share of each set's states and task vectors in the known subspace, per layer,
+    beside random subspaces of equal rank and the set's own top PCs."""
+    means = {t: s.mean(0) for t, s in states.items()}
+    rows = []
+    for li, layer in enumerate(layers):
+        basis = known_basis(means, sets["basis"], li)
+        d = basis.shape[1]
+        for name in ("heldout_known", "novel"):
+            tasks = sets[name]
+            pooled = torch.cat([states[t][:, li] for t in tasks]).double()
+            vectors = torch.stack([means[t][li] for t in tasks]).double()
+            for level, x in (("states", pooled), ("task_vectors", vectors)):
+                rows.append(
+                    {
+                        "layer": layer,
+                        "set": name,
+                        "level": level,
+                        "rank": basis.shape[0],
+                        "d": d,
+                        "n_tasks": len(tasks),
+                        **_share_row(x, basis, seed + li),
+                    }
+                )
+    return pd.DataFrame(rows)
+
+
+def angle_table(
+    states: dict[str, Float[Tensor, "n layer d"]],
+    sets: dict[str, list[str]],
+    layers: Sequence[int],
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Principal angles (degrees) between the known subspace and each set's task-vector
+    span about its mean, and between the known subspace and a random span of that rank."""
+    means = {t: s.mean(0) for t, s in states.items()}
+    rows = []
+    for li, layer in enumerate(layers):
+        basis = known_basis(means, sets["basis"], li)
+        for name in ("heldout_known", "novel"):
+            v = torch.stack([means[t][li] for t in sets[name]]).double()
+            span = orthonormal_basis(v - v.mean(0))
+            rand = random_basis(span.shape[0], basis.shape[1], seed=seed + li).double()
+            ang = torch.rad2deg(principal_angles(basis, span))
+            ref = torch.rad2deg(principal_angles(basis, rand))
+            rows.append(
+                {
+                    "layer": layer,
+                    "set": name,
+                    "min_angle": float(ang.min()),
+                    "mean_angle": float(ang.mean()),
+                    "random_min_angle": float(ref.min()),
+                    "random_mean_angle": float(ref.mean()),
+                    "n_angles": int(ang.numel()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def ablation_table(
+    model: Any,
+    encs: dict[str, Encoded],
+    task_set: dict[str, str],
+    bases: dict[int, Float[Tensor, "r d"]],
+    point: str,
+    *,
+    mode: str = "first_token",
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Accuracy of each task's prompts with ``bases[layer]`` projected out of ``point`` at
+    that layer (every position), beside a random subspace of the same rank and no
+    ablation."""
+    rows = []
+    grid = [(layer, cond) for layer in bases for cond in ("known_subspace", "random_subspace")]
+    clean = {t: run_prompts(model, e, mode=mode, batch_size=batch_size) for t, e in encs.items()}
+    for layer, cond in tqdm(grid, desc="ablation", disable=None if progress else True):
+        basis = bases[layer].float()
+        if cond == "random_subspace":
+            basis = random_basis(basis.shape[0], basis.shape[1], seed=seed + layer).float()
+        hook = project_out_hook(basis.to(model_device(model)))
+        name = hook_name(layer, point)
+        for task, enc in encs.items():
+            scored = run_prompts(
+                model,
+                enc,
+                hooks=lambda rows, qpos, fwd=[(name, hook)]: fwd,
+                mode=mode,
+                batch_size=batch_size,
+            )
+            base = clean[task]
+            rows.append(
+                {
+                    "layer": layer,
+                    "condition": cond,
+                    "task": task,
+                    "set": task_set[task],
+                    "rank": int(basis.shape[0]),
+                    "accuracy": scored.accuracy,
+                    "clean_accuracy": base.accuracy,
+                    "drop": base.accuracy - scored.accuracy,
+                    "p_answer": float(scored.p_answer.mean()),
+                    "clean_p_answer": float(base.p_answer.mean()),
+                    "n": len(enc),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def default_ablation_layers(n_layers: int, k: int = 3) -> list[int]:
+    """``k`` layers spread over the middle of the model (where task vectors live)."""
+    return sorted({round(n_layers * f) for f in np.linspace(1 / 3, 2 / 3, k)})
+
+
+@driver("modes", ModesOptions, kind="llm")
+def analyse_modes(run: Any, o: ModesOptions, progress: bool) -> dict[str, pd.DataFrame]:
+    """Known vs in-context-only tasks: ICL by shots, subspace shares, principal angles and
+    the ablation contrast (tables ``llm_modes_*``, see the module docstring)."""
+    s = run.settings
+    model, tok = run.model, tokenizer_of(run.model)
+    tasks = {
+        "basis": load_tasks(o.basis_tasks),
+        "heldout_known": load_tasks(o.heldout_tasks),
+        "novel": load_tasks(o.novel_tasks),
+    }
+    sets = {k: [t.name for t in v] for k, v in tasks.items()}
+    task_set = {t: k for k, names in sets.items() for t in names}
+    by_name: dict[str, NLTask] = {t.name: t for v in tasks.values() for t in v}
+    layers = check_layers(model, o.layers)
+    names = [hook_name(layer, s.point) for layer in layers]
+
+    # ICL by shots of the held-out and in-context-only tasks, beside the majority baseline
+    probe = [by_name[t] for t in (*sets["heldout_known"], *sets["novel"])]
+    icl = icl_table(
+        model, probe, o.icl_shots, o.n_prompts, mode=s.mode, progress=progress, **run.prompt_kwargs
+    )
+    icl.insert(1, "set", icl["task"].map(task_set))
+
+    # the query states of every task at `shots` shots, all layers in one pass
+    states, encs, at_shots = {}, {}, []
+    for name, task in tqdm(by_name.items(), desc="states", disable=None if progress else True):
+        enc = encode(tok, sample_prompts(task, o.n_prompts, o.shots, s.template, s.seed))
+        scored = run_prompts(model, enc, capture=names, mode=s.mode, batch_size=s.batch_size)
+        states[name] = torch.stack([scored.states[n] for n in names], dim=1)  # [n, L, d]
+        encs[name] = enc
+        at_shots.append({"set": task_set[name], **icl_row(task, o.shots, enc, scored)})
+    icl = pd.concat([icl, pd.DataFrame(at_shots)], ignore_index=True)
+    icl = icl.drop_duplicates(["task", "shots"], keep="first").sort_values(["set", "task", "shots"])
+    # the geometry compares tasks the model does: known tasks it solves, novel ones it learns
+    verdict = learnt(icl[icl["set"] != "basis"], o.learnt_margin).set_index("task")["learnt"]
+    icl["learnt"] = icl["task"].map(verdict)
+    for name in ("heldout_known", "novel"):
+        keep = [t for t in sets[name] if verdict.get(t, False) or not o.only_learnt]
+        if len(keep) < 2:
+            raise ValueError(
+                f"only {keep} of the {name} tasks {sets[name]} are done in context at "
+                f"{max(o.icl_shots)} shots (learnt_margin {o.learnt_margin}); the subspace "
+                "comparison needs two. Add tasks, raise --modes-icl-shots or use a larger model."
+            )
+        sets[name] = keep
+
+    shares = share_table(states, sets, layers, seed=s.seed)
+    angles = angle_table(states, sets, layers, seed=s.seed)
+    means = {t: v.mean(0) for t, v in states.items()}
+    ablate = o.ablation_layers or default_ablation_layers(int(model.cfg.n_layers))
+    bad = [layer for layer in ablate if layer not in layers]
+    if bad:
+        raise ValueError(f"modes.ablation_layers {bad} are not among the analysed layers {layers}.")
+    bases = {layer: known_basis(means, sets["basis"], layers.index(layer)) for layer in ablate}
+    probe_encs = {t: encs[t] for t in (*sets["heldout_known"], *sets["novel"])}
+    ablation = ablation_table(
+        model,
+        probe_encs,
+        task_set,
+        bases,
+        s.point,
+        mode=s.mode,
+        batch_size=s.batch_size,
+        seed=s.seed,
+        progress=progress,
+    )
+    return {
+        "llm_modes_icl": icl.reset_index(drop=True),
+        "llm_modes_share": shares,
+        "llm_modes_angles": angles,
+        "llm_modes_ablation": ablation,
+    }
+
+
+def learnt(icl: pd.DataFrame, margin: float = 0.1) -> pd.DataFrame:
+    """Per task: accuracy at the most shots against the majority baseline and zero shots,
+    and whether it is learnt in context (above both by ``margin``)."""
+    rows = []
+    for (task, set_), g in icl.groupby(["task", "set"], sort=False):
+        top, zero = g.loc[g["shots"].idxmax()], g.loc[g["shots"].idxmin()]
+        rows.append(
+            {
+                "task": task,
+                "set": set_,
+                "shots": int(top["shots"]),
+                "accuracy": float(top["accuracy"]),
+                "zero_shot": float(zero["accuracy"]),
+                "majority": float(top["baseline"]),
+                "learnt": bool(top["accuracy"] >= max(top["baseline"], zero["accuracy"]) + margin),
+                "ci95": 1.96
+                * math.sqrt(max(top["accuracy"] * (1 - top["accuracy"]), 1e-12) / top["n"]),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def headline(tables: dict[str, pd.DataFrame], run: Any = None) -> dict[str, float]:
+    """At each set's layer of largest task-vector share: the share beside random; and the
+    mean ablation drop of each set beside its random-subspace drop."""
+    out: dict[str, float] = {}
+    sh = tables["llm_modes_share"]
+    sh = sh[sh["level"] == "states"]
+    for set_, g in sh.groupby("set"):
+        best = g.loc[g["share"].idxmax()]
+        out[
+            f"share {set_} (states, layer {int(best['layer'])}; random {best['random_share']:.3f})"
+        ] = float(best["share"])
+    ab = tables["llm_modes_ablation"]
+    for (set_, cond), g in ab.groupby(["set", "condition"]):
+        out[f"ablation drop {set_} {cond}"] = float(g["drop"].mean())
+    return out
