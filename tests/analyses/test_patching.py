@@ -25,7 +25,17 @@ from tvlens.viz.patching import FIGURES, patching_heatmap
 ATOL = 1e-4
 N_LAYERS, N_HEADS, SEQ = 3, 4, 12
 #: the sweep's constants, explicit columns after TL's long form
-CONSTANTS = ("clean_value", "corrupted_value", "point", "mode", "by", "engine", "suffix", "stacked")
+CONSTANTS = (
+    "clean_value",
+    "corrupted_value",
+    "point",
+    "mode",
+    "by",
+    "engine",
+    "suffix",
+    "stacked",
+    "method",
+)
 
 
 @functools.cache
@@ -408,3 +418,141 @@ def test_pretrained_bridges_equal_transformer_lens(hf_bridge, point, by, tl_fn):
     assert ref.std() > 1e-5
     with pytest.raises(ValueError, match="engine='native' needs"):
         patch_sweep(hf_bridge, clean, corrupted, _metric, point, by=by, engine="native")
+
+
+@pytest.mark.parametrize(
+    "point,by,tl_fn",
+    [
+        ("resid_pre", None, "get_act_patch_resid_pre"),
+        ("z", "head", "get_act_patch_attn_head_out_all_pos"),
+        ("z", "head_pos", "get_act_patch_attn_head_out_by_pos"),
+    ],
+)
+def test_pretrained_bridges_with_declared_read_rows(hf_bridge, point, by, tl_fn):
+    """Read rows declared: the source run unembeds them only, head patches start after their
+    layer's attention where the block allows it (Llama; not Gemma-2's post-attention norm)."""
+    from tvlens.hooks.suffix import _VERDICTS
+
+    g = torch.Generator().manual_seed(4)
+    vocab = hf_bridge.cfg.d_vocab
+    clean = torch.randint(5, vocab, (3, 10), generator=g)
+    corrupted = torch.randint(5, vocab, (3, 10), generator=g)
+    _, cache = hf_bridge.run_with_cache(clean)
+    ref = getattr(tlp, tl_fn)(hf_bridge, corrupted, cache, _last)
+    for _ in range(2):  # full checks, then the cached verdict
+        df = patch_sweep(hf_bridge, clean, corrupted, _last, point, by=by, metric_positions=-1)
+        assert (_grid(df, ref.shape) - ref).abs().max() <= ATOL
+    assert ref.std() > 1e-5
+    if point == "z":
+        verdicts = [v for v in hf_bridge.__dict__[_VERDICTS].values() if isinstance(v, dict)]
+        is_llama = "Llama" in type(hf_bridge.original_model).__name__
+        assert {v["z_ok"] for v in verdicts if v["z_ok"] is not None} == {is_llama}
+
+
+# --------------------------------------------------------------------------- stacks
+def _fake_setup(batch=2, seq=16):
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(d_model=8, n_heads=2, d_mlp=16)
+    return SimpleNamespace(
+        bridge=SimpleNamespace(cfg=cfg), batch=batch, seq=seq, base_logits=torch.zeros(1)
+    )
+
+
+def test_stacks_start_where_their_patches_start(monkeypatch):
+    from types import SimpleNamespace
+
+    from tvlens.analyses import patching
+
+    runner = SimpleNamespace(batch_ok=True)
+    cpu = torch.device("cpu")
+    jobs = [(p, None, p) for p in (0, 4, 8, 12)] + [(-1, h, 3) for h in range(3)]
+    groups = patching._groups(_fake_setup(), runner, 0, jobs, None, cpu)
+    # on a CPU only patches with the same start share a rerun: no position is recomputed
+    # for a patch that starts later
+    for group in groups:
+        assert len({start for *_, start in group}) == 1
+    assert sorted(len(g) for g in groups) == [1, 1, 1, 1, 3]
+    # batch_size stacks regardless, latest starts first (adjacent starts share a stack)
+    forced = patching._groups(_fake_setup(), runner, 0, jobs[:4], 2, cpu)
+    assert [[j[0] for j in g] for g in forced] == [[12, 8], [4, 0]]
+    # where a rerun's fixed cost is large (a GPU), nearby starts stack while they fit ...
+    monkeypatch.setitem(patching.RERUN_OVERHEAD_FLOPS, "cpu", 1e9)
+    assert len(patching._groups(_fake_setup(), runner, 0, jobs[:4], None, cpu)) == 1
+    # ... within the rows the memory allows
+    monkeypatch.setitem(patching.STACK_MAX_ROWS, "cpu", 2 * 16 * 2)
+    sizes = [len(g) for g in patching._groups(_fake_setup(), runner, 0, jobs[:4], None, cpu)]
+    assert max(sizes) <= 2 and sum(sizes) == 4
+    # a bridge that cannot stack runs one patch per rerun
+    single = patching._groups(_fake_setup(), SimpleNamespace(batch_ok=False), 0, jobs, 4, cpu)
+    assert all(len(g) == 1 for g in single)
+
+
+# --------------------------------------------------------------------------- attribution
+def test_attribution_returns_the_same_table():
+    model, clean, corrupted = _setup()
+    for point, by in (("resid_pre", None), ("mlp_out", None), ("z", "head"), ("z", "head_pos")):
+        exact = patch_sweep(model, clean, corrupted, _metric, point, by=by)
+        approx = patch_sweep(model, clean, corrupted, _metric, point, by=by, method="attribution")
+        keys = [c for c in ("layer", "pos", "head") if c in exact.columns]
+        assert approx[keys].equals(exact[keys])
+        assert list(approx.columns) == list(exact.columns)
+        assert (approx["method"] == "attribution").all() and (exact["method"] == "exact").all()
+        assert approx["engine"].iloc[0] == "attribution"
+        for col in ("clean_value", "corrupted_value"):
+            assert approx[col].iloc[0] == pytest.approx(exact[col].iloc[0], abs=1e-5)
+        # unchanged cells (the shared prefix) are exactly the unpatched value in both
+        if "pos" in keys:
+            shared = approx["pos"] < 3
+            assert (approx.loc[shared, "value"] == approx["corrupted_value"][shared]).all()
+        # first order: it ranks the patches as the exact sweep does, roughly
+        rho = pd.Series(approx["value"].to_numpy()).corr(
+            pd.Series(exact["value"].to_numpy()), method="spearman"
+        )
+        assert rho > 0.5, (point, by, rho)
+
+
+@pytest.mark.parametrize("point", ["resid_pre", "resid_mid", "mlp_in", "attn_out", "z"])
+def test_attribution_is_exact_to_first_order(point):
+    """Patching in a slightly different run: the estimate's error shrinks as the square of
+    the difference, while the effect shrinks linearly."""
+    family = make_family(name="linreg", k=0, seq_len=8, dim=3)
+    model = TaskModel(ModelConfig(n_layers=2, d_model=16, n_heads=2, d_mlp=32, seed=1), family)
+    base = family.sample("major", 3, seed=1).inputs
+    direction = torch.randn(base.shape, generator=torch.Generator().manual_seed(0))
+    by = "head_pos" if point == "z" else None
+
+    def metric(out):
+        return (out[:, -1, 0] ** 2).mean()
+
+    errors, effects = [], []
+    for eps in (1e-2, 5e-3):
+        src = base + eps * direction
+        exact = patch_sweep(model, src, base, metric, point, by=by)
+        approx = patch_sweep(model, src, base, metric, point, by=by, method="attribution")
+        effect = (exact["value"] - exact["corrupted_value"]).abs().max()
+        error = (approx["value"] - exact["value"]).abs().max()
+        errors.append(error)
+        effects.append(effect)
+    assert effects[0] > 1e-4
+    assert errors[0] < 0.05 * effects[0]
+    assert errors[1] < errors[0] / 3  # quadratic (4×), with room for float noise
+
+
+def test_attribution_needs_a_differentiable_metric():
+    model, clean, corrupted = _setup()
+    with pytest.raises(ValueError, match="differentiable metric"):
+        patch_sweep(
+            model, clean, corrupted, lambda x: torch.tensor(_last(x).item()), method="attribution"
+        )
+    with pytest.raises(ValueError, match="method must be one of"):
+        patch_sweep(model, clean, corrupted, _metric, method="gradient")
+
+
+def test_analyse_patching_attribution_option(tmp_path):
+    run = train(tiny_config("dice", steps=4), tmp_path / "run", progress=False)
+    tables = analyse_patching(run, n_per_task=2, method="attribution", save=False)
+    assert set(tables) == {"patching_resid_pre", "patching_heads"}
+    assert tables["patching_resid_pre"].attrs["method"] == "attribution"
+    with pytest.raises(ValueError, match="method"):
+        analyse_patching(run, n_per_task=2, method="gradient", save=False)

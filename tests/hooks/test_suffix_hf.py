@@ -101,3 +101,126 @@ def test_a_refused_shortcut_is_logged_once(hf, caplog, monkeypatch):
     assert not runner.suffix_ok and "suffix" in runner.refused
     warned = [r for r in caplog.records if "suffix shortcut refused" in r.getMessage()]
     assert len(warned) == 1
+
+
+# --------------------------------------------------------------------------- amortised checks
+class _Forwards:
+    """Counts the work the bridge's blocks do, in forwards of the unpatched batch: every block
+    call adds its rows (copies × batch × positions) over ``n_layers × batch × seq``."""
+
+    def __init__(self, bridge, batch: int, seq: int) -> None:
+        self.rows, self.unit = 0, bridge.cfg.n_layers * batch * seq
+        self.handles = [block.register_forward_pre_hook(self._count) for block in bridge.blocks]
+
+    def _count(self, module, args) -> None:
+        if args and torch.is_tensor(args[0]):
+            self.rows += args[0].shape[0] * args[0].shape[1]
+
+    def take(self) -> float:
+        out, self.rows = self.rows / self.unit, 0
+        return out
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _fresh_llama(tmp_path):
+    tiny = pytest.importorskip("tvlens.llm.tiny")
+    from tvlens.llm.load import load
+
+    path = tiny.build_tiny_checkpoint(tmp_path, "llama", n_layers=3)
+    return load(path, device="cpu", dtype="float32")
+
+
+def _last_metric(logits):
+    return logits[:, -1].log_softmax(-1)[:, 2].mean()
+
+
+def test_one_patch_sweep_costs_about_two_forwards_once_checked(tmp_path):
+    from tvlens.analyses.patching import patch_sweep
+
+    bridge = _fresh_llama(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    clean, corrupted = (torch.randint(5, bridge.cfg.d_vocab, (2, 12), generator=g) for _ in "ab")
+    counter = _Forwards(bridge, 2, 12)
+    try:
+
+        def sweep():
+            return patch_sweep(
+                bridge,
+                clean,
+                corrupted,
+                _last_metric,
+                layers=[1],
+                positions=[6],
+                metric_positions=-1,
+            )
+
+        first = sweep()
+        checked = counter.take()
+        again = sweep()
+        cached = counter.take()
+    finally:
+        counter.close()
+    # first sweep: the two cached runs, the full checks (about 3.5 forwards) and the patch
+    assert 4.0 < checked < 7.0
+    # later sweeps: the two cached runs, a one-row spot check and the patch (2/3 × 6/12)
+    assert 2.3 < cached < 2.5
+    assert first["value"].tolist() == pytest.approx(again["value"].tolist(), abs=1e-6)
+    assert again["suffix"].all() and again["stacked"].all()
+
+
+def test_a_cached_verdict_is_spot_checked_and_rechecked_when_stale(tmp_path):
+    bridge = _fresh_llama(tmp_path)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(5, bridge.cfg.d_vocab, (2, 12), generator=g)
+    last = bridge.cfg.n_layers - 1
+    names = [f"blocks.{last}.hook_resid_pre"]
+
+    def settle():
+        runner = BridgeSuffixRunner(bridge)
+        logits, acts = runner.record(x, names)
+        runner.verify(logits, acts[names[0]])
+        return runner
+
+    assert settle().verdict_source == "checked"
+    runner = settle()
+    assert runner.verdict_source == "cached" and runner.rows_ok and runner.refused == {}
+
+    # A hook that depends on how many rows the last MLP sees: the read-rows MLP no longer
+    # reproduces the forward. Module hooks below the blocks are not part of the key, so the
+    # cached verdict is found, fails its spot check, and the full checks refuse the shortcut.
+    def by_row(module, args, out):
+        return out + 0.01 * torch.arange(out.shape[1], dtype=out.dtype)[None, :, None]
+
+    handle = bridge.blocks[last].mlp.register_forward_hook(by_row)
+    try:
+        runner = settle()
+    finally:
+        handle.remove()
+    assert runner.verdict_source == "checked"
+    assert runner.replay_ok and runner.batch_ok  # all rows, every copy: still the forward
+    # a suffix's rows are numbered from its start, so the hook breaks suffix runs as well
+    assert {"read-rows MLP", "suffix"} <= set(runner.refused)
+    assert not (runner.rows_ok or runner.suffix_ok)
+    # the hook is gone: the stored (slower, still exact) verdict passes its spot check and
+    # stays until forgotten; then every shortcut is checked, and taken, again
+    assert settle().verdict_source == "cached"
+    BridgeSuffixRunner.forget(bridge)
+    runner = settle()
+    assert runner.verdict_source == "checked" and runner.refused == {}
+
+
+def test_a_hook_on_the_bridge_is_part_of_the_verdict_key(tmp_path):
+    bridge = _fresh_llama(tmp_path)
+    x = torch.randint(5, bridge.cfg.d_vocab, (2, 8), generator=torch.Generator().manual_seed(2))
+    runner = BridgeSuffixRunner(bridge)
+    runner.record(x)
+    plain = runner.verdict_key(8)
+    bridge.blocks[1].hook_resid_pre.add_hook(lambda act, hook: act)
+    try:
+        hooked = runner.verdict_key(8)
+    finally:
+        bridge.reset_hooks()
+    assert plain != hooked and runner.verdict_key(8) == plain

@@ -54,7 +54,7 @@ from tvlens.hooks.core import (
     hook_name,
     resolve_positions,
 )
-from tvlens.hooks.suffix import BridgeSuffixRunner, NativeSuffixRunner, native_model
+from tvlens.hooks.suffix import _VERDICTS, BridgeSuffixRunner, NativeSuffixRunner, native_model
 from tvlens.options import Options, option
 from tvlens.registry import driver
 from tvlens.tasks.base import Batch, TaskFamily
@@ -66,10 +66,19 @@ POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in
 #: The TL short name (for :func:`tvlens.hooks.hook_name`) of the hook each point reads:
 #: ``mlp_in`` patches the residual entering the MLP, which the bridge exposes as resid_mid.
 _HOOK = {p: "resid_mid" if p == "mlp_in" else p for p in POINTS}
-#: Rows (copies × batch × seq) one stacked forward may hold, by device type. Each copy holds
-#: its suffix's activations plus the prefix's keys and values, so ``seq`` rows in all: the
-#: bound keeps a sweep's memory independent of the number of positions patched.
-TOKEN_BUDGET = {"cpu": 2048, "cuda": 1 << 17}
+#: Most rows (copies × batch × suffix length) one stacked rerun holds for speed alone: past
+#: this a CPU's matmuls gain nothing from a larger batch. Memory bounds the stack as well.
+STACK_MAX_ROWS = {"cpu": 2048, "cuda": 1 << 20}
+#: The fixed cost of one rerun (Python, hooks, kernel launches) per layer, in floating-point
+#: operations of work it is worth: stacking two patches is worth it when it wastes less. On
+#: a CPU that cost is small against the arithmetic (stacking nearby positions of a random
+#: Llama gained nothing on one thread, benchmarks/patching.py), so only patches that start
+#: at the same position share a rerun there; a GPU stacks while memory allows.
+RERUN_OVERHEAD_FLOPS = {"cpu": 0.0, "cuda": 5e10}
+#: The share of the memory left free (CPU: ``MemAvailable``; CUDA: ``mem_get_info``) one
+#: stack may take.
+STACK_MEMORY_SHARE = 0.25
+METHODS = ("exact", "attribution")
 
 __all__ = [
     "POINTS",
@@ -175,17 +184,35 @@ def _scalar(metric: Metric, logits: Tensor) -> float:
     return check_finite_value(float(out), "the metric")
 
 
+def _unread_spans(seq: int, read: Tensor) -> list[tuple[int, int]]:
+    """The runs ``[a, b)`` of positions outside ``read``."""
+    spans, start = [], 0
+    for r in sorted(set(read.tolist())):
+        if r > start:
+            spans.append((start, r))
+        start = r + 1
+    if start < seq:
+        spans.append((start, seq))
+    return spans
+
+
 def _check_metric_positions(metric: Metric, logits: Tensor, read: Tensor, value: float) -> None:
-    """Raise if the metric changes when logits outside ``read`` change."""
-    unread = torch.ones(logits.shape[1], dtype=torch.bool)
-    unread[read.cpu()] = False
-    if not unread.any():
+    """Raise if the metric changes when logits outside ``read`` change.
+
+    The unread rows are scaled by -2 in place and restored by -1/2 (both exact in floating
+    point), so the check copies nothing: a large vocabulary's logits are not duplicated.
+    """
+    spans = _unread_spans(logits.shape[1], read)
+    if not spans:
         return
-    probe = logits.clone()
-    gen = torch.Generator().manual_seed(0)
-    noise = torch.randn(probe[:, unread].shape, generator=gen).to(probe) * 10
-    probe[:, unread] += noise
-    if not np.isclose(_scalar(metric, probe), value, rtol=1e-5, atol=1e-6):
+    for a, b in spans:
+        logits[:, a:b].mul_(-2.0)
+    try:
+        probed = _scalar(metric, logits)
+    finally:
+        for a, b in spans:
+            logits[:, a:b].mul_(-0.5)
+    if not np.isclose(probed, value, rtol=1e-5, atol=1e-6):
         raise ValueError(
             "metric_positions does not list every position the metric reads: changing the "
             "logits elsewhere changed the metric. Pass all positions it reads, or None."
@@ -200,7 +227,7 @@ class _Setup:
     by: str
     base: dict[str, Tensor]  # the unpatched run's activations
     src: dict[str, Tensor]  # the activations patched in
-    base_logits: Tensor
+    base_logits: Tensor  # the unpatched logits, full shape (the buffer the metric reads)
     base_value: float
     layers: list[int]
     positions: list[int]
@@ -236,6 +263,7 @@ def patch_sweep(
     metric_positions: int | Sequence[int] | None = None,
     engine: Literal["auto", "native", "bridge"] = "auto",
     batch_size: int | None = None,
+    method: Literal["exact", "attribution"] = "exact",
     progress: bool = False,
 ) -> pd.DataFrame:
     """Patch ``point`` per layer × position (or × head) and record ``metric`` after each patch.
@@ -253,7 +281,14 @@ def patch_sweep(
         metric_positions: the positions the metric reads, if not all (e.g. ``-1``). Checked
             by perturbing the logits elsewhere; only these rows are then computed.
         engine: ``native`` (TL-native bridges), ``bridge`` (any bridge) or ``auto``.
-        batch_size: most patches per stacked forward (default: a token budget per device).
+        batch_size: most patches per stacked rerun (default: chosen per stack from the
+            patches' start positions, the device and the memory left free).
+        method: ``exact`` (the default: every patch rerun, equal to
+            ``transformer_lens.patching``) or ``attribution``: the first-order estimate
+            ``metric + grad · (patched - unpatched activation)`` from one forward and one
+            backward of the unpatched run (attribution patching, Nanda 2023; AtP, Kramár et al.
+            2024), in the same table. Approximate: see ``docs/patching.md`` for its measured
+            agreement with exact patching. ``metric`` must then be differentiable.
         progress: show a progress bar.
 
     Returns:
@@ -261,8 +296,9 @@ def patch_sweep(
         the sweep's constants as explicit columns (they survive ``to_csv``):
         ``clean_value`` and ``corrupted_value`` (the unpatched metrics, read by
         :func:`recovered`), ``point``, ``mode``, ``by``, the ``engine`` used and whether it
-        ran suffixes (``suffix``) and stacked patches (``stacked``). The same constants are
-        also in ``df.attrs``, deprecated (pandas marks ``attrs`` experimental).
+        ran suffixes (``suffix``) and stacked patches (``stacked``), and the ``method``. The
+        same constants are also in ``df.attrs``, deprecated (pandas marks ``attrs``
+        experimental).
     """
     bridge = _bridge_of(model)
     _check_eval(bridge)
@@ -271,8 +307,10 @@ def patch_sweep(
         raise ValueError(f"mode must be 'denoise' or 'noise', not {mode!r}.")
     if engine not in ("auto", "native", "bridge"):
         raise ValueError(f"engine must be 'auto', 'native' or 'bridge', not {engine!r}.")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}.")
     if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} must be >= 1 (or None for a token budget).")
+        raise ValueError(f"batch_size={batch_size} must be >= 1 (or None to choose per stack).")
     point, by = _check_point(bridge, point, by)
     if by == "head" and positions is not None:
         raise ValueError("by='head' patches every position; use by='head_pos' to pick positions.")
@@ -283,112 +321,267 @@ def patch_sweep(
     seq = base_in.shape[1]
     pos_list = resolve_positions(None if positions is None else list(positions), seq).tolist()
     pos_list = list(dict.fromkeys(pos_list))
-
-    with torch.no_grad():
-        runner, base_logits, src_logits, base, src = _run_unpatched(
-            engine, bridge, point, base_in, src_in
-        )
-    base_value, src_value = _scalar(metric, base_logits), _scalar(metric, src_logits)
     read = None
     if metric_positions is not None:
         read = torch.sort(resolve_positions(metric_positions, seq)).values.to(device)
-        _check_metric_positions(metric, base_logits, read, base_value)
-    setup = _Setup(
-        bridge=bridge,
-        point=point,
-        by=by,
-        base=base,
-        src=src,
-        base_logits=base_logits.detach(),
-        base_value=base_value,
-        layers=layer_list,
-        positions=pos_list,
-        read=read,
-        metric=metric,
-        causal=getattr(bridge.cfg, "attention_dir", "causal") == "causal",
-    )
-    jobs = _plan(setup, runner)
-    budget = TOKEN_BUDGET["cuda" if device.type == "cuda" else "cpu"]
-    total = sum(len(j) for j in jobs.values())
-    bar = tqdm(total=total, desc=f"patch {point}", disable=None if progress else True, leave=False)
-    buf = setup.base_logits.clone()
-    for layer, layer_jobs in jobs.items():
-        for group in _groups(setup, runner, layer_jobs, batch_size, budget):
-            p0 = min(start for *_, start in group)
-            if isinstance(runner, NativeSuffixRunner):
-                logits, rows = _native_group(setup, runner, layer, group, p0)
-            else:
-                logits, rows = _bridge_group(setup, runner, layer, group, p0)
-            for k, (pos, head, _) in enumerate(group):
-                buf[:, rows] = logits[k * setup.batch : (k + 1) * setup.batch]
-                setup.values[(layer, pos, head)] = _scalar(metric, buf)
-                buf[:, rows] = setup.base_logits[:, rows]
-            bar.update(len(group))
-    bar.close()
+
+    if method == "attribution":
+        setup, src_value = _attribution(
+            bridge, point, by, layer_list, pos_list, base_in, src_in, metric
+        )
+        runner = None
+    else:
+        with torch.no_grad():
+            runner, setup, src_value = _run_unpatched(
+                engine, bridge, point, by, layer_list, pos_list, base_in, src_in, metric, read
+            )
+        _sweep(setup, runner, batch_size, device, progress)
 
     df = _frame(setup)
+    base_value = setup.base_value
     clean_value, corrupted_value = (
         (src_value, base_value) if mode == "denoise" else (base_value, src_value)
     )
+    if runner is None:
+        engine_used, suffix, stacked = "attribution", False, False
+    else:
+        native = isinstance(runner, NativeSuffixRunner)
+        engine_used = "native" if native else "bridge"
+        suffix, stacked = _suffix_ok(setup, runner), native or runner.batch_ok
     constants = {
         "clean_value": clean_value,
         "corrupted_value": corrupted_value,
         "point": point,
         "mode": mode,
         "by": by,
-        "engine": "native" if isinstance(runner, NativeSuffixRunner) else "bridge",
-        "suffix": _suffix_ok(setup, runner),
-        "stacked": isinstance(runner, NativeSuffixRunner) or runner.batch_ok,
+        "engine": engine_used,
+        "suffix": suffix,
+        "stacked": stacked,
+        "method": method,
     }
     df = df.assign(**constants)
     df.attrs.update(constants)  # deprecated: read the columns
     return df
 
 
-def _base_points(point: str) -> set[str]:
-    """Hook points of the unpatched run that the engines read."""
-    return {"resid_pre", "resid_mid", "resid_post", _HOOK[point]}
+def _sweep(
+    setup: _Setup, runner: Any, batch_size: int | None, device: torch.device, progress: bool
+) -> None:
+    """Run the planned patches, a stack at a time, layer by layer, freeing each layer's
+    activations (and the keys and values no later rerun reads) once its patches are done."""
+    jobs = _plan(setup, runner)
+    total = sum(len(j) for j in jobs.values())
+    label = f"patch {setup.point}"
+    bar = tqdm(total=total, desc=label, disable=None if progress else True, leave=False)
+    buf = setup.base_logits  # patched rows are written in and restored after each metric
+    order = sorted(jobs)
+    for i, layer in enumerate(order):
+        for group in _groups(setup, runner, layer, jobs[layer], batch_size, device):
+            p0 = min(start for *_, start in group)
+            if isinstance(runner, NativeSuffixRunner):
+                logits, rows = _native_group(setup, runner, layer, group, p0)
+            elif setup.point == "z" and runner.replay_ok and runner.z_ok:
+                logits, rows = _bridge_z_group(setup, runner, layer, group, p0)
+            else:
+                logits, rows = _bridge_group(setup, runner, layer, group, p0)
+            saved = buf[:, rows].clone()
+            for k, (pos, head, _) in enumerate(group):
+                buf[:, rows] = logits[k * setup.batch : (k + 1) * setup.batch]
+                setup.values[(layer, pos, head)] = _scalar(setup.metric, buf)
+            buf[:, rows] = saved
+            del logits, saved
+            bar.update(len(group))
+        _free(setup, runner, layer, order[i + 1] if i + 1 < len(order) else None)
+    bar.close()
+
+
+def _free(setup: _Setup, runner: Any, layer: int, next_layer: int | None) -> None:
+    """Drop what no later stack reads: ``layer``'s activations, and keys and values of the
+    layers before the next layer swept."""
+    prefix = f"blocks.{layer}."
+    for cache in (setup.base, setup.src):
+        for name in [n for n in cache if n.startswith(prefix)]:
+            del cache[name]
+    if isinstance(runner, BridgeSuffixRunner):
+        stop = runner.n_layers if next_layer is None else next_layer
+        for i in [i for i in runner.kv if i < stop]:
+            del runner.kv[i]
+
+
+def _points(point: str, engine: str) -> set[str]:
+    """Hook points of the unpatched run that an engine reads at each swept layer."""
+    if engine == "native":
+        return {"resid_pre", "resid_mid", "resid_post", _HOOK[point]}
+    return {"resid_pre", _HOOK[point]} | ({"resid_mid"} if point == "resid_mid" else set())
 
 
 def _run_unpatched(
-    engine: str, bridge: Any, point: str, base_in: Tensor, src_in: Tensor
-) -> tuple[Any, Tensor, Tensor, dict[str, Tensor], dict[str, Tensor]]:
-    """The engine, the logits of the unpatched and source runs, and their activations.
+    engine: str,
+    bridge: Any,
+    point: str,
+    by: str,
+    layers: list[int],
+    positions: list[int],
+    base_in: Tensor,
+    src_in: Tensor,
+    metric: Metric,
+    read: Tensor | None,
+) -> tuple[Any, _Setup, float]:
+    """The engine, the sweep's setup (the unpatched run's logits, metric and activations,
+    the source activations) and the source run's metric.
 
-    The native engine computes both runs itself (no hook overhead) and checks its logits
-    against the bridge's forward on the first sequence; the bridge engine caches them with
-    ``run_with_cache``.
+    The native engine computes both runs itself (no hook overhead); the bridge engine runs
+    each through the bridge once, recording on the unpatched run what its replays need.
+    Both settle their shortcuts once per model (cached on the bridge) and spot-check them
+    on every later sweep.
     """
     n_layers = bridge.cfg.n_layers
+
+    def make_setup(base_logits: Tensor, base: dict, src: dict, base_value: float) -> _Setup:
+        return _Setup(
+            bridge=bridge,
+            point=point,
+            by=by,
+            base=base,
+            src=src,
+            base_logits=base_logits,
+            base_value=base_value,
+            layers=layers,
+            positions=positions,
+            read=read,
+            metric=metric,
+            causal=getattr(bridge.cfg, "attention_dir", "causal") == "causal",
+        )
+
+    def base_metric(logits: Tensor) -> float:
+        value = _scalar(metric, logits)
+        if read is not None:
+            _check_metric_positions(metric, logits, read, value)
+        return value
+
     if engine in ("auto", "native") and native_model(bridge) is not None:
         runner = NativeSuffixRunner(bridge)
+        names = {hook_name(layer, p) for layer in layers for p in _points(point, "native")}
         base_logits, base = runner.forward(
-            bridge(base_in, stop_at_layer=0), _base_points(point), keep_kv=True
+            bridge(base_in, stop_at_layer=0), _points(point, "native"), keep_kv=True
         )
-        src_logits, src = runner.forward(bridge(src_in, stop_at_layer=0), {_HOOK[point]})
+        base = {k: v for k, v in base.items() if k in names}
         try:
-            runner.check(base_logits[:1], bridge(base_in[:1]))
-            return runner, base_logits, src_logits, base, src
+            _native_verdict(runner, bridge, base_in, base_logits)
         except RuntimeError:
             if engine == "native":
                 raise
             log.warning("the native patching engine disagrees with the bridge; using 'bridge'")
+        else:
+            src_logits, src = runner.forward(bridge(src_in, stop_at_layer=0), {_HOOK[point]})
+            src = {k: v for k, v in src.items() if k in names}
+            src_value = _scalar(metric, src_logits)
+            del src_logits
+            return runner, make_setup(base_logits, base, src, base_metric(base_logits)), src_value
     elif engine == "native":
         raise ValueError(
             "engine='native' needs a TL-native bridge (a tvlens TaskModel); use engine='bridge'."
         )
     known = set(bridge.hook_dict)
-    base_names = {hook_name(layer, p) for layer in range(n_layers) for p in _base_points(point)}
-    src_names = {hook_name(layer, _HOOK[point]) for layer in range(n_layers)}
-    base_logits, base_cache = bridge.run_with_cache(
-        base_in, names_filter=(base_names & known).__contains__
-    )
-    src_logits, src_cache = bridge.run_with_cache(src_in, names_filter=src_names.__contains__)
+    last = n_layers - 1
+    base_names = {hook_name(layer, p) for layer in layers for p in _points(point, "bridge")}
+    base_names.add(hook_name(last, "resid_pre"))  # the spot check replays the last block
+    z_layer = max(layers)
+    if point == "z" and z_layer < last:  # checks that head outputs rebuild the residual
+        base_names.add(hook_name(z_layer + 1, "resid_pre"))
+    src_names = {hook_name(layer, _HOOK[point]) for layer in layers}
     runner = BridgeSuffixRunner(bridge)
-    runner.prepare(base_in, base_cache[hook_name(0, "resid_pre")])
+    base_logits, base = runner.record(base_in, sorted(base_names & known))
+    base_value = base_metric(base_logits)
+    try:
+        runner.verify(base_logits, base.get(hook_name(last, "resid_pre")))
+    except RuntimeError as e:  # the recording cache changed the forward: the plain path
+        log.warning("%s", e)
+        base_logits, cache = bridge.run_with_cache(
+            base_in, names_filter=(base_names & known).__contains__
+        )
+        base, base_value = dict(cache.items()), base_metric(base_logits)
+        runner = BridgeSuffixRunner(bridge)
+        runner.prepare(base_in, bridge(base_in, stop_at_layer=0))
     if not runner.replay_ok:
         log.warning("this bridge's blocks cannot be replayed; every patch runs a full forward")
-    return runner, base_logits, src_logits, dict(base_cache.items()), dict(src_cache.items())
+    src_value, src = _source_run(bridge, src_in, src_names, metric, base_logits, read)
+    setup = make_setup(base_logits, base, src, base_value)
+    if point == "z" and runner.replay_ok:
+        _check_z(setup, runner, z_layer)
+    return runner, setup, src_value
+
+
+def _native_verdict(
+    runner: NativeSuffixRunner, bridge: Any, base_in: Tensor, logits: Tensor
+) -> None:
+    """Check the native runner against the bridge: in full (the first sequence) once per model
+    and hook set, then on the first positions of the first sequence only."""
+    hooked = tuple(
+        sorted(
+            n for n, hp in bridge.hook_dict.items() if hp._forward_hooks or hp._forward_pre_hooks
+        )
+    )
+    key = ("native", hooked)
+    verdicts = bridge.__dict__.setdefault(_VERDICTS, {})
+    if key in verdicts:
+        k = min(base_in.shape[1], 4)
+        short = base_in[:1, :k]
+        got, _ = runner.forward(bridge(short, stop_at_layer=0))
+        try:
+            runner.check(got, bridge(short))
+            return
+        except RuntimeError:
+            verdicts.pop(key, None)
+    runner.check(logits[:1], bridge(base_in[:1]))
+    verdicts[key] = True
+
+
+def _source_run(
+    bridge: Any,
+    src_in: Tensor,
+    names: set[str],
+    metric: Metric,
+    buf: Tensor,
+    read: Tensor | None,
+) -> tuple[float, dict[str, Tensor]]:
+    """The source run's metric and activations ``names``.
+
+    Where the metric's positions are declared and the bridge takes HF's ``logits_to_keep``,
+    only those rows are unembedded; they are written into ``buf`` (the unpatched logits,
+    restored after) for the metric, which the positions check showed reads nothing else.
+    """
+    if read is not None and native_model(bridge) is None:
+        try:
+            logits, cache = bridge.run_with_cache(
+                src_in, names_filter=names.__contains__, logits_to_keep=read
+            )
+        except (TypeError, ValueError):
+            logits = None
+        if logits is not None and logits.shape[1] == read.numel():
+            saved = buf[:, read].clone()
+            buf[:, read] = logits
+            try:
+                value = _scalar(metric, buf)
+            finally:
+                buf[:, read] = saved
+            return value, dict(cache.items())
+    logits, cache = bridge.run_with_cache(src_in, names_filter=names.__contains__)
+    return _scalar(metric, logits), dict(cache.items())
+
+
+def _check_z(setup: _Setup, runner: BridgeSuffixRunner, layer: int) -> None:
+    """Settle whether head outputs rebuild the residual (``resid_pre + o(z)``, then the
+    block's MLP): on every position of ``layer`` the first time, on the last one after."""
+    pre, z = setup.act("base", layer, "resid_pre"), setup.act("base", layer)
+    if layer == runner.n_layers - 1:
+        expected = setup.base_logits
+    else:
+        expected = setup.base[hook_name(layer + 1, "resid_pre")]
+    if runner.z_ok is None:
+        runner.check_z(layer, pre, z, expected)
+    elif runner.z_ok:
+        runner.check_z(layer, pre[:, -1:], z[:, -1:], expected[:, -1:])
 
 
 # --------------------------------------------------------------------------- planning
@@ -448,23 +641,68 @@ def _plan(setup: _Setup, runner: Any) -> dict[int, list[tuple[int, int | None, i
 def _groups(
     setup: _Setup,
     runner: Any,
+    layer: int,
     jobs: list[tuple[int, int | None, int]],
     batch_size: int | None,
-    budget: int,
+    device: torch.device,
 ) -> list[list[tuple[int, int | None, int]]]:
-    """Consecutive jobs stacked while ``copies · batch · seq`` stays within the budget."""
+    """Stacks of jobs that keep the suffix saving: a stacked rerun starts at its earliest
+    patch's position, so jobs are taken latest start first and a job joins the open stack
+    only where that costs less than a rerun of its own (the positions recomputed for nothing
+    against one rerun's fixed cost), within the rows and the memory a stack may hold.
+    ``batch_size`` caps the patches per stack and, given, stacks regardless of the waste.
+    """
     stackable = isinstance(runner, NativeSuffixRunner) or runner.batch_ok
-    limit = (batch_size or len(jobs)) if stackable else 1
+    if not stackable or batch_size == 1:
+        return [[job] for job in jobs]
+    kind = "cuda" if device.type == "cuda" else "cpu"
+    row_bytes, row_flops = _row_cost(setup)
+    overhead = RERUN_OVERHEAD_FLOPS[kind] / row_flops  # in rows of one layer
+    max_rows = min(
+        STACK_MAX_ROWS[kind], max(1, int(_free_memory(device) * STACK_MEMORY_SHARE / row_bytes))
+    )
+    limit = batch_size or len(jobs)
+    batch, seq = setup.batch, setup.seq
     groups: list[list[tuple[int, int | None, int]]] = []
-    for job in jobs:
+    for job in sorted(jobs, key=lambda j: -j[2]):
         if groups:
             group = groups[-1]
-            tokens = (len(group) + 1) * setup.batch * setup.seq
-            if len(group) < limit and (batch_size is not None or tokens <= budget):
+            p0 = min(start for *_, start in group)
+            merged = (len(group) + 1) * batch * (seq - job[2])
+            apart = len(group) * batch * (seq - p0) + batch * (seq - job[2]) + overhead
+            fits = merged <= max_rows and len(group) < limit
+            if fits and (batch_size is not None or merged <= apart):
                 group.append(job)
                 continue
         groups.append([job])
     return groups
+
+
+def _row_cost(setup: _Setup) -> tuple[float, float]:
+    """Bytes held and floating-point operations spent per row per layer of a rerun: the
+    residual, norms, query/key/value and output projections, the MLP's hidden activations,
+    and one row of attention scores against every key."""
+    cfg = setup.bridge.cfg
+    d, heads, seq = cfg.d_model, cfg.n_heads, setup.seq
+    d_mlp = getattr(cfg, "d_mlp", None) or 4 * d
+    item = setup.base_logits.element_size()
+    floats = 6 * d + 3 * d_mlp + 2 * heads * seq
+    flops = 2 * (4 * d * d + 3 * d * d_mlp) + 4 * d * seq
+    return float(floats * item), float(flops)
+
+
+def _free_memory(device: torch.device) -> float:
+    """Bytes free for a stack: CUDA's free memory, or the kernel's MemAvailable on a CPU."""
+    if device.type == "cuda":
+        return float(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return float(8 << 30)
 
 
 # --------------------------------------------------------------------------- native engine
@@ -560,6 +798,30 @@ def _bridge_group(
     return runner.run(x, start, p0, n, hooks, read_rel), rows
 
 
+def _bridge_z_group(
+    setup: _Setup,
+    runner: BridgeSuffixRunner,
+    layer: int,
+    group: list[tuple[int, int | None, int]],
+    p0: int,
+) -> tuple[Tensor, Tensor]:
+    """Head patches of one layer stacked in one rerun that starts after that layer's attention:
+    each copy's residual is ``resid_pre + o(z)`` with its head's outputs patched in, then the
+    layer's MLP and the later blocks run (positions ``p0..``), as the native engine does."""
+    n = len(group)
+    rows, read_rel = _read_rows(setup, p0)
+    z_base, z_src = setup.act("base", layer), setup.act("src", layer)
+    z = z_base[:, p0:].unsqueeze(0).repeat(n, 1, 1, 1, 1)  # [n, batch, S, heads, d_head]
+    for k, (pos, head, _) in enumerate(group):
+        if pos < 0:
+            z[k, :, :, head] = z_src[:, p0:, head]
+        else:
+            z[k, :, pos - p0, head] = z_src[:, pos, head]
+    pre = setup.act("base", layer, "resid_pre")[:, p0:]
+    mid = runner.mid_from_z(layer, pre, z).flatten(0, 1)
+    return runner.run_from_mid(mid, layer, p0, n, read_rel), rows
+
+
 def _patch_hooks(
     setup: _Setup,
     layer: int,
@@ -603,6 +865,105 @@ def _patch_hooks(
 
         hooks.append((hook_name(layer, "mlp_out"), carry))
     return hooks
+
+
+# --------------------------------------------------------------------------- attribution
+def _attribution(
+    bridge: Any,
+    point: str,
+    by: str,
+    layers: list[int],
+    positions: list[int],
+    base_in: Tensor,
+    src_in: Tensor,
+    metric: Metric,
+) -> tuple[_Setup, float]:
+    """Attribution patching: every patch's effect to first order, from one forward and one
+    backward of the unpatched run plus the source run's activations.
+
+    ``value ≈ metric(unpatched) + Σ grad · (source − unpatched)`` over the patched cell (the
+    position's residual, or a head's outputs over its positions), with the gradient taken
+    at the hook the exact engine patches (``resid_mid`` also through the MLP's output, where
+    the exact patch carries it).
+    """
+    names = [hook_name(layer, _HOOK[point]) for layer in layers]
+    extra = [hook_name(layer, "mlp_out") for layer in layers] if point == "resid_mid" else []
+    with torch.no_grad():
+        src_logits, cache = bridge.run_with_cache(src_in, names_filter=set(names).__contains__)
+        src_value = _scalar(metric, src_logits)
+        del src_logits
+    src = dict(cache.items())
+    acts: dict[str, Tensor] = {}
+
+    def keeper(name: str) -> Callable[..., Tensor]:
+        # Keyed by the name asked for (the hook point may report its canonical alias). The
+        # hook hands on a view, a node of its own: the gradient then covers only what reads
+        # the hooked value after this point, as a patch there changes (a bridge's resid_mid
+        # feeds the MLP, while the residual skip keeps the tensor itself).
+        def keep(act: Tensor, hook: Any = None) -> Tensor:
+            if act.requires_grad:
+                act = act.view_as(act)
+            else:  # the first hooked point: the graph starts here
+                act = act.detach().requires_grad_(True)
+            acts[name] = act
+            return act
+
+        return keep
+
+    hooks = [(n, keeper(n)) for n in names + extra]
+    with torch.enable_grad(), bridge.hooks(fwd_hooks=hooks):
+        logits = bridge(base_in)
+        out = torch.as_tensor(metric(logits))
+        if out.ndim != 0:
+            raise ValueError(
+                f"the metric must return one scalar for the whole batch; it returned shape "
+                f"{tuple(out.shape)}. Reduce over the batch (e.g. .mean()) inside the metric."
+            )
+        if not out.requires_grad:
+            raise ValueError(
+                "method='attribution' needs a differentiable metric: it returned a tensor "
+                "without a gradient (do not call .item(), float() or numpy inside it)."
+            )
+        order = [n for n in names + extra if n in acts]
+        grads = torch.autograd.grad(out, [acts[n] for n in order], allow_unused=True)
+    from tvlens.validation import check_finite_value
+
+    base_value = check_finite_value(float(out.detach()), "the metric")
+    grad = {n: g for n, g in zip(order, grads, strict=True) if g is not None}
+    batch, seq = base_in.shape[:2]
+    setup = _Setup(
+        bridge=bridge,
+        point=point,
+        by=by,
+        base={},
+        src={},
+        base_logits=logits.detach().new_empty(batch, seq, 0),
+        base_value=base_value,
+        layers=layers,
+        positions=positions,
+        read=None,
+        metric=metric,
+        causal=getattr(bridge.cfg, "attention_dir", "causal") == "causal",
+    )
+    del logits, out
+    for layer, name in zip(layers, names, strict=True):
+        delta = src[name].to(acts[name].dtype) - acts[name].detach()
+        g = grad.get(name, torch.zeros_like(delta))
+        if point == "resid_mid":
+            g = g + grad.get(hook_name(layer, "mlp_out"), torch.zeros_like(delta))
+        prod = (g * delta).double()
+        if by == "pos":
+            per = prod.flatten(2).sum(dim=(0, 2))  # [pos]
+            cells = {(p, None): per[p] for p in positions}
+        elif by == "head":
+            per = prod.sum(dim=(0, 1, 3))  # [head]
+            cells = {(-1, h): per[h] for h in range(per.shape[0])}
+        else:
+            per = prod.sum(dim=(0, 3))  # [pos, head]
+            cells = {(p, h): per[p, h] for p in positions for h in range(per.shape[1])}
+        for (pos, head), effect in cells.items():
+            setup.values[(layer, pos, head)] = base_value + float(effect)
+    return setup, src_value
 
 
 def _frame(setup: _Setup) -> pd.DataFrame:
@@ -676,6 +1037,13 @@ class PatchingOptions(Options):
     section = "patching"
     n_per_task: int = option(4, "clean and corrupted sequences", min=1)
     seed: int = option(0, "seed of the sequences")
+    method: str = option(
+        "exact",
+        "exact activation patching, or 'attribution' (gradient x activation difference: "
+        "approximate, one backward pass)",
+        flag="--patching-method",
+        choices=METHODS,
+    )
 
 
 @driver("patching", PatchingOptions)
@@ -707,6 +1075,7 @@ def analyse_patching(run: Any, o: PatchingOptions, progress: bool) -> dict[str, 
             point,
             by=by,
             metric_positions=position,
+            method=o.method,
             progress=progress,
         )
         keys = [c for c in ("layer", "pos", "head", "value") if c in df.columns]
