@@ -239,6 +239,77 @@ def llm_sentences(tables: Mapping[str, pd.DataFrame]) -> list[str]:
     return out
 
 
+def modes_sentences(tables: Mapping[str, pd.DataFrame]) -> list[str]:
+    """Known vs in-context-only tasks: which are done in context, where their states lie
+    relative to the known-task subspace (beside a random one), what its ablation costs each
+    set, and whether steering with a task-vector mixture mixes or switches."""
+    out = []
+    icl = tables.get("llm_modes_icl")
+    if icl is not None and "learnt" in icl:
+        top = icl[(icl["shots"] == icl["shots"].max()) & (icl["set"] != "basis")]
+        for set_, g in top.groupby("set", sort=False):
+            done = g[g["learnt"].astype(bool)]["task"].tolist()
+            out.append(
+                f"{set_}: {len(done)} of {len(g)} tasks done in context at "
+                f"{int(g['shots'].iloc[0])} shots (above majority and zero shots): "
+                f"{', '.join(done) or 'none'}."
+            )
+    share = tables.get("llm_modes_share")
+    if share is not None and not share.empty:
+        s = share[share["level"] == "states"]
+        by = s.groupby("set")[["share", "random_share"]].mean()
+        if {"heldout_known", "novel"} <= set(by.index):
+            h, n = by.loc["heldout_known"], by.loc["novel"]
+            wins = (
+                s.pivot_table(index="layer", columns="set", values="share")
+                .eval("heldout_known > novel")
+                .mean()
+            )
+            verdict = "Supported" if h["share"] > n["share"] else "Not supported"
+            out.append(
+                f"{verdict}: held-out known tasks put {fmt(h['share'])} of their variance in "
+                f"the known-task subspace (mean over layers; random subspace "
+                f"{fmt(h['random_share'])}), in-context-only tasks {fmt(n['share'])} (random "
+                f"{fmt(n['random_share'])}); held-out known above in-context-only at "
+                f"{round(100 * wins)} % of layers. The paper's claim predicts known inside, "
+                "in-context-only outside."
+            )
+    ab = tables.get("llm_modes_ablation")
+    if ab is not None and not ab.empty:
+        d = ab.groupby(["set", "condition"])["drop"].mean()
+        try:
+            hk, hr = d[("heldout_known", "known_subspace")], d[("heldout_known", "random_subspace")]
+            nk, nr = d[("novel", "known_subspace")], d[("novel", "random_subspace")]
+        except KeyError:
+            pass
+        else:
+            verdict = "Supported" if hk - hr > nk - nr else "Not supported"
+            out.append(
+                f"{verdict}: ablating the known-task subspace lowers held-out known accuracy "
+                f"by {fmt(hk)} (random subspace {fmt(hr)}) and in-context-only accuracy by "
+                f"{fmt(nk)} (random {fmt(nr)}); the claim predicts the known tasks hurt more."
+            )
+    steer = tables.get("llm_convex_steering")
+    if steer is not None and not steer.empty:
+        from tvlens.llm.convex_steering import switch_index
+
+        half = steer[steer["alpha"] == 0.5].set_index("condition")["p_a"]
+        idx = switch_index(steer)
+        if {"task_vector_mix", "output_mix"} <= set(half.index):
+            kind = "a mixture" if idx < 0.15 else "closer to a switch" if idx > 0.3 else "between"
+            out.append(
+                f"Steering with ½ θ_A + ½ θ_B gives P(A) {fmt(half['task_vector_mix'])} against "
+                f"{fmt(half['output_mix'])} for the mixture of the two outputs"
+                + (
+                    f" and {fmt(half['demo_mix'])} for mixed demonstrations"
+                    if "demo_mix" in half
+                    else ""
+                )
+                + f"; switch index {fmt(idx)} (0 convex, 0.5 a step): {kind}."
+            )
+    return out
+
+
 def _read(results: Mapping[str, Path], name: str) -> pd.DataFrame | None:
     path = results.get(name)
     return pd.read_csv(path) if path is not None else None
@@ -288,4 +359,8 @@ def section_findings(run_dir: Path | str, results: Mapping[str, Path]) -> dict[s
     llm = {n: _read(results, n) for n in ("llm_icl", "llm_task_vectors") if n in results}
     if llm:
         add("tvlens.viz.llm", lambda: llm_sentences(llm))
+    names = ("llm_modes_icl", "llm_modes_share", "llm_modes_ablation", "llm_convex_steering")
+    modes = {n: _read(results, n) for n in names if n in results}
+    if modes:
+        add("tvlens.viz.llm", lambda: modes_sentences(modes))
     return out
