@@ -375,6 +375,9 @@ def _sweep(
     bar = tqdm(total=total, desc=label, disable=None if progress else True, leave=False)
     buf = setup.base_logits  # patched rows are written in and restored after each metric
     order = sorted(jobs)
+    if isinstance(runner, BridgeSuffixRunner) and order:  # no rerun starts before order[0]
+        for i in [i for i in runner.kv if i < order[0]]:
+            del runner.kv[i]
     for i, layer in enumerate(order):
         for group in _groups(setup, runner, layer, jobs[layer], batch_size, device):
             p0 = min(start for *_, start in group)

@@ -1,0 +1,442 @@
+"""Benchmark: patch_sweep on pretrained bridges against TransformerLens, nnsight and pyvene.
+
+Models (``--models``):
+
+- ``llama``: a random 4-layer, d_model 256 Hugging Face Llama (4 heads, 2 KV heads), as in
+  ``benchmarks/patching.py``;
+- ``smollm2``: the real SmolLM2-135M (30 layers, d_model 576, 9 heads, vocabulary 49,152),
+  installed by ``tvlens llm get smollm2``.
+
+For each model and sequence length (random token ids, batch 4) it runs, each method in a
+fresh subprocess so that its peak memory is its own:
+
+- a ``resid_pre`` layer × position sweep over a grid (Llama: all 4 layers; SmolLM2: layers
+  0, 6, 12, 18, 24; both: 8 positions ``T/16 + k·T/8``), the metric reading the last
+  position (``metric_positions=-1`` for tvlens). Peers: TL's ``generic_activation_patch``
+  with ``layer_pos_patch_setter`` (what ``get_act_patch_resid_pre`` runs, on the grid);
+  nnsight with one batched trace per layer (one ``invoke`` per patch, the documented way to
+  batch interventions); pyvene with one ``IntervenableModel`` per layer and the clean
+  activations passed in (``source_representations``);
+- a head sweep (``attn.hook_z``, all positions; Llama: every layer, SmolLM2: layers 0, 10, 20)
+  against TL's ``layer_head_vector_patch_setter``.
+
+It prints CPU and wall seconds, tvlens's speed-up over each peer (CPU time), each method's
+cost per patch in forwards of the batch (its CPU time / patches / one plain forward's CPU
+time) beside the floor (the mean over the grid of ``(L - l)/L · (T - p)/T``: the share of a
+forward a patch at layer ``l``, position ``p`` cannot avoid), the peak resident memory above
+the same process's clean forward (``ru_maxrss``), and the largest |difference| from TL.
+tvlens is timed twice in its process: the first sweep on a freshly loaded model (it checks
+the engine's shortcuts) and a second one (the cached verdict): the ratios use the second.
+
+``--attribution`` compares ``method="attribution"`` with exact patching on SmolLM2 over IOI
+prompts (the full layer × position ``resid_pre`` grid and every head): Spearman rank
+correlation and top-k overlap of the effects, and the speed-up.
+
+Usage::
+
+    python benchmarks/patching_llm.py                               # both models, T = 64, 256
+    python benchmarks/patching_llm.py --models smollm2 --lengths 64
+    python benchmarks/patching_llm.py --peers tl --no-heads         # TL only
+    python benchmarks/patching_llm.py --attribution --models        # attribution only
+    python benchmarks/patching_llm.py --device cuda
+
+nnsight and pyvene are optional (``pip install -c constraints.txt -e ".[bench]"``); a
+missing peer is skipped. Results go to ``benchmarks/results/patching_llm.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "patching_llm.json"
+BATCH = 4
+PEERS = ("tl", "nnsight", "pyvene")
+
+
+# =========================================================================== the setting
+def load_model(name: str, device: str) -> Any:
+    from tvlens.llm import load
+
+    if name == "smollm2":
+        return load("smollm2", device=device)
+    from tvlens.llm.tiny import build_tiny_checkpoint
+
+    folder = Path(tempfile.mkdtemp(prefix="tvlens-bench-llama-"))
+    build_tiny_checkpoint(folder, "llama", n_layers=4, d_model=256, n_heads=4, seed=0)
+    return load(str(folder), device=device)
+
+
+def grid(model: str, n_layers: int, seq: int) -> tuple[list[int], list[int]]:
+    layers = list(range(n_layers)) if model == "llama" else list(range(0, n_layers, 6))
+    positions = [seq // 16 + k * seq // 8 for k in range(8)]
+    return layers, positions
+
+
+def head_layers(model: str, n_layers: int) -> list[int]:
+    return list(range(n_layers)) if model == "llama" else [0, 10, 20]
+
+
+def prompts(bridge: Any, seq: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seq)
+    vocab = bridge.cfg.d_vocab
+    clean = torch.randint(0, vocab, (BATCH, seq), generator=g)
+    corrupted = torch.randint(0, vocab, (BATCH, seq), generator=g)
+    return clean.to(device), corrupted.to(device)
+
+
+def metric(logits: torch.Tensor) -> torch.Tensor:
+    return logits[:, -1].log_softmax(-1)[:, 0].mean()
+
+
+def floor(layers: list[int], positions: list[int], n_layers: int, seq: int) -> float:
+    shares = [(n_layers - lay) / n_layers * (seq - p) / seq for lay in layers for p in positions]
+    return sum(shares) / len(shares)
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Any, device: str) -> tuple[Any, float, float]:
+    sync(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    sync(device)
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+# =========================================================================== the methods
+def run_tvlens(bridge, clean, corrupted, job) -> list[float]:
+    from tvlens.analyses.patching import patch_sweep
+
+    if job["sweep"] == "heads":
+        kw = {"point": "z", "by": "head", "layers": job["layers"]}
+    else:
+        kw = {"point": "resid_pre", "layers": job["layers"], "positions": job["positions"]}
+    df = patch_sweep(bridge, clean, corrupted, metric, metric_positions=-1, **kw)
+    return df["value"].tolist()
+
+
+def run_tl(bridge, clean, corrupted, job) -> list[float]:
+    import pandas as pd
+    import transformer_lens.patching as tlp
+
+    layers = job["layers"]
+    if job["sweep"] == "heads":
+        names = {f"blocks.{lay}.attn.hook_z" for lay in layers}
+        heads = range(bridge.cfg.n_heads)
+        index = pd.DataFrame([(lay, h) for lay in layers for h in heads], columns=["layer", "head"])
+        setter, act = tlp.layer_head_vector_patch_setter, "z"
+    else:
+        names = {f"blocks.{lay}.hook_resid_pre" for lay in layers}
+        cells = [(lay, p) for lay in layers for p in job["positions"]]
+        index = pd.DataFrame(cells, columns=["layer", "pos"])
+        setter, act = tlp.layer_pos_patch_setter, "resid_pre"
+    _, cache = bridge.run_with_cache(clean, names_filter=names.__contains__)
+    out = tlp.generic_activation_patch(
+        bridge, corrupted, cache, metric, patch_setter=setter, activation_name=act, index_df=index
+    )
+    return out.flatten().tolist()
+
+
+def run_nnsight(bridge, clean, corrupted, job) -> list[float]:
+    from nnsight import LanguageModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # LanguageModel's deprecation notice
+        model = LanguageModel(bridge.original_model, tokenizer=bridge.tokenizer)
+    inner = model.model
+
+    def resid_pre(layer: int):  # the input of block ``layer``
+        return inner.embed_tokens.output if layer == 0 else inner.layers[layer - 1].output
+
+    layers, positions = job["layers"], job["positions"]
+    with torch.no_grad():
+        with model.trace(clean):
+            saved = list().save()
+            for layer in layers:
+                saved.append(resid_pre(layer))
+        values: list[float] = []
+        for layer, clean_act in zip(layers, saved, strict=True):
+            with model.trace() as tracer:
+                outs = list().save()
+                for p in positions:
+                    with tracer.invoke(corrupted):
+                        resid_pre(layer)[:, p] = clean_act[:, p]
+                        outs.append(model.output.logits[:, -1])
+            values += [float(metric(o[:, None])) for o in outs]
+    return values
+
+
+def run_pyvene(bridge, clean, corrupted, job) -> list[float]:
+    import pyvene as pv
+
+    hf = bridge.original_model
+    with torch.no_grad():
+        states = hf(clean, output_hidden_states=True).hidden_states  # [l]: input of block l
+    values: list[float] = []
+    for layer in job["layers"]:
+        config = pv.IntervenableConfig(
+            [{"layer": layer, "component": "block_input", "unit": "pos", "max_number_of_units": 1}],
+            intervention_types=pv.VanillaIntervention,
+        )
+        model = pv.IntervenableModel(config, model=hf)
+        for p in job["positions"]:
+            with torch.no_grad():
+                _, out = model(
+                    {"input_ids": corrupted},
+                    source_representations=states[layer][:, p : p + 1],
+                    unit_locations={"base": [[[p]] * BATCH]},
+                )
+            values.append(float(metric(out.logits)))
+    return values
+
+
+METHODS = {"tvlens": run_tvlens, "tl": run_tl, "nnsight": run_nnsight, "pyvene": run_pyvene}
+
+
+def child(job: dict[str, Any]) -> dict[str, Any]:
+    """One method on one setting, in this process: times, memory and the values."""
+    torch.set_num_threads(job["threads"])
+    device = job["device"]
+    bridge = load_model(job["model"], device)
+    clean, corrupted = prompts(bridge, job["seq"], device)
+    with torch.no_grad():
+        bridge(clean)
+        _, fwd_wall, fwd_cpu = timed(lambda: bridge(clean), device)
+    base_rss = rss_mib()
+    fn = METHODS[job["method"]]
+    out: dict[str, Any] = {"fwd_cpu_s": fwd_cpu, "fwd_wall_s": fwd_wall}
+    if job["method"] == "tvlens":
+        _, out["first_wall_s"], out["first_cpu_s"] = timed(
+            lambda: fn(bridge, clean, corrupted, job), device
+        )
+    values, out["wall_s"], out["cpu_s"] = timed(lambda: fn(bridge, clean, corrupted, job), device)
+    out["peak_above_clean_mib"] = rss_mib() - base_rss
+    if device == "cuda":
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    out["values"] = values
+    return out
+
+
+def spawn(job: dict[str, Any]) -> dict[str, Any] | None:
+    cmd = [sys.executable, __file__, "--child", json.dumps(job)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        print(f"    {job['method']}: failed ({' | '.join(tail)})", flush=True)
+        return None
+    return json.loads(lines[-1])
+
+
+# =========================================================================== comparisons
+def compare(model: str, seq: int, sweep: str, args: argparse.Namespace) -> dict[str, Any]:
+    n_layers = 4 if model == "llama" else 30
+    layers, positions = grid(model, n_layers, seq)
+    if sweep == "heads":
+        layers = head_layers(model, n_layers)
+    base = {"model": model, "seq": seq, "sweep": sweep, "device": args.device}
+    base |= {"threads": args.threads, "layers": layers, "positions": positions}
+    methods = ["tvlens", *(p for p in args.peers if sweep == "resid_pre" or p == "tl")]
+    results = {m: spawn(base | {"method": m}) for m in methods}
+    n_patches = len(next(r for r in results.values() if r)["values"])
+    fl = floor(layers, positions, n_layers, seq) if sweep == "resid_pre" else None
+    tl_values = torch.tensor(results["tl"]["values"]) if results.get("tl") else None
+    ours = results["tvlens"]
+    row: dict[str, Any] = {"model": model, "seq": seq, "sweep": sweep, "patches": n_patches}
+    row["floor_fwd_per_patch"] = fl
+    print(f"{model} T={seq} {sweep}: {n_patches} patches, floor {fl or float('nan'):.3f} fwd/patch")
+    for m, r in results.items():
+        if r is None:
+            continue
+        per_patch = r["cpu_s"] / n_patches / r["fwd_cpu_s"]
+        entry = {k: v for k, v in r.items() if k != "values"} | {"fwd_per_patch": per_patch}
+        if tl_values is not None:
+            entry["max_abs_diff_vs_tl"] = float((torch.tensor(r["values"]) - tl_values).abs().max())
+        if m != "tvlens" and ours:
+            entry["tvlens_speedup_cpu"] = r["cpu_s"] / ours["cpu_s"]
+            entry["tvlens_speedup_wall"] = r["wall_s"] / ours["wall_s"]
+        row[m] = entry
+        extra = ""
+        if m == "tvlens":
+            extra = f" (first sweep {r['first_cpu_s']:.2f}s)"
+        else:
+            extra = f"  tvlens x{entry.get('tvlens_speedup_cpu', float('nan')):.2f} cpu"
+        print(
+            f"    {m:8s} cpu {r['cpu_s']:8.2f}s wall {r['wall_s']:8.2f}s  "
+            f"{per_patch:.3f} fwd/patch  peak +{r['peak_above_clean_mib']:7.1f} MiB  "
+            f"max|diff| {entry.get('max_abs_diff_vs_tl', float('nan')):.1e}{extra}",
+            flush=True,
+        )
+    return row
+
+
+# =========================================================================== attribution
+IOI_NAMES = [(" Mary", " John"), (" Alice", " Bob"), (" Sarah", " Tom"), (" Anna", " James")]
+IOI = "When{A} and{B} went to the store,{S} gave a drink to"
+
+
+def attribution(args: argparse.Namespace) -> dict[str, Any]:
+    """Attribution vs exact patching on SmolLM2, IOI prompts, every layer and head."""
+    from scipy.stats import spearmanr
+
+    from tvlens.analyses.patching import patch_sweep
+
+    torch.set_num_threads(args.threads)
+    bridge = load_model("smollm2", args.device)
+    tok = bridge.tokenizer
+
+    def ids(subject: int) -> torch.Tensor:
+        texts = [IOI.format(A=a, B=b, S=(b, a)[subject]) for a, b in IOI_NAMES]
+        return torch.tensor([tok(t)["input_ids"] for t in texts], device=args.device)
+
+    clean, corrupted = ids(0), ids(1)  # clean: B gave to (answer A); corrupted: A gave to
+    answers = torch.tensor(
+        [[tok(a)["input_ids"][-1], tok(b)["input_ids"][-1]] for a, b in IOI_NAMES]
+    )
+
+    def logit_diff(logits: torch.Tensor) -> torch.Tensor:
+        last = logits[:, -1]
+        rows = torch.arange(last.shape[0])
+        return (last[rows, answers[:, 0]] - last[rows, answers[:, 1]]).mean()
+
+    out: dict[str, Any] = {"prompts": len(IOI_NAMES), "seq": clean.shape[1]}
+    print(f"attribution: SmolLM2, IOI, {len(IOI_NAMES)} prompts of {clean.shape[1]} tokens")
+    for point, by in (("resid_pre", "pos"), ("z", "head")):
+        kw = {"point": point, "by": by, "metric_positions": -1}
+        patch_sweep(bridge, clean, corrupted, logit_diff, layers=[0], **kw)  # warm the checks
+        exact, e_wall, e_cpu = timed(
+            lambda kw=kw: patch_sweep(bridge, clean, corrupted, logit_diff, **kw), args.device
+        )
+        kw.pop("metric_positions")
+        approx, a_wall, a_cpu = timed(
+            lambda kw=kw: patch_sweep(
+                bridge, clean, corrupted, logit_diff, method="attribution", **kw
+            ),
+            args.device,
+        )
+        e = (exact["value"] - exact["corrupted_value"]).to_numpy()
+        a = (approx["value"] - approx["corrupted_value"]).to_numpy()
+        rho = float(spearmanr(e, a).statistic)
+        tops = {}
+        for k in (10, 20, 50):
+            top_e = set(abs(e).argsort()[-k:])
+            top_a = set(abs(a).argsort()[-k:])
+            tops[f"top{k}_overlap"] = len(top_e & top_a) / k
+        pearson = float(torch.corrcoef(torch.tensor([e, a]))[0, 1])
+        res = {
+            "cells": len(e),
+            "spearman": rho,
+            "pearson": pearson,
+            **tops,
+            "exact_cpu_s": e_cpu,
+            "attribution_cpu_s": a_cpu,
+            "speedup_cpu": e_cpu / a_cpu,
+            "speedup_wall": e_wall / a_wall,
+            "recovered_gap": float(exact["clean_value"].iloc[0] - exact["corrupted_value"].iloc[0]),
+        }
+        out[point] = res
+        print(
+            f"    {point:9s} {len(e)} cells: Spearman {rho:.3f}, Pearson {pearson:.3f}, "
+            f"top-10/20/50 overlap {tops['top10_overlap']:.2f}/{tops['top20_overlap']:.2f}/"
+            f"{tops['top50_overlap']:.2f}; exact {e_cpu:.1f}s cpu, attribution {a_cpu:.2f}s "
+            f"(x{e_cpu / a_cpu:.1f})",
+            flush=True,
+        )
+    return out
+
+
+# =========================================================================== main
+def machine(args: argparse.Namespace) -> dict[str, Any]:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from patching import machine as describe
+
+    info = describe(args.device)
+    info["torch_threads"] = args.threads
+    for pkg in ("nnsight", "pyvene"):
+        try:
+            from importlib.metadata import version
+
+            info[pkg] = version(pkg)
+        except Exception:  # noqa: BLE001 - optional peers
+            info[pkg] = None
+    return info
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--models", nargs="*", default=["llama", "smollm2"], choices=["llama", "smollm2"]
+    )
+    parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256])
+    parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
+    parser.add_argument("--no-heads", action="store_true", help="skip the head sweeps")
+    parser.add_argument("--attribution", action="store_true", help="attribution vs exact")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))), flush=True)
+        return 0
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda but no CUDA device is visible.")
+    for peer in ("nnsight", "pyvene"):
+        if peer in args.peers:
+            try:
+                __import__(peer)
+            except ImportError:
+                print(f"{peer} is not installed (pip install -e '.[bench]'); skipped")
+                args.peers.remove(peer)
+    info = machine(args)
+    print(
+        f"{info['cpu']} | {info.get('gpu', 'no GPU')} | torch {info['torch']} | "
+        f"{args.threads} thread(s) | load {info['load_average']} | nnsight {info['nnsight']} "
+        f"| pyvene {info['pyvene']}",
+        flush=True,
+    )
+    result: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": info,
+        "rows": [],
+    }
+    for model in args.models:
+        for seq in args.lengths:
+            for sweep in ("resid_pre",) if args.no_heads else ("resid_pre", "heads"):
+                result["rows"].append(compare(model, seq, sweep, args))
+    if args.attribution:
+        result["attribution"] = attribution(args)
+    result["machine"]["load_average_end"] = list(os.getloadavg())
+    print(f"load at the end: {result['machine']['load_average_end']}")
+    results = json.loads(args.out.read_text()) if args.out.exists() else {}
+    results[args.device] = result
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
