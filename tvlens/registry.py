@@ -314,7 +314,15 @@ ANALYSES: dict[str, Analysis] = {
 DEMO: tuple[str, ...] = ("two_modes", "patching", "decodability", "dynamics", "attention")
 #: what ``tvlens llm`` runs on a pretrained model by default, in order (decodability
 #: before geometry, which reuses its query states)
-LLM: tuple[str, ...] = ("icl", "task_vectors", "function_vectors", "decodability", "geometry")
+LLM: tuple[str, ...] = (
+    "icl",
+    "task_vectors",
+    "function_vectors",
+    "decodability",
+    "geometry",
+    "modes",
+    "convex_steering",
+)
 
 
 def register(analysis: Analysis) -> Analysis:

@@ -16,7 +16,8 @@ from tvlens.viz.llm import FIGURES, SECTION
 SMALL = [
     "--n-prompts", "6", "--n-td", "11", "--td-shots", "1,2", "--shots", "0,2",
     "--tv-shots", "2", "--fv-shots", "2", "--n-ie", "3", "--k-heads", "3",
-    "--n-mixture", "3", "--batch-size", "8",
+    "--n-mixture", "3", "--batch-size", "8", "--modes-n-prompts", "4", "--modes-shots", "2",
+    "--modes-icl-shots", "0,2", "--steering-n-prompts", "4", "--steering-shots", "2",
 ]  # fmt: skip
 EXPECTED = {
     "llm_icl",
@@ -29,6 +30,12 @@ EXPECTED = {
     "llm_pca",
     "llm_mixture",
     "llm_simplex",
+    "llm_modes_icl",
+    "llm_modes_share",
+    "llm_modes_angles",
+    "llm_modes_ablation",
+    "llm_convex_steering",
+    "llm_steering_layers",
 }
 
 

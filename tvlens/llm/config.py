@@ -197,12 +197,12 @@ class ModesOptions(Options):
     shots: int = option(8, "demonstrations of the prompts whose states are compared",
                         flag="--modes-shots", min=1)  # fmt: skip
     icl_shots: tuple[int, ...] = option(
-        (0, 1, 2, 4, 8),
+        (0, 2, 8),
         "shot counts of the learnt-in-context check",
         flag="--modes-icl-shots",
         min=0,
     )
-    n_prompts: int = option(24, "prompts per task", flag="--modes-n-prompts", min=3)
+    n_prompts: int = option(16, "prompts per task", flag="--modes-n-prompts", min=3)
     ablation_layers: tuple[int, ...] | None = option(
         None, "layers where the known subspace is projected out (default: 3 mid layers)", min=0
     )

@@ -19,8 +19,10 @@ tasks − 1). :func:`analyse_modes` writes
   majority baseline (an in-context-only task is analysed as one only if it is learnt);
 * ``llm_modes_share``: the share of each set's variance inside the known subspace, for the
   prompts' states and for the task vectors, beside a random subspace of the same rank (mean
-  and sd; expectation rank/d) and the set's own top principal components (the ceiling)
-  (:mod:`tvlens.analyses.baselines`, the synthetic half's definitions);
+  and sd; expectation rank/d), the set's own top principal components (the ceiling) and the
+  same prompts with their labels shuffled (the surface control: what the inputs' kind and
+  the outputs' format alone put in the subspace) (:mod:`tvlens.analyses.baselines`, the
+  synthetic half's definitions);
 * ``llm_modes_angles``: principal angles between the known subspace and each set's
   task-vector span, beside those of a random span of the same rank;
 * ``llm_modes_ablation``: accuracy with the known subspace projected out at a layer, beside
@@ -33,6 +35,7 @@ patching) is the ``task_vectors`` analysis run on ``--task novel``.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -58,6 +61,8 @@ from tvlens.llm.icl import icl_row, icl_table
 from tvlens.llm.prompts import Encoded, encode, run_prompts, sample_prompts, tokenizer_of
 from tvlens.llm.tasks import NLTask, load_tasks
 from tvlens.registry import driver
+
+log = logging.getLogger(__name__)
 
 #: the three sets of tasks compared
 SETS = ("basis", "heldout_known", "novel")
@@ -87,9 +92,16 @@ def share_table(
     sets: dict[str, list[str]],
     layers: Sequence[int],
     seed: int = 0,
+    shuffled: dict[str, Float[Tensor, "n layer d"]] | None = None,
 ) -> pd.DataFrame:
     """Variance share of each set's states and task vectors in the known subspace, per layer,
-    beside random subspaces of equal rank and the set's own top PCs."""
+    beside random subspaces of equal rank and the set's own top PCs.
+
+    ``shuffled`` holds each task's states on *label-shuffled* prompts (the same inputs and
+    outputs, the mapping broken): their share, ``shuffled_share``, is what the prompts'
+    surface alone puts in the subspace (the inputs' kind, the outputs' format), so the
+    task's own part is ``share − shuffled_share``.
+    """
     means = {t: s.mean(0) for t, s in states.items()}
     rows = []
     for li, layer in enumerate(layers):
@@ -97,20 +109,25 @@ def share_table(
         d = basis.shape[1]
         for name in ("heldout_known", "novel"):
             tasks = sets[name]
-            pooled = torch.cat([states[t][:, li] for t in tasks]).double()
-            vectors = torch.stack([means[t][li] for t in tasks]).double()
-            for level, x in (("states", pooled), ("task_vectors", vectors)):
-                rows.append(
-                    {
-                        "layer": layer,
-                        "set": name,
-                        "level": level,
-                        "rank": basis.shape[0],
-                        "d": d,
-                        "n_tasks": len(tasks),
-                        **_share_row(x, basis, seed + li),
-                    }
-                )
+            for level in ("states", "task_vectors"):
+
+                def view(source: dict[str, Tensor], tasks=tasks, level=level, li=li) -> Tensor:
+                    if level == "states":
+                        return torch.cat([source[t][:, li] for t in tasks]).double()
+                    return torch.stack([source[t][:, li].mean(0) for t in tasks]).double()
+
+                row = {
+                    "layer": layer,
+                    "set": name,
+                    "level": level,
+                    "rank": basis.shape[0],
+                    "d": d,
+                    "n_tasks": len(tasks),
+                    **_share_row(view(states), basis, seed + li),
+                }
+                if shuffled is not None:
+                    row["shuffled_share"] = variance_share(view(shuffled), basis)
+                rows.append(row)
     return pd.DataFrame(rows)
 
 
@@ -227,29 +244,40 @@ def analyse_modes(run: Any, o: ModesOptions, progress: bool) -> dict[str, pd.Dat
     icl.insert(1, "set", icl["task"].map(task_set))
 
     # the query states of every task at `shots` shots, all layers in one pass
-    states, encs, at_shots = {}, {}, []
+    states, shuffled, encs, at_shots = {}, {}, {}, []
     for name, task in tqdm(by_name.items(), desc="states", disable=None if progress else True):
         enc = encode(tok, sample_prompts(task, o.n_prompts, o.shots, s.template, s.seed))
         scored = run_prompts(model, enc, capture=names, mode=s.mode, batch_size=s.batch_size)
         states[name] = torch.stack([scored.states[n] for n in names], dim=1)  # [n, L, d]
         encs[name] = enc
         at_shots.append({"set": task_set[name], **icl_row(task, o.shots, enc, scored)})
+        if task_set[name] != "basis":  # the surface control: same tokens, mapping broken
+            bad = sample_prompts(task, o.n_prompts, o.shots, s.template, s.seed, corrupt=True)
+            got = run_prompts(model, encode(tok, bad), capture=names, batch_size=s.batch_size)
+            shuffled[name] = torch.stack([got.states[n] for n in names], dim=1)
     icl = pd.concat([icl, pd.DataFrame(at_shots)], ignore_index=True)
     icl = icl.drop_duplicates(["task", "shots"], keep="first").sort_values(["set", "task", "shots"])
     # the geometry compares tasks the model does: known tasks it solves, novel ones it learns
     verdict = learnt(icl[icl["set"] != "basis"], o.learnt_margin).set_index("task")["learnt"]
     icl["learnt"] = icl["task"].map(verdict)
+    compared = {}
     for name in ("heldout_known", "novel"):
         keep = [t for t in sets[name] if verdict.get(t, False) or not o.only_learnt]
+        compared[name] = "done in context" if o.only_learnt else "all (only_learnt off)"
         if len(keep) < 2:
-            raise ValueError(
-                f"only {keep} of the {name} tasks {sets[name]} are done in context at "
-                f"{max(o.icl_shots)} shots (learnt_margin {o.learnt_margin}); the subspace "
-                "comparison needs two. Add tasks, raise --modes-icl-shots or use a larger model."
+            log.warning(
+                "modes: only %s of the %s tasks %s are done in context (learnt_margin %s); "
+                "comparing all of them, which says nothing about the two modes",
+                keep,
+                name,
+                sets[name],
+                o.learnt_margin,
             )
+            keep, compared[name] = sets[name], "all (fewer than two done in context)"
         sets[name] = keep
 
-    shares = share_table(states, sets, layers, seed=s.seed)
+    shares = share_table(states, sets, layers, seed=s.seed, shuffled=shuffled)
+    shares["compared"] = shares["set"].map(compared)
     angles = angle_table(states, sets, layers, seed=s.seed)
     means = {t: v.mean(0) for t, v in states.items()}
     ablate = o.ablation_layers or default_ablation_layers(int(model.cfg.n_layers))

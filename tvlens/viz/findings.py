@@ -257,15 +257,26 @@ def modes_sentences(tables: Mapping[str, pd.DataFrame]) -> list[str]:
     share = tables.get("llm_modes_share")
     if share is not None and not share.empty:
         s = share[share["level"] == "states"]
-        by = s.groupby("set")[["share", "random_share"]].mean()
+        cols = ["share", "random_share"] + (["shuffled_share"] if "shuffled_share" in s else [])
+        by = s.groupby("set")[cols].mean()
         if {"heldout_known", "novel"} <= set(by.index):
             h, n = by.loc["heldout_known"], by.loc["novel"]
+            if "shuffled_share" in by:
+                out.append(
+                    f"Surface control: with their labels shuffled (same tokens, no mapping) the "
+                    f"held-out known prompts put {fmt(h['shuffled_share'])} and the "
+                    f"in-context-only prompts {fmt(n['shuffled_share'])} in the subspace; the "
+                    f"mapping's own part is {fmt(h['share'] - h['shuffled_share'])} and "
+                    f"{fmt(n['share'] - n['shuffled_share'])}."
+                )
             wins = (
                 s.pivot_table(index="layer", columns="set", values="share")
                 .eval("heldout_known > novel")
                 .mean()
             )
             verdict = "Supported" if h["share"] > n["share"] else "Not supported"
+            if "compared" in s and s["compared"].str.startswith("all (fewer").any():
+                verdict = "Not testable (fewer than two tasks done in context; all compared)"
             out.append(
                 f"{verdict}: held-out known tasks put {fmt(h['share'])} of their variance in "
                 f"the known-task subspace (mean over layers; random subspace "
