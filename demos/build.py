@@ -636,8 +636,10 @@ task_vector_by_layer(tv)"""
 `run_analyses(run, ["modes"])` spans a subspace with the task vectors of five known tasks and
 asks, layer by layer, how much of the variance of held-out *known* tasks (the control) and of
 *in-context-only* tasks lies in it, beside a random subspace of the same rank and each set's
-own top principal components; then it projects the subspace out at three middle layers and
-compares the accuracy drop of the two sets (and of a random subspace). The paper's claim
+own top principal components and the same prompts with their labels shuffled (what the
+prompts' surface alone puts there); then it projects the subspace out at a middle layer and
+compares the accuracy drop of the two sets (and of a random subspace). The sizes here are
+small (8 prompts per task); `tvlens llm` runs the defaults. The paper's claim
 predicts held-out known tasks inside and hurt, in-context-only tasks outside and spared.
 `only_learnt=False` keeps every task here, so the cell runs on any model; the `learnt` column
 says which tasks the model does in context."""
@@ -646,9 +648,9 @@ says which tasks the model does in context."""
         """\
 from tvlens.viz.llm import modes_ablation, modes_share
 
-tables, seconds = tvlens.run_analyses(
-    run, ["modes"], options={"modes": {"n_prompts": 12, "icl_shots": (0, 8), "only_learnt": False}}
-)
+small = {"n_prompts": 8, "icl_shots": (0, 8), "only_learnt": False,
+         "ablation_layers": (model.cfg.n_layers // 2,)}
+tables, seconds = tvlens.run_analyses(run, ["modes"], options={"modes": small})
 display(tables["llm_modes_icl"].query("shots == 8")[["task", "set", "accuracy", "baseline", "learnt"]])
 display(modes_share(tables["llm_modes_share"]))
 modes_ablation(tables["llm_modes_ablation"])"""
@@ -669,7 +671,7 @@ from tvlens.llm.convex_steering import switch_index
 from tvlens.viz.llm import convex_steering
 
 tables, seconds = tvlens.run_analyses(
-    run, ["convex_steering"], options={"convex_steering": {"n_prompts": 16}}
+    run, ["convex_steering"], options={"convex_steering": {"n_prompts": 12}}
 )
 steer = tables["llm_convex_steering"]
 display(steer.pivot_table(index="alpha", columns="condition", values=["p_a", "p_b"]))

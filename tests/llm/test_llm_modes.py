@@ -177,3 +177,21 @@ def test_icl_reports_the_spread_over_prompt_draws(bridges, tmp_path):
     options["icl"]["draws"] = 1
     (one,) = run_analyses(single, ["icl"], options=options)[0].values()
     assert one["accuracy"].tolist() == icl["accuracy"].tolist() and "draws_sd" not in one
+
+
+def test_project_out_rows_hook_touches_only_the_query_token():
+    from tvlens.hooks.rowwise import project_out_rows_hook
+
+    g = torch.Generator().manual_seed(0)
+    act = torch.randn(3, 5, 6, generator=g)
+    basis = torch.linalg.qr(torch.randn(6, 2, generator=g))[0].T  # orthonormal rows
+    qpos = torch.tensor([4, 2, 0])
+    out = project_out_rows_hook(basis, qpos)(act)
+    rows = torch.arange(3)
+    assert torch.allclose(out[rows, qpos] @ basis.T, torch.zeros(3, 2), atol=1e-6)
+    # the orthogonal part of the query token is kept, every other position unchanged
+    keep = act[rows, qpos] - (act[rows, qpos] @ basis.T) @ basis
+    assert torch.allclose(out[rows, qpos], keep, atol=1e-6)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    mask[rows, qpos] = False
+    assert torch.equal(out[mask], act[mask])

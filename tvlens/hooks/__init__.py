@@ -31,6 +31,7 @@ _EXPORTS = {
     "patch_rows_hook": "tvlens.hooks.rowwise",
     "store_rows_hook": "tvlens.hooks.rowwise",
     "gather_rows_hook": "tvlens.hooks.rowwise",
+    "project_out_rows_hook": "tvlens.hooks.rowwise",
     "model_device": "tvlens.hooks.core",
     "BridgeSuffixRunner": "tvlens.hooks.suffix",
     "NativeSuffixRunner": "tvlens.hooks.suffix",

@@ -68,6 +68,25 @@ def patch_rows_hook(values: Float[Tensor, "batch ..."], positions: Int[Tensor, "
     return hook
 
 
+def project_out_rows_hook(basis: Float[Tensor, "r d"], positions: Int[Tensor, " batch"]) -> HookFn:
+    """Remove span(``basis``) (orthonormal rows) from ``act[b, positions[b]]`` only: the
+    query token, where task vectors are read, leaving every other position (a BOS attention
+    sink with massive activations, the demonstrations) as it was."""
+    from tvlens.hooks.core import _check_basis
+
+    _check_basis(basis)
+
+    def hook(act: Tensor, hook: Any = None) -> Tensor:
+        rows, pos = _rows(act, positions)
+        b = basis.to(act.device, act.dtype)
+        act = act.clone()
+        h = act[rows, pos]
+        act[rows, pos] = h - (h @ b.T) @ b
+        return act
+
+    return hook
+
+
 def add_rows_hook(
     vector: Float[Tensor, "*batch d"], positions: Int[Tensor, " batch"], scale: float = 1.0
 ) -> HookFn:

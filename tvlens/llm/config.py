@@ -197,14 +197,14 @@ class ModesOptions(Options):
     shots: int = option(8, "demonstrations of the prompts whose states are compared",
                         flag="--modes-shots", min=1)  # fmt: skip
     icl_shots: tuple[int, ...] = option(
-        (0, 2, 8),
+        (0, 8),
         "shot counts of the learnt-in-context check",
         flag="--modes-icl-shots",
         min=0,
     )
-    n_prompts: int = option(16, "prompts per task", flag="--modes-n-prompts", min=3)
+    n_prompts: int = option(12, "prompts per task", flag="--modes-n-prompts", min=3)
     ablation_layers: tuple[int, ...] | None = option(
-        None, "layers where the known subspace is projected out (default: 3 mid layers)", min=0
+        None, "layers where the known subspace is projected out (default: the middle one)", min=0
     )
     learnt_margin: float = option(
         0.1, "a task counts as learnt in context when its accuracy at the most shots beats "

@@ -25,7 +25,8 @@ tasks − 1). :func:`analyse_modes` writes
   synthetic half's definitions);
 * ``llm_modes_angles``: principal angles between the known subspace and each set's
   task-vector span, beside those of a random span of the same rank;
-* ``llm_modes_ablation``: accuracy with the known subspace projected out at a layer, beside
+* ``llm_modes_ablation``: accuracy with the known subspace projected out of the query token's
+  state at a layer, beside
   a random subspace of the same rank (the paper's claim predicts held-out known tasks hurt
   more than in-context-only ones).
 
@@ -49,13 +50,8 @@ from tqdm.auto import tqdm
 
 from tvlens.analyses.baselines import random_share, top_share, variance_share
 from tvlens.analyses.geometry import principal_angles, random_basis
-from tvlens.hooks.core import (
-    check_layers,
-    hook_name,
-    model_device,
-    orthonormal_basis,
-    project_out_hook,
-)
+from tvlens.hooks.core import check_layers, hook_name, model_device, orthonormal_basis
+from tvlens.hooks.rowwise import project_out_rows_hook
 from tvlens.llm.config import ModesOptions
 from tvlens.llm.icl import icl_row, icl_table
 from tvlens.llm.prompts import Encoded, encode, run_prompts, sample_prompts, tokenizer_of
@@ -176,8 +172,9 @@ def ablation_table(
     progress: bool = False,
 ) -> pd.DataFrame:
     """Accuracy of each task's prompts with ``bases[layer]`` projected out of ``point`` at
-    that layer (every position), beside a random subspace of the same rank and no
-    ablation."""
+    that layer, at the query token (where the task vectors are read; other positions, such
+    as a BOS attention sink, stay as they are), beside a random subspace of the same rank
+    and no ablation."""
     rows = []
     grid = [(layer, cond) for layer in bases for cond in ("known_subspace", "random_subspace")]
     clean = {t: run_prompts(model, e, mode=mode, batch_size=batch_size) for t, e in encs.items()}
@@ -185,13 +182,13 @@ def ablation_table(
         basis = bases[layer].float()
         if cond == "random_subspace":
             basis = random_basis(basis.shape[0], basis.shape[1], seed=seed + layer).float()
-        hook = project_out_hook(basis.to(model_device(model)))
+        basis = basis.to(model_device(model))
         name = hook_name(layer, point)
         for task, enc in encs.items():
             scored = run_prompts(
                 model,
                 enc,
-                hooks=lambda rows, qpos, fwd=[(name, hook)]: fwd,
+                hooks=lambda rows, qpos, b=basis, n=name: [(n, project_out_rows_hook(b, qpos))],
                 mode=mode,
                 batch_size=batch_size,
             )
@@ -214,8 +211,11 @@ def ablation_table(
     return pd.DataFrame(rows)
 
 
-def default_ablation_layers(n_layers: int, k: int = 3) -> list[int]:
-    """``k`` layers spread over the middle of the model (where task vectors live)."""
+def default_ablation_layers(n_layers: int, k: int = 1) -> list[int]:
+    """``k`` layers spread over the middle of the model (where task vectors live): the
+    middle layer for ``k = 1``, else from 1/3 to 2/3 of the depth."""
+    if k == 1:
+        return [n_layers // 2]
     return sorted({round(n_layers * f) for f in np.linspace(1 / 3, 2 / 3, k)})
 
 
