@@ -195,3 +195,18 @@ def test_project_out_rows_hook_touches_only_the_query_token():
     mask = torch.ones(3, 5, dtype=torch.bool)
     mask[rows, qpos] = False
     assert torch.equal(out[mask], act[mask])
+
+
+def test_mean_ablation_sets_the_subspace_component_to_the_centre():
+    from tvlens.hooks.rowwise import project_out_rows_hook
+
+    g = torch.Generator().manual_seed(1)
+    act = torch.randn(2, 4, 6, generator=g)
+    basis = torch.linalg.qr(torch.randn(6, 2, generator=g))[0].T
+    centre = torch.randn(6, generator=g)
+    qpos = torch.tensor([3, 1])
+    out = project_out_rows_hook(basis, qpos, centre=centre)(act)
+    rows = torch.arange(2)
+    assert torch.allclose(out[rows, qpos] @ basis.T, (centre @ basis.T).expand(2, 2), atol=1e-6)
+    orth = lambda h: h - (h @ basis.T) @ basis  # noqa: E731
+    assert torch.allclose(orth(out[rows, qpos]), orth(act[rows, qpos]), atol=1e-6)

@@ -68,10 +68,16 @@ def patch_rows_hook(values: Float[Tensor, "batch ..."], positions: Int[Tensor, "
     return hook
 
 
-def project_out_rows_hook(basis: Float[Tensor, "r d"], positions: Int[Tensor, " batch"]) -> HookFn:
+def project_out_rows_hook(
+    basis: Float[Tensor, "r d"],
+    positions: Int[Tensor, " batch"],
+    centre: Float[Tensor, " d"] | None = None,
+) -> HookFn:
     """Remove span(``basis``) (orthonormal rows) from ``act[b, positions[b]]`` only: the
     query token, where task vectors are read, leaving every other position (a BOS attention
-    sink with massive activations, the demonstrations) as it was."""
+    sink with massive activations, the demonstrations) as it was. With ``centre`` the
+    component along the subspace is set to ``centre``'s (mean ablation: the variation inside
+    the subspace goes, the typical state stays) instead of to zero."""
     from tvlens.hooks.core import _check_basis
 
     _check_basis(basis)
@@ -81,7 +87,8 @@ def project_out_rows_hook(basis: Float[Tensor, "r d"], positions: Int[Tensor, " 
         b = basis.to(act.device, act.dtype)
         act = act.clone()
         h = act[rows, pos]
-        act[rows, pos] = h - (h @ b.T) @ b
+        c = centre.to(act.device, act.dtype) if centre is not None else torch.zeros_like(h[0])
+        act[rows, pos] = h - ((h - c) @ b.T) @ b
         return act
 
     return hook

@@ -25,8 +25,8 @@ tasks − 1). :func:`analyse_modes` writes
   synthetic half's definitions);
 * ``llm_modes_angles``: principal angles between the known subspace and each set's
   task-vector span, beside those of a random span of the same rank;
-* ``llm_modes_ablation``: accuracy with the known subspace projected out of the query token's
-  state at a layer, beside
+* ``llm_modes_ablation``: accuracy with the known subspace mean-ablated from the query
+  token's state at a layer (its component set to the mean query state's), beside
   a random subspace of the same rank (the paper's claim predicts held-out known tasks hurt
   more than in-context-only ones).
 
@@ -166,15 +166,18 @@ def ablation_table(
     bases: dict[int, Float[Tensor, "r d"]],
     point: str,
     *,
+    centres: dict[int, Float[Tensor, " d"]] | None = None,
     mode: str = "first_token",
     batch_size: int = 16,
     seed: int = 0,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """Accuracy of each task's prompts with ``bases[layer]`` projected out of ``point`` at
-    that layer, at the query token (where the task vectors are read; other positions, such
-    as a BOS attention sink, stay as they are), beside a random subspace of the same rank
-    and no ablation."""
+    """Accuracy of each task's prompts with ``bases[layer]`` ablated from ``point`` at that
+    layer, at the query token (where the task vectors are read; other positions, such as a
+    BOS attention sink, stay as they are), beside a random subspace of the same rank and no
+    ablation. With ``centres[layer]`` (the mean query state) it is a mean ablation: the
+    component inside the subspace is set to the mean's, so only the variation along it goes
+    (zeroing it would also move the state away from its typical norm)."""
     rows = []
     grid = [(layer, cond) for layer in bases for cond in ("known_subspace", "random_subspace")]
     clean = {t: run_prompts(model, e, mode=mode, batch_size=batch_size) for t, e in encs.items()}
@@ -183,12 +186,17 @@ def ablation_table(
         if cond == "random_subspace":
             basis = random_basis(basis.shape[0], basis.shape[1], seed=seed + layer).float()
         basis = basis.to(model_device(model))
+        c = centres[layer].float() if centres is not None else None
         name = hook_name(layer, point)
         for task, enc in encs.items():
+
+            def hooks(rows: Tensor, qpos: Tensor, b=basis, n=name, c=c) -> list:
+                return [(n, project_out_rows_hook(b, qpos, centre=c))]
+
             scored = run_prompts(
                 model,
                 enc,
-                hooks=lambda rows, qpos, b=basis, n=name: [(n, project_out_rows_hook(b, qpos))],
+                hooks=hooks,
                 mode=mode,
                 batch_size=batch_size,
             )
@@ -286,12 +294,15 @@ def analyse_modes(run: Any, o: ModesOptions, progress: bool) -> dict[str, pd.Dat
         raise ValueError(f"modes.ablation_layers {bad} are not among the analysed layers {layers}.")
     bases = {layer: known_basis(means, sets["basis"], layers.index(layer)) for layer in ablate}
     probe_encs = {t: encs[t] for t in (*sets["heldout_known"], *sets["novel"])}
+    everything = torch.cat(list(states.values()))  # [N, L, d]: every task's query states
+    centres = {layer: everything[:, layers.index(layer)].mean(0) for layer in ablate}
     ablation = ablation_table(
         model,
         probe_encs,
         task_set,
         bases,
         s.point,
+        centres=centres,
         mode=s.mode,
         batch_size=s.batch_size,
         seed=s.seed,
