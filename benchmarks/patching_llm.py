@@ -37,7 +37,7 @@ Usage::
     python benchmarks/patching_llm.py                               # both models, T = 64, 256
     python benchmarks/patching_llm.py --models smollm2 --lengths 64
     python benchmarks/patching_llm.py --peers tl --no-heads         # TL only
-    python benchmarks/patching_llm.py --attribution --models        # attribution only
+    python benchmarks/patching_llm.py --models --attribution --one-patch  # those only
     python benchmarks/patching_llm.py --device cuda
 
 nnsight and pyvene are optional (``pip install -c constraints.txt -e ".[bench]"``); a
@@ -265,6 +265,8 @@ def compare(model: str, seq: int, sweep: str, args: argparse.Namespace) -> dict[
     tl_values = torch.tensor(results["tl"]["values"]) if results.get("tl") else None
     ours = results["tvlens"]
     row: dict[str, Any] = {"model": model, "seq": seq, "sweep": sweep, "patches": n_patches}
+    row["date"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    row["load_average"] = list(os.getloadavg())
     row["floor_fwd_per_patch"] = fl
     print(f"{model} T={seq} {sweep}: {n_patches} patches, floor {fl or float('nan'):.3f} fwd/patch")
     for m, r in results.items():
@@ -299,6 +301,7 @@ IOI = "When{A} and{B} went to the store,{S} gave a drink to"
 
 def attribution(args: argparse.Namespace) -> dict[str, Any]:
     """Attribution vs exact patching on SmolLM2, IOI prompts, every layer and head."""
+    import numpy as np
     from scipy.stats import spearmanr
 
     from tvlens.analyses.patching import patch_sweep
@@ -339,15 +342,21 @@ def attribution(args: argparse.Namespace) -> dict[str, Any]:
         e = (exact["value"] - exact["corrupted_value"]).to_numpy()
         a = (approx["value"] - approx["corrupted_value"]).to_numpy()
         rho = float(spearmanr(e, a).statistic)
+        # cells a patch can change (clean and corrupted differ there): the rest are exact
+        # zeros in both methods and would inflate the rank correlation
+        live = (e != 0) | (a != 0)
+        rho_live = float(spearmanr(e[live], a[live]).statistic)
         tops = {}
         for k in (10, 20, 50):
             top_e = set(abs(e).argsort()[-k:])
             top_a = set(abs(a).argsort()[-k:])
             tops[f"top{k}_overlap"] = len(top_e & top_a) / k
-        pearson = float(torch.corrcoef(torch.tensor([e, a]))[0, 1])
+        pearson = float(np.corrcoef(e, a)[0, 1])
         res = {
             "cells": len(e),
+            "live_cells": int(live.sum()),
             "spearman": rho,
+            "spearman_live": rho_live,
             "pearson": pearson,
             **tops,
             "exact_cpu_s": e_cpu,
@@ -358,12 +367,44 @@ def attribution(args: argparse.Namespace) -> dict[str, Any]:
         }
         out[point] = res
         print(
-            f"    {point:9s} {len(e)} cells: Spearman {rho:.3f}, Pearson {pearson:.3f}, "
+            f"    {point:9s} {len(e)} cells: Spearman {rho:.3f} ({rho_live:.3f} over the "
+            f"{int(live.sum())} cells a patch changes), Pearson {pearson:.3f}, "
             f"top-10/20/50 overlap {tops['top10_overlap']:.2f}/{tops['top20_overlap']:.2f}/"
             f"{tops['top50_overlap']:.2f}; exact {e_cpu:.1f}s cpu, attribution {a_cpu:.2f}s "
             f"(x{e_cpu / a_cpu:.1f})",
             flush=True,
         )
+    return out
+
+
+def one_patch(args: argparse.Namespace) -> dict[str, Any]:
+    """The fixed cost: a one-patch sweep on a freshly loaded SmolLM2 (the shortcuts checked)
+    and again (the cached verdict), in forwards of the batch; T = 64."""
+    from tvlens.analyses.patching import patch_sweep
+
+    torch.set_num_threads(args.threads)
+    bridge = load_model("smollm2", args.device)
+    clean, corrupted = prompts(bridge, 64, args.device)
+    with torch.no_grad():
+        bridge(clean)
+        _, _, fwd = timed(lambda: bridge(clean), args.device)
+
+    def sweep() -> Any:
+        return patch_sweep(
+            bridge, clean, corrupted, metric, layers=[5], positions=[10], metric_positions=-1
+        )
+
+    out = {"fwd_cpu_s": fwd}
+    for label in ("first", "cached"):
+        _, _, cpu = timed(sweep, args.device)
+        out[f"{label}_fwd"] = cpu / fwd
+    # the patch itself: layers 5.. of 30 from position 10 of 64
+    out["patch_floor_fwd"] = 25 / 30 * 54 / 64
+    print(
+        f"one patch on SmolLM2, T=64: first sweep {out['first_fwd']:.2f} forwards, then "
+        f"{out['cached_fwd']:.2f} (the two cached runs + the patch's {out['patch_floor_fwd']:.2f})",
+        flush=True,
+    )
     return out
 
 
@@ -394,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
     parser.add_argument("--no-heads", action="store_true", help="skip the head sweeps")
     parser.add_argument("--attribution", action="store_true", help="attribution vs exact")
+    parser.add_argument("--one-patch", action="store_true", help="a one-patch sweep's cost")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -417,21 +459,40 @@ def main(argv: list[str] | None = None) -> int:
         f"| pyvene {info['pyvene']}",
         flush=True,
     )
-    result: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "machine": info,
-        "rows": [],
-    }
-    for model in args.models:
-        for seq in args.lengths:
-            for sweep in ("resid_pre",) if args.no_heads else ("resid_pre", "heads"):
-                result["rows"].append(compare(model, seq, sweep, args))
+    stamp = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": info}
+    sections: dict[str, Any] = {}
+    rows = [
+        compare(model, seq, sweep, args)
+        for model in args.models
+        for seq in args.lengths
+        for sweep in (("resid_pre",) if args.no_heads else ("resid_pre", "heads"))
+    ]
+    if rows:
+        sections["comparisons"] = {"rows": rows}
+    if args.one_patch:
+        sections["one_patch"] = one_patch(args)
     if args.attribution:
-        result["attribution"] = attribution(args)
-    result["machine"]["load_average_end"] = list(os.getloadavg())
-    print(f"load at the end: {result['machine']['load_average_end']}")
+        sections["attribution"] = attribution(args)
+    info["load_average_end"] = list(os.getloadavg())
+    print(f"load at the end: {info['load_average_end']}")
+    # each section keeps its own date and machine: a partial run replaces only its sections
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results[args.device] = result
+    entry = results.get(args.device, {})
+    if "rows" in entry:  # the layout before sections
+        entry = {
+            "comparisons": {"rows": entry["rows"], **{k: entry[k] for k in ("date", "machine")}}
+        }
+    for name, section in sections.items():
+        if name == "comparisons":  # rows of other settings stay, each with its own stamp
+            fresh = {(r["model"], r["seq"], r["sweep"]) for r in section["rows"]}
+            kept = [
+                r
+                for r in entry.get(name, {}).get("rows", [])
+                if (r["model"], r["seq"], r["sweep"]) not in fresh
+            ]
+            section = {"rows": kept + section["rows"]}
+        entry[name] = stamp | section
+    results[args.device] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")

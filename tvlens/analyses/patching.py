@@ -69,12 +69,20 @@ _HOOK = {p: "resid_mid" if p == "mlp_in" else p for p in POINTS}
 #: Most rows (copies × batch × suffix length) one stacked rerun holds for speed alone: past
 #: this a CPU's matmuls gain nothing from a larger batch. Memory bounds the stack as well.
 STACK_MAX_ROWS = {"cpu": 2048, "cuda": 1 << 20}
-#: The fixed cost of one rerun (Python, hooks, kernel launches) per layer, in floating-point
-#: operations of work it is worth: stacking two patches is worth it when it wastes less. On
-#: a CPU that cost is small against the arithmetic (stacking nearby positions of a random
-#: Llama gained nothing on one thread, benchmarks/patching.py), so only patches that start
-#: at the same position share a rerun there; a GPU stacks while memory allows.
-RERUN_OVERHEAD_FLOPS = {"cpu": 0.0, "cuda": 5e10}
+#: The fixed cost of one rerun per layer (Python, hooks, kernel launches, a small matmul's
+#: inefficiency) by device and engine, in floating-point operations of work it is worth:
+#: a patch joins a stack when the positions that recomputes for nothing cost less. Measured
+#: on one CPU thread: the native engine's small models gain from stacking nearby positions
+#: (0.62 s → 0.43 s for the benchmark's T = 64 sweep); the bridge engine gains on short
+#: suffixes of a small model (1.8 s → 1.4 s, random Llama, T = 64) and nothing at T = 256,
+#: and on SmolLM2 this stacks only patches that start together. A GPU stacks while memory
+#: allows.
+RERUN_OVERHEAD_FLOPS = {
+    ("cpu", "native"): 1e9,
+    ("cpu", "bridge"): 2e7,
+    ("cuda", "native"): 5e10,
+    ("cuda", "bridge"): 5e10,
+}
 #: The share of the memory left free (CPU: ``MemAvailable``; CUDA: ``mem_get_info``) one
 #: stack may take.
 STACK_MEMORY_SHARE = 0.25
@@ -652,7 +660,8 @@ def _groups(
     """Stacks of jobs that keep the suffix saving: a stacked rerun starts at its earliest
     patch's position, so jobs are taken latest start first and a job joins the open stack
     only where that costs less than a rerun of its own (the positions recomputed for nothing
-    against one rerun's fixed cost), within the rows and the memory a stack may hold.
+    against one rerun's fixed cost, :data:`RERUN_OVERHEAD_FLOPS`), within the rows and the
+    memory a stack may hold (:data:`STACK_MAX_ROWS`, :data:`STACK_MEMORY_SHARE`).
     ``batch_size`` caps the patches per stack and, given, stacks regardless of the waste.
     """
     stackable = isinstance(runner, NativeSuffixRunner) or runner.batch_ok
@@ -660,7 +669,8 @@ def _groups(
         return [[job] for job in jobs]
     kind = "cuda" if device.type == "cuda" else "cpu"
     row_bytes, row_flops = _row_cost(setup)
-    overhead = RERUN_OVERHEAD_FLOPS[kind] / row_flops  # in rows of one layer
+    engine = "native" if isinstance(runner, NativeSuffixRunner) else "bridge"
+    overhead = RERUN_OVERHEAD_FLOPS[(kind, engine)] / row_flops  # in rows of one layer
     max_rows = min(
         STACK_MAX_ROWS[kind], max(1, int(_free_memory(device) * STACK_MEMORY_SHARE / row_bytes))
     )
