@@ -481,7 +481,7 @@ def test_stacks_start_where_their_patches_start(monkeypatch):
     monkeypatch.setitem(patching.RERUN_OVERHEAD_FLOPS, ("cpu", "bridge"), 1e9)
     assert len(patching._groups(_fake_setup(), runner, 0, jobs[:4], None, cpu)) == 1
     # ... within the rows the memory allows
-    monkeypatch.setitem(patching.STACK_MAX_ROWS, "cpu", 2 * 16 * 2)
+    monkeypatch.setitem(patching.STACK_MAX_ROWS, "cpu", 2 * 2 * 16)  # copies × batch × seq
     sizes = [len(g) for g in patching._groups(_fake_setup(), runner, 0, jobs[:4], None, cpu)]
     assert max(sizes) <= 2 and sum(sizes) == 4
     # a bridge that cannot stack runs one patch per rerun

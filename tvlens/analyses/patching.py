@@ -66,8 +66,9 @@ POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in
 #: The TL short name (for :func:`tvlens.hooks.hook_name`) of the hook each point reads:
 #: ``mlp_in`` patches the residual entering the MLP, which the bridge exposes as resid_mid.
 _HOOK = {p: "resid_mid" if p == "mlp_in" else p for p in POINTS}
-#: Most rows (copies × batch × suffix length) one stacked rerun holds for speed alone: past
-#: this a CPU's matmuls gain nothing from a larger batch. Memory bounds the stack as well.
+#: Most rows (copies × batch × sequence length: each copy holds its suffix's activations and
+#: the prefix's keys and values) one stacked rerun holds for speed alone: past this a CPU's
+#: matmuls gain nothing from a larger batch. The memory left free bounds the stack as well.
 STACK_MAX_ROWS = {"cpu": 2048, "cuda": 1 << 20}
 #: The fixed cost of one rerun per layer (Python, hooks, kernel launches, a small matmul's
 #: inefficiency) by device and engine, in floating-point operations of work it is worth:
@@ -683,7 +684,9 @@ def _groups(
             p0 = min(start for *_, start in group)
             merged = (len(group) + 1) * batch * (seq - job[2])
             apart = len(group) * batch * (seq - p0) + batch * (seq - job[2]) + overhead
-            fits = merged <= max_rows and len(group) < limit
+            # every copy also holds the prefix's keys and values and a row of attention
+            # scores per key: count its whole sequence against the stack's bound
+            fits = (len(group) + 1) * batch * seq <= max_rows and len(group) < limit
             if fits and (batch_size is not None or merged <= apart):
                 group.append(job)
                 continue
