@@ -318,6 +318,14 @@ def modes_sentences(tables: Mapping[str, pd.DataFrame]) -> list[str]:
                 )
                 + f"; switch index {fmt(idx)} (0 convex, 0.5 a step): {kind}."
             )
+            nv = steer[steer["alpha"] == 0.5].set_index("condition").get("p_neither")
+            if nv is not None:
+                lost = nv["task_vector_mix"] > nv["output_mix"] + 0.1
+                out.append(
+                    f"P(neither answer) at ½: {fmt(nv['task_vector_mix'])} steered vs "
+                    f"{fmt(nv['output_mix'])} for the output mixture: "
+                    + ("the mixed vector loses both tasks." if lost else "no excess loss.")
+                )
     return out
 
 
