@@ -13,10 +13,16 @@ attention) at positions ``< p``. So each patch reruns layers ``l..L-1`` on posit
 only, from the cached residual and with the cached keys and values of the prefix
 (:mod:`tvlens.hooks.suffix`); the last layer computes only the rows the metric reads
 (``metric_positions``); patches that change nothing (identical clean and corrupted
-activations, or positions after the last one the metric reads) are not run at all; and a few
-consecutive patches share one forward while the stack stays within a token budget. Memory is
-the one cache of the unpatched and source runs plus one stack of suffixes, whatever the number
-of positions swept.
+activations, or positions after the last one the metric reads) are not run at all; and
+patches that start at the same position (or, where a rerun's fixed cost outweighs the waste,
+nearby ones) share one stacked rerun, within the memory left free. The engines check their
+shortcuts once per model and spot-check them per sweep, so a sweep's fixed cost is about the
+two runs it caches. Memory is the cache of the unpatched and source runs at the swept layers
+plus one stack of suffixes, whatever the number of positions swept; each layer's share is
+freed when its patches are done.
+
+``method="attribution"`` replaces the reruns by the first-order estimate from one backward
+pass (attribution patching), in the same table.
 
 Two engines do the reruns: ``native`` computes TL-native bridges (:class:`tvlens.models.TaskModel`)
 from their weights without hook overhead; ``bridge`` calls any bridge's own blocks (e.g. Llama

@@ -26,8 +26,12 @@ copy ``k``), so several patches can share one forward.
   TL hook functions fire and do the patching. Where the bridge's attention honours
   ``past_key_values`` (TL's reimplemented HF attention does), it hands each block a cache
   holding the unpatched prefix's keys and values and runs the suffix only. Every shortcut is
-  checked against the bridge's own forward in :meth:`BridgeSuffixRunner.prepare` and dropped
-  when it does not reproduce it.
+  checked against the bridge's own forward and dropped when it does not reproduce it: by
+  :meth:`BridgeSuffixRunner.prepare` on its own forward, or, in sweeps, by
+  :meth:`BridgeSuffixRunner.record` (the sweep's unpatched run, recording what replays need)
+  and :meth:`BridgeSuffixRunner.verify`, which checks once per model and hook set, keeps the
+  verdict on the bridge and spot-checks it on later sweeps. Head patches can start after their
+  layer's attention (:meth:`BridgeSuffixRunner.run_from_mid`) where the block allows it.
 """
 
 from __future__ import annotations
