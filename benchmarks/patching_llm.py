@@ -152,10 +152,17 @@ def run_tl(bridge, clean, corrupted, job) -> list[float]:
         cells = [(lay, p) for lay in layers for p in job["positions"]]
         index = pd.DataFrame(cells, columns=["layer", "pos"])
         setter, act = tlp.layer_pos_patch_setter, "resid_pre"
-    _, cache = bridge.run_with_cache(clean, names_filter=names.__contains__)
-    out = tlp.generic_activation_patch(
-        bridge, corrupted, cache, metric, patch_setter=setter, activation_name=act, index_df=index
-    )
+    with torch.no_grad():  # as TL's demos run it (torch.set_grad_enabled(False))
+        _, cache = bridge.run_with_cache(clean, names_filter=names.__contains__)
+        out = tlp.generic_activation_patch(
+            bridge,
+            corrupted,
+            cache,
+            metric,
+            patch_setter=setter,
+            activation_name=act,
+            index_df=index,
+        )
     return out.flatten().tolist()
 
 

@@ -557,3 +557,28 @@ def test_analyse_patching_attribution_option(tmp_path):
     assert tables["patching_resid_pre"].attrs["method"] == "attribution"
     with pytest.raises(ValueError, match="method"):
         analyse_patching(run, n_per_task=2, method="gradient", save=False)
+
+
+def test_bridge_engine_memory_does_not_grow_with_positions(hf_bridge):
+    """The bridge engine holds the two runs' activations at the swept layers, keys and values
+    and one stack: with the stack's size fixed, patching every position costs no more memory
+    than patching two (each layer's share is freed when its patches are done)."""
+    g = torch.Generator().manual_seed(5)
+    vocab = hf_bridge.cfg.d_vocab
+    clean = torch.randint(5, vocab, (2, 24), generator=g)
+    corrupted = torch.randint(5, vocab, (2, 24), generator=g)
+
+    def sweep(positions):
+        return lambda: patch_sweep(
+            hf_bridge,
+            clean,
+            corrupted,
+            _last,
+            positions=positions,
+            metric_positions=-1,
+            batch_size=2,
+        )
+
+    sweep([3, 4])()  # the engine's checks run once per model: not part of either peak
+    few, every = _peak_bytes(sweep([3, 4])), _peak_bytes(sweep(None))
+    assert every <= few * 1.05 + 4096
