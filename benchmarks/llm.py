@@ -44,9 +44,9 @@ from tvlens.hooks.core import hook_name
 from tvlens.hooks.rowwise import add_rows_hook, patch_head_rows_hook, patch_rows_hook
 from tvlens.llm import function_vectors as fv
 from tvlens.llm.decodability import decodability_by_shots
-from tvlens.llm.icl import icl_accuracy
+from tvlens.llm.icl import icl_table
 from tvlens.llm.prompts import encode, sample_prompts
-from tvlens.llm.task_vectors import task_vector_sweep
+from tvlens.llm.task_vectors import task_vector_table
 from tvlens.llm.tasks import load_task, load_tasks, task_groups
 
 RESULTS = Path(__file__).parent / "results" / "llm.json"
@@ -94,7 +94,7 @@ def tl_task_vectors(
     tok = model.tokenizer
     zero = encode(tok, sample_prompts(task, n, 0))
     source = encode(tok, sample_prompts(task, n, 5, dummy_query=True))
-    # the zero-shot and ICL baselines task_vector_sweep also reports
+    # the zero-shot and ICL baselines task_vector_table also reports
     tl_probs(model, zero, None, bs)
     tl_probs(model, encode(tok, sample_prompts(task, n, 5)), None, bs)
     names = [hook_name(layer, "resid_post") for layer in layers]
@@ -203,9 +203,9 @@ def compare(model: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     shots = [0, 1, 2, 4, 8]
     # warm-up outside the clock: the first forward, and the one-time reload of the shipped
     # tokenizer that decides the BOS (tvlens.llm.prompts.hf_prepends_bos)
-    icl_accuracy(model, [task], [1], 2, batch_size=bs)
+    icl_table(model, [task], [1], 2, batch_size=bs)
     tl_icl(model, task, [1], 2, bs)
-    ours = timed(lambda: icl_accuracy(model, [task], shots, n, batch_size=bs))
+    ours = timed(lambda: icl_table(model, [task], shots, n, batch_size=bs))
     theirs = timed(lambda: tl_icl(model, task, shots, n, bs))
     diff = max(
         abs(float(ours[0].set_index("shots").loc[s, "p_answer"]) - float(theirs[0][s].mean()))
@@ -213,7 +213,7 @@ def compare(model: Any, args: argparse.Namespace) -> list[dict[str, Any]]:
     )
     row("icl", ours, theirs, diff, f"shots {shots}, n {n}")
 
-    ours = timed(lambda: task_vector_sweep(model, task, layers, 5, n, batch_size=bs))
+    ours = timed(lambda: task_vector_table(model, task, layers, 5, n, batch_size=bs))
     theirs = timed(lambda: tl_task_vectors(model, task, layers, n, bs))
     tv = ours[0][ours[0]["condition"] == "task_vector"].set_index("layer")["p_answer"]
     mtv = ours[0][ours[0]["condition"] == "mean_task_vector"].set_index("layer")["p_answer"]
@@ -271,7 +271,7 @@ def full_run(model: Any, name: str, run_dir: Path | None = None) -> dict[str, fl
     return stages
 
 
-#: task-vector variants of the ``--study`` (name → task_vector_sweep keyword arguments)
+#: task-vector variants of the ``--study`` (name → task_vector_table keyword arguments)
 TV_VARIANTS: dict[str, dict[str, Any]] = {
     "template_arrow": {"template": "arrow"},
     "template_qa": {"template": "qa"},
@@ -293,7 +293,7 @@ def tv_study(model: Any, tasks: list[str], n: int, variants: list[str], out: Pat
         for t in tasks:
             kw = {"shots": 5, **TV_VARIANTS[name]}
             start = time.perf_counter()
-            df = task_vector_sweep(model, load_task(t), n_prompts=n, **kw)
+            df = task_vector_table(model, load_task(t), n_prompts=n, **kw)
             df["variant"], df["seconds"] = name, round(time.perf_counter() - start, 1)
             frames.append(df)
             icl = float(df[df["condition"] == "icl"]["accuracy"].iloc[0])

@@ -15,11 +15,11 @@ import torch
 from tvlens.analyses.decodability import decodability
 from tvlens.hooks.suffix import unembed
 from tvlens.llm import function_vectors as fv
-from tvlens.llm.decodability import decodability_by_shots, td_icl_correlation, td_icl_table
+from tvlens.llm.decodability import decodability_by_shots, td_icl_correlation_table, td_icl_table
 from tvlens.llm.geometry import mixture_geometry, mixture_prompts, pca_table
-from tvlens.llm.icl import icl_accuracy
+from tvlens.llm.icl import icl_table
 from tvlens.llm.prompts import encode, run_prompts, sample_prompts
-from tvlens.llm.task_vectors import task_vector_sweep
+from tvlens.llm.task_vectors import task_vector_table
 from tvlens.llm.tasks import load_task, load_tasks, task_groups
 
 ANTONYM = load_task("antonym")
@@ -27,16 +27,19 @@ ANTONYM = load_task("antonym")
 
 def test_icl_accuracy_table(bridges):
     model = bridges["gemma2"]
-    df = icl_accuracy(model, load_tasks("antonym,uppercase"), shots=(0, 2), n_prompts=6)
+    df = icl_table(model, load_tasks("antonym,uppercase"), shots=(0, 2), n_prompts=6)
     assert list(df.columns) == [
         "task",
         "family",
         "shots",
         "accuracy",
+        "ci_low",
+        "ci_high",
         "p_answer",
-        "baseline",
         "n",
+        "baseline",
     ]
+    assert (df["ci_low"] <= df["accuracy"]).all() and (df["accuracy"] <= df["ci_high"]).all()
     assert df[["task", "shots"]].values.tolist() == [
         ["antonym", 0],
         ["antonym", 2],
@@ -45,14 +48,14 @@ def test_icl_accuracy_table(bridges):
     ]
     assert df["accuracy"].between(0, 1).all() and df["p_answer"].between(0, 1).all()
     assert (df["n"] == 6).all()
-    again = icl_accuracy(model, load_tasks("antonym,uppercase"), shots=(0, 2), n_prompts=6)
+    again = icl_table(model, load_tasks("antonym,uppercase"), shots=(0, 2), n_prompts=6)
     pd.testing.assert_frame_equal(df, again)
 
 
 def test_task_vector_after_the_last_layer_reproduces_the_source_prediction(bridges, arch):
     model = bridges[arch]
     last = model.cfg.n_layers - 1
-    df = task_vector_sweep(model, ANTONYM, shots=3, n_prompts=8, seed=5)
+    df = task_vector_table(model, ANTONYM, shots=3, n_prompts=8, seed=5)
     assert len(df) == 4 * model.cfg.n_layers
     assert set(df["condition"]) == {"zero_shot", "icl", "task_vector", "mean_task_vector"}
     # zero-shot and ICL rows are the same at every layer
@@ -215,7 +218,7 @@ def test_td_icl_correlation_closed_form():
             "accuracy": 0.0,
         }
     )
-    corr = td_icl_correlation(pd.DataFrame(rows))
+    corr = td_icl_correlation_table(pd.DataFrame(rows))
     assert corr["n_points"].tolist() == [4, 4]  # null left out
     assert corr.loc[0, "r"] == pytest.approx(1.0) and corr.loc[0, "r2"] == pytest.approx(1.0)
     assert corr.loc[0, "spearman"] == pytest.approx(1.0)
@@ -226,7 +229,7 @@ def test_td_icl_table_merges_accuracy(td_result):
     table = td_icl_table(td_result.per_task, td_result.icl)
     assert len(table) == len(td_result.per_task)
     assert table["accuracy"].notna().all()
-    corr = td_icl_correlation(table)
+    corr = td_icl_correlation_table(table)
     assert set(corr["layer"]) == {0, 1} and (corr["n_points"] == 6).all()
 
 

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from tvlens.llm import icl_accuracy, load, load_task, task_vector_sweep
+from tvlens.llm import icl_table, load, load_task, task_vector_table
 from tvlens.llm import weights as W
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def test_bridge_logits_equal_the_hf_forward(smol, smollm2_path):
 
 
 def test_icl_on_uppercase_rises_with_shots(smol, uppercase):
-    df = icl_accuracy(smol, [uppercase], shots=(0, 5), n_prompts=N_PROMPTS, seed=0)
+    df = icl_table(smol, [uppercase], shots=(0, 5), n_prompts=N_PROMPTS, seed=0)
     acc = dict(zip(df["shots"], df["accuracy"], strict=True))
     assert (df["n"] == N_PROMPTS).all()
     # measured (seed 0, 64 prompts): 0.00 at 0 shots, 0.80 at 5 shots; majority baseline 0.06
@@ -73,11 +73,11 @@ def test_task_vectors_at_the_best_layer_beat_zero_shot(smol, uppercase):
     function default) task vectors recover 64-95 % of the 5-shot accuracy at layers 19-22
     (README); with "x ->" they stay near 0.06, which the README's investigation explains."""
     layers = list(range(0, smol.cfg.n_layers, 2))
-    sweep = task_vector_sweep(smol, uppercase, layers=layers, shots=5, n_prompts=32, seed=0)
+    sweep = task_vector_table(smol, uppercase, layers=layers, shots=5, n_prompts=32, seed=0)
     tv = sweep[sweep["condition"] == "task_vector"]
     assert tv["layer"].tolist() == layers
     best = int(tv.sort_values(["accuracy", "p_answer"], kind="stable").iloc[-1]["layer"])
-    held = task_vector_sweep(smol, uppercase, layers=[best], shots=5, n_prompts=N_PROMPTS, seed=1)
+    held = task_vector_table(smol, uppercase, layers=[best], shots=5, n_prompts=N_PROMPTS, seed=1)
     acc = dict(zip(held["condition"], held["accuracy"], strict=True))
     assert acc["icl"] >= acc["zero_shot"] + 0.4, (best, acc)  # the task is learnt in context
     assert acc["task_vector"] >= acc["zero_shot"] + 0.1, (best, acc)

@@ -16,7 +16,7 @@ from tvlens.llm import function_vectors as fv
 from tvlens.llm import reference as ref
 from tvlens.llm.function_vectors import CORRUPT_SEED_OFFSET
 from tvlens.llm.prompts import sample_prompts
-from tvlens.llm.task_vectors import task_vector_sweep
+from tvlens.llm.task_vectors import task_vector_table
 from tvlens.llm.tasks import load_task
 
 ANTONYM = load_task("antonym")
@@ -24,7 +24,7 @@ UPPER = load_task("uppercase")
 
 
 def _compare_tv(model, hf, task, layers, shots, n, atol):
-    ours = task_vector_sweep(model, task, layers, shots, n, batch_size=4)
+    ours = task_vector_table(model, task, layers, shots, n, batch_size=4)
     zero = sample_prompts(task, n, 0)
     source = sample_prompts(task, n, shots, dummy_query=True)
     theirs = ref.reference_task_vectors(hf, zero, source, layers)
