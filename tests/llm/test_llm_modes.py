@@ -143,6 +143,10 @@ def test_both_drivers_run_through_the_registry(bridges, tmp_path):
         )
     row = steer.loc[("task_vector_mix", 0.5)]
     assert row["p_a"] + row["p_b"] + row["p_neither"] == pytest.approx(1, abs=1e-6)
+    from tvlens.viz.llm import FIGURES
+
+    for name, df in tables.items():  # every table draws its figure
+        assert len(FIGURES[name](df).data) > 0, name
     prov = read_provenance(tmp_path / "analyses")
     assert prov["llm_convex_steering.csv"]["options"]["alphas"] == [0.0, 0.5, 1.0]
 

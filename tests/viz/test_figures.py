@@ -210,6 +210,22 @@ def tables() -> dict[str, pd.DataFrame]:
     t["llm_simplex"] = with_values(grid(group=["g1"], layer=LAYERS,
                                         split=["pure", "mixture", "null"]),
                                    projection_r2=(0, 1))  # fmt: skip
+    sets = ["heldout_known", "novel"]
+    t["llm_modes_icl"] = with_values(grid(task=tasks, set=sets, shots=[0, 2, 8]),
+                                     accuracy=(0, 1), baseline=(0, 0.3))  # fmt: skip
+    t["llm_modes_share"] = with_values(grid(layer=LAYERS, set=sets, level=["states", "task_vectors"]),
+                                       share=(0, 1), random_share=(0, 0.05))  # fmt: skip
+    t["llm_modes_angles"] = with_values(grid(layer=LAYERS, set=sets), mean_angle=(10, 80),
+                                        random_mean_angle=(80, 90))  # fmt: skip
+    t["llm_modes_ablation"] = with_values(grid(layer=[2], condition=["known_subspace",
+                                               "random_subspace"], set=sets, task=tasks),
+                                          drop=(0, 0.5))  # fmt: skip
+    t["llm_convex_steering"] = with_values(
+        grid(condition=["task_vector_mix", "demo_mix", "output_mix"], alpha=[0.0, 0.5, 1.0]),
+        p_a=(0, 1), p_b=(0, 1), p_neither=(0, 1), task_a="uppercase", task_b="first_letter",
+    )  # fmt: skip
+    t["llm_steering_layers"] = with_values(grid(layer=LAYERS), p_a_with_theta_a=(0, 1),
+                                           p_b_with_theta_b=(0, 1))  # fmt: skip
     return t
 
 

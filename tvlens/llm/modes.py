@@ -54,7 +54,14 @@ from tvlens.hooks.core import check_layers, hook_name, model_device, orthonormal
 from tvlens.hooks.rowwise import project_out_rows_hook
 from tvlens.llm.config import ModesOptions
 from tvlens.llm.icl import icl_row, icl_table
-from tvlens.llm.prompts import Encoded, encode, run_prompts, sample_prompts, tokenizer_of
+from tvlens.llm.prompts import (
+    Encoded,
+    Scored,
+    encode,
+    run_prompts,
+    sample_prompts,
+    tokenizer_of,
+)
 from tvlens.llm.tasks import NLTask, load_tasks
 from tvlens.registry import driver
 
@@ -167,6 +174,7 @@ def ablation_table(
     point: str,
     *,
     centres: dict[int, Float[Tensor, " d"]] | None = None,
+    clean: dict[str, Scored] | None = None,
     mode: str = "first_token",
     batch_size: int = 16,
     seed: int = 0,
@@ -180,7 +188,10 @@ def ablation_table(
     (zeroing it would also move the state away from its typical norm)."""
     rows = []
     grid = [(layer, cond) for layer in bases for cond in ("known_subspace", "random_subspace")]
-    clean = {t: run_prompts(model, e, mode=mode, batch_size=batch_size) for t, e in encs.items()}
+    if clean is None:  # the unablated scores (the caller may have them from its own pass)
+        clean = {
+            t: run_prompts(model, e, mode=mode, batch_size=batch_size) for t, e in encs.items()
+        }
     for layer, cond in tqdm(grid, desc="ablation", disable=None if progress else True):
         basis = bases[layer].float()
         if cond == "random_subspace":
@@ -246,18 +257,30 @@ def analyse_modes(run: Any, o: ModesOptions, progress: bool) -> dict[str, pd.Dat
 
     # ICL by shots of the held-out and in-context-only tasks, beside the majority baseline
     probe = [by_name[t] for t in (*sets["heldout_known"], *sets["novel"])]
-    icl = icl_table(
-        model, probe, o.icl_shots, o.n_prompts, mode=s.mode, progress=progress, **run.prompt_kwargs
+    other_shots = [k for k in o.icl_shots if k != o.shots]  # `shots` comes from the state pass
+    icl = (
+        icl_table(
+            model,
+            probe,
+            other_shots,
+            o.n_prompts,
+            mode=s.mode,
+            progress=progress,
+            **run.prompt_kwargs,
+        )
+        if other_shots
+        else pd.DataFrame()
     )
-    icl.insert(1, "set", icl["task"].map(task_set))
+    if not icl.empty:
+        icl.insert(1, "set", icl["task"].map(task_set))
 
     # the query states of every task at `shots` shots, all layers in one pass
-    states, shuffled, encs, at_shots = {}, {}, {}, []
+    states, shuffled, encs, scores, at_shots = {}, {}, {}, {}, []
     for name, task in tqdm(by_name.items(), desc="states", disable=None if progress else True):
         enc = encode(tok, sample_prompts(task, o.n_prompts, o.shots, s.template, s.seed))
         scored = run_prompts(model, enc, capture=names, mode=s.mode, batch_size=s.batch_size)
         states[name] = torch.stack([scored.states[n] for n in names], dim=1)  # [n, L, d]
-        encs[name] = enc
+        encs[name], scores[name] = enc, scored
         at_shots.append({"set": task_set[name], **icl_row(task, o.shots, enc, scored)})
         if task_set[name] != "basis":  # the surface control: same tokens, mapping broken
             bad = sample_prompts(task, o.n_prompts, o.shots, s.template, s.seed, corrupt=True)
@@ -303,6 +326,7 @@ def analyse_modes(run: Any, o: ModesOptions, progress: bool) -> dict[str, pd.Dat
         bases,
         s.point,
         centres=centres,
+        clean={t: scores[t] for t in probe_encs},
         mode=s.mode,
         batch_size=s.batch_size,
         seed=s.seed,
