@@ -451,6 +451,18 @@ def _rows_only_mlp(block: nn.Module, rows: Tensor) -> list[Any]:
     return [mlp.register_forward_pre_hook(pre), mlp.register_forward_hook(post)]
 
 
+def _block_args_recorder(records: dict[int, tuple[tuple, dict]], i: int) -> Any:
+    """A forward pre-hook keeping block ``i``'s arguments other than its input (the
+    position embeddings, masks, …) in ``records[i]``, for replaying the block later."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        kwargs = {k: v for k, v in kwargs.items() if k not in _DROPPED}
+        kwargs.pop("hidden_states", None)
+        records[i] = (tuple(args[1:]), kwargs)
+
+    return hook
+
+
 class BridgeSuffixRunner:
     """Replay any bridge's blocks ``l..L-1`` from a cached residual, with TL hooks firing.
 
@@ -486,12 +498,7 @@ class BridgeSuffixRunner:
         records: dict[int, tuple[tuple, dict]] = {}
 
         def recorder(i: int):
-            def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-                kwargs = {k: v for k, v in kwargs.items() if k not in _DROPPED}
-                kwargs.pop("hidden_states", None)
-                records[i] = (tuple(args[1:]), kwargs)
-
-            return hook
+            return _block_args_recorder(records, i)
 
         handles = [
             block.register_forward_pre_hook(recorder(i), with_kwargs=True)
@@ -636,12 +643,7 @@ class BridgeSuffixRunner:
         recorder = _RecordingCache() if keep_kv and self.causal else None
 
         def arg_recorder(i: int):
-            def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-                kwargs = {k: v for k, v in kwargs.items() if k not in _DROPPED}
-                kwargs.pop("hidden_states", None)
-                records[i] = (tuple(args[1:]), kwargs)
-
-            return hook
+            return _block_args_recorder(records, i)
 
         def injector(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             # A fresh forward's own cache (``cache=`` or ``past_key_values=``) starts empty, so
