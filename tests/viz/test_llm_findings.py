@@ -49,3 +49,11 @@ def test_steering_sentence_names_a_mixture_or_a_switch():
 
     assert "a mixture" in modes_sentences({"llm_convex_steering": table(0.5)})[0]
     assert "closer to a switch" in modes_sentences({"llm_convex_steering": table(1.0)})[0]
+
+
+def test_shares_the_surface_control_explains_are_not_a_test():
+    table = _share(0.1, 0.6)
+    table["shuffled_share"] = table["share"] + 0.01
+    text = modes_sentences({"llm_modes_share": table})
+    assert any(t.startswith("Not a test of the claim") for t in text)
+    assert any(t.startswith("Surface control") for t in text)

@@ -275,6 +275,14 @@ def modes_sentences(tables: Mapping[str, pd.DataFrame]) -> list[str]:
                 .mean()
             )
             verdict = "Supported" if h["share"] > n["share"] else "Not supported"
+            if (
+                "shuffled_share" in by
+                and max(
+                    abs(h["share"] - h["shuffled_share"]), abs(n["share"] - n["shuffled_share"])
+                )
+                < 0.05
+            ):
+                verdict = "Not a test of the claim (the label-shuffled prompts explain the shares)"
             if "compared" in s and s["compared"].str.startswith("all (fewer").any():
                 verdict = "Not testable (fewer than two tasks done in context; all compared)"
             out.append(
