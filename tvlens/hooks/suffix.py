@@ -495,27 +495,10 @@ class BridgeSuffixRunner:
     # ------------------------------------------------------------------ setup
     @torch.no_grad()
     def _record(self, inputs: Tensor, positions: Tensor | None = None) -> Tensor:
-        records: dict[int, tuple[tuple, dict]] = {}
-
-        def recorder(i: int):
-            return _block_args_recorder(records, i)
-
-        handles = [
-            block.register_forward_pre_hook(recorder(i), with_kwargs=True)
-            for i, block in enumerate(self.bridge.blocks)
-        ]
-        try:
-            if positions is None:
-                logits = self.bridge(inputs)
-            else:  # HF's logits_to_keep: unembed the checked positions only
-                logits = self.bridge(inputs, logits_to_keep=positions.to(inputs.device))
-        finally:
-            for h in handles:
-                h.remove()
-        if len(records) != self.n_layers:
-            raise RuntimeError("not every block of the bridge ran on the unpatched input.")
-        self.block_args = [records[i] for i in range(self.n_layers)]
-        return logits
+        """The unpatched run's logits (at ``positions`` only, when given), recording each
+        block's arguments (:meth:`record` without the keys and values)."""
+        kw = {} if positions is None else {"logits_to_keep": positions.to(inputs.device)}
+        return self.record(inputs, keep_kv=False, **kw)[0]
 
     @torch.no_grad()
     def prepare(
