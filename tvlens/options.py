@@ -66,8 +66,8 @@ class Options:
 
         check_fields(self, self.section)
         for f in dataclasses.fields(self):
-            value, lo, choices = getattr(self, f.name), f.metadata.get("min"), None
-            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            lo, choices = f.metadata.get("min"), f.metadata.get("choices")
             items = value if isinstance(value, tuple) else (value,)
             if lo is not None and any(v is not None and v < lo for v in items):
                 raise ConfigError(f"{self.section}.{f.name}={value!r} must be at least {lo}.")

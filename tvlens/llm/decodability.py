@@ -259,8 +259,7 @@ def group_states(
         group=group,
         progress=progress,
     )
-    if cached is None or keep in res.states:
-        run.cache[key] = res
+    run.cache[key] = res  # holds `keep`'s states and every shot count asked
     return res
 
 
