@@ -450,10 +450,10 @@ def test_pretrained_bridges_with_declared_read_rows(hf_bridge, point, by, tl_fn)
 
 
 # --------------------------------------------------------------------------- stacks
-def _fake_setup(batch=2, seq=16):
+def _fake_setup(batch=2, seq=16, n_layers=4):
     from types import SimpleNamespace
 
-    cfg = SimpleNamespace(d_model=8, n_heads=2, d_mlp=16)
+    cfg = SimpleNamespace(d_model=8, n_heads=2, d_mlp=16, n_layers=n_layers)
     return SimpleNamespace(
         bridge=SimpleNamespace(cfg=cfg), batch=batch, seq=seq, base_logits=torch.zeros(1)
     )
@@ -466,27 +466,106 @@ def test_stacks_start_where_their_patches_start(monkeypatch):
 
     runner = SimpleNamespace(batch_ok=True)  # the bridge engine
     cpu = torch.device("cpu")
-    jobs = [(p, None, p) for p in (0, 4, 8, 12)] + [(-1, h, 3) for h in range(3)]
+    jobs = [(0, p, None, p) for p in (0, 4, 8, 12)] + [(0, -1, h, 3) for h in range(3)]
     # where a rerun costs little against a row's arithmetic (SmolLM2 on a CPU), only patches
     # with the same start share a rerun: no position is recomputed for a later patch
     monkeypatch.setitem(patching.RERUN_OVERHEAD_FLOPS, ("cpu", "bridge"), 0.0)
-    groups = patching._groups(_fake_setup(), runner, 0, jobs, None, cpu)
+    groups = patching._groups(_fake_setup(), runner, jobs, None, cpu)
     for group in groups:
         assert len({start for *_, start in group}) == 1
     assert sorted(len(g) for g in groups) == [1, 1, 1, 1, 3]
     # batch_size stacks regardless, latest starts first (adjacent starts share a stack)
-    forced = patching._groups(_fake_setup(), runner, 0, jobs[:4], 2, cpu)
-    assert [[j[0] for j in g] for g in forced] == [[12, 8], [4, 0]]
+    forced = patching._groups(_fake_setup(), runner, jobs[:4], 2, cpu)
+    assert [[j[1] for j in g] for g in forced] == [[12, 8], [4, 0]]
     # where a rerun's fixed cost is large (a GPU), nearby starts stack while they fit ...
     monkeypatch.setitem(patching.RERUN_OVERHEAD_FLOPS, ("cpu", "bridge"), 1e9)
-    assert len(patching._groups(_fake_setup(), runner, 0, jobs[:4], None, cpu)) == 1
+    assert len(patching._groups(_fake_setup(), runner, jobs[:4], None, cpu)) == 1
     # ... within the rows the memory allows
-    monkeypatch.setitem(patching.STACK_MAX_ROWS, "cpu", 2 * 2 * 16)  # copies × batch × seq
-    sizes = [len(g) for g in patching._groups(_fake_setup(), runner, 0, jobs[:4], None, cpu)]
+    monkeypatch.setitem(
+        patching.STACK_MAX_ROWS, ("cpu", "bridge"), 2 * 2 * 16
+    )  # copies × batch × seq
+    sizes = [len(g) for g in patching._groups(_fake_setup(), runner, jobs[:4], None, cpu)]
     assert max(sizes) <= 2 and sum(sizes) == 4
     # a bridge that cannot stack runs one patch per rerun
-    single = patching._groups(_fake_setup(), SimpleNamespace(batch_ok=False), 0, jobs, 4, cpu)
+    single = patching._groups(_fake_setup(), SimpleNamespace(batch_ok=False), jobs, 4, cpu)
     assert all(len(g) == 1 for g in single)
+
+
+def test_stacks_across_layers_share_a_start_and_come_back_in_layer_order(monkeypatch):
+    from types import SimpleNamespace
+
+    from tvlens.analyses import patching
+
+    runner = SimpleNamespace(batch_ok=True)
+    cpu = torch.device("cpu")
+    monkeypatch.setitem(patching.RERUN_OVERHEAD_FLOPS, ("cpu", "bridge"), 0.0)
+    jobs = [(lay, p, None, p) for lay in (3, 0, 2) for p in (4, 8)]
+    groups = patching._groups(_fake_setup(), runner, jobs, None, cpu)
+    # same start, any layer: one pass each, no block's fixed cost paid twice for free
+    assert sorted([j[3] for j in g] for g in groups) == [[4, 4, 4], [8, 8, 8]]
+    assert all([j[0] for j in g] == [0, 2, 3] for g in groups)
+
+
+@pytest.fixture(scope="module", params=["llama", "gemma2"])
+def deep_bridge(request, tmp_path_factory):
+    """A tiny random 3-layer Llama / Gemma-2: two layers before the last for head stacks."""
+    tiny = pytest.importorskip("tvlens.llm.tiny")
+    from tvlens.llm.load import load
+
+    folder = tmp_path_factory.mktemp(f"deep-{request.param}")
+    return load(tiny.build_tiny_checkpoint(folder, request.param, n_layers=3), device="cpu")
+
+
+@pytest.mark.parametrize("point,by", [("resid_pre", None), ("resid_post", None), ("z", "head")])
+def test_cross_layer_stacks_equal_transformer_lens(deep_bridge, point, by, monkeypatch):
+    """Copies entering one pass at layers 0, 1, … give each patch's own full forward."""
+    import pandas as pd
+
+    from tvlens.analyses import patching
+    from tvlens.hooks.suffix import BridgeSuffixRunner
+
+    hf_bridge = deep_bridge
+    passes: list[tuple[list[int], int]] = []
+    run_stack = BridgeSuffixRunner.run_stack
+
+    def spy(self, entries, p0, read_rows=None):
+        passes.append((sorted(layer for layer, _ in entries), p0))
+        return run_stack(self, entries, p0, read_rows)
+
+    monkeypatch.setattr(BridgeSuffixRunner, "run_stack", spy)
+    g = torch.Generator().manual_seed(7)
+    vocab, n_layers = hf_bridge.cfg.d_vocab, hf_bridge.cfg.n_layers
+    clean = torch.randint(5, vocab, (2, 9), generator=g)
+    corrupted = torch.randint(5, vocab, (2, 9), generator=g)
+    corrupted[:, :3] = clean[:, :3]  # a shared prefix: head patches start at position 3
+    frames = [patch_sweep(hf_bridge, clean, corrupted, _last, point, by=by, metric_positions=-1)]
+    # no fixed cost per block: only patches that start together stack (suffix passes, p0 > 0)
+    monkeypatch.setitem(patching.RERUN_OVERHEAD_FLOPS, ("cpu", "bridge"), 0.0)
+    frames.append(
+        patch_sweep(hf_bridge, clean, corrupted, _last, point, by=by, metric_positions=-1)
+    )
+    _, cache = hf_bridge.run_with_cache(clean)
+    if by == "head":
+        index = [(lay, h) for lay in range(n_layers) for h in range(hf_bridge.cfg.n_heads)]
+        setter, cols = tlp.layer_head_vector_patch_setter, ["layer", "head"]
+    else:
+        index = [(lay, p) for lay in range(n_layers) for p in range(9)]
+        setter, cols = tlp.layer_pos_patch_setter, ["layer", "pos"]
+    ref = tlp.generic_activation_patch(
+        hf_bridge,
+        corrupted,
+        cache,
+        _last,
+        patch_setter=setter,
+        activation_name=point,
+        index_df=pd.DataFrame(index, columns=cols),
+    ).flatten()
+    for df in frames:
+        assert (torch.tensor(df["value"].to_numpy()) - ref).abs().max() <= ATOL
+    assert ref.std() > 1e-5
+    z_ok = point != "z" or "Llama" in type(hf_bridge.original_model).__name__
+    if z_ok:  # the pass crossed layers (Gemma-2's head outputs cannot enter one)
+        assert max(len(set(layers)) for layers, p0 in passes if p0 > 0) > 1
 
 
 # --------------------------------------------------------------------------- attribution

@@ -73,9 +73,17 @@ POINTS = ("resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "mlp_in
 #: ``mlp_in`` patches the residual entering the MLP, which the bridge exposes as resid_mid.
 _HOOK = {p: "resid_mid" if p == "mlp_in" else p for p in POINTS}
 #: Most rows (copies × batch × sequence length: each copy holds its suffix's activations and
-#: the prefix's keys and values) one stacked rerun holds for speed alone: past this a CPU's
-#: matmuls gain nothing from a larger batch. The memory left free bounds the stack as well.
-STACK_MAX_ROWS = {"cpu": 2048, "cuda": 1 << 20}
+#: the prefix's keys and values) one stacked rerun holds, by device and engine: past this a
+#: CPU's matmuls gain nothing from a larger batch and the stack's activations only add to the
+#: peak memory. On SmolLM2 (one thread, T = 64) the bridge engine's sweep took 8.1–8.6 s with
+#: 1,024 rows against 8.8–9.2 s with 2,048 and 8.9–9.6 s with 512. The memory left free bounds
+#: the stack as well.
+STACK_MAX_ROWS = {
+    ("cpu", "native"): 2048,
+    ("cpu", "bridge"): 1024,
+    ("cuda", "native"): 1 << 20,
+    ("cuda", "bridge"): 1 << 20,
+}
 #: The fixed cost of one rerun per layer (Python, hooks, kernel launches, a small matmul's
 #: inefficiency) by device and engine, in floating-point operations of work it is worth:
 #: a patch joins a stack when the positions that recomputes for nothing cost less. Measured
@@ -94,6 +102,8 @@ RERUN_OVERHEAD_FLOPS = {
 #: stack may take.
 STACK_MEMORY_SHARE = 0.25
 METHODS = ("exact", "attribution")
+#: One planned patch: ``(layer, pos, head, start)``, ``start`` the first position it reruns.
+Job = tuple[int, int, int | None, int]
 
 __all__ = [
     "POINTS",
@@ -382,35 +392,56 @@ def patch_sweep(
 def _sweep(
     setup: _Setup, runner: Any, batch_size: int | None, device: torch.device, progress: bool
 ) -> None:
-    """Run the planned patches, a stack at a time, layer by layer, freeing each layer's
-    activations (and the keys and values no later rerun reads) once its patches are done."""
+    """Run the planned patches a stack at a time. Stacks of one layer go layer by layer,
+    freeing each layer's activations (and the keys and values no later rerun reads) once
+    its patches are done; stacks across layers (:func:`_cross_layer`) run after them."""
     jobs = _plan(setup, runner)
     total = sum(len(j) for j in jobs.values())
     label = f"patch {setup.point}"
     bar = tqdm(total=total, desc=label, disable=None if progress else True, leave=False)
-    buf = setup.base_logits  # patched rows are written in and restored after each metric
     order = sorted(jobs)
     if isinstance(runner, BridgeSuffixRunner) and order:  # no rerun starts before order[0]
         for i in [i for i in runner.kv if i < order[0]]:
             del runner.kv[i]
-    for i, layer in enumerate(order):
-        for group in _groups(setup, runner, layer, jobs[layer], batch_size, device):
-            p0 = min(start for *_, start in group)
-            if isinstance(runner, NativeSuffixRunner):
-                logits, rows = _native_group(setup, runner, layer, group, p0)
-            elif setup.point == "z" and runner.replay_ok and runner.z_ok:
-                logits, rows = _bridge_z_group(setup, runner, layer, group, p0)
-            else:
-                logits, rows = _bridge_group(setup, runner, layer, group, p0)
-            saved = buf[:, rows].clone()
-            for k, (pos, head, _) in enumerate(group):
-                buf[:, rows] = logits[k * setup.batch : (k + 1) * setup.batch]
-                setup.values[(layer, pos, head)] = _scalar(setup.metric, buf)
-            buf[:, rows] = saved
-            del logits, saved
+    lanes: dict[Any, list[Job]] = {}
+    for layer in order:
+        for pos, head, start in jobs[layer]:
+            lanes.setdefault(_lane(setup, runner, layer), []).append((layer, pos, head, start))
+    per_layer = [lane for lane in lanes if lane != "across"]
+    for i, layer in enumerate(per_layer):
+        for group in _groups(setup, runner, lanes[layer], batch_size, device):
+            _run_group(setup, runner, group)
             bar.update(len(group))
-        _free(setup, runner, layer, order[i + 1] if i + 1 < len(order) else None)
+        if "across" not in lanes:
+            _free(setup, runner, layer, per_layer[i + 1] if i + 1 < len(per_layer) else None)
+    for group in _groups(setup, runner, lanes.get("across", []), batch_size, device):
+        _run_group(setup, runner, group)
+        bar.update(len(group))
     bar.close()
+
+
+def _run_group(setup: _Setup, runner: Any, group: list[Job]) -> None:
+    """One stacked rerun: each patch's metric, read with its rows written into the unpatched
+    logits (restored after)."""
+    p0 = min(start for *_, start in group)
+    layer = group[0][0]
+    cells = [(pos, head, start) for _, pos, head, start in group]
+    if any(job[0] != layer for job in group):
+        logits, rows = _bridge_stack(setup, runner, group, p0)
+    elif isinstance(runner, NativeSuffixRunner):
+        logits, rows = _native_group(setup, runner, layer, cells, p0)
+    elif setup.point == "z" and runner.replay_ok and runner.z_ok:
+        logits, rows = _bridge_z_group(setup, runner, layer, cells, p0)
+    elif setup.point in ("resid_pre", "resid_post") and runner.replay_ok:
+        logits, rows = _bridge_stack(setup, runner, group, p0)
+    else:
+        logits, rows = _bridge_group(setup, runner, layer, cells, p0)
+    buf = setup.base_logits
+    saved = buf[:, rows].clone()
+    for k, (lay, pos, head, _) in enumerate(group):
+        buf[:, rows] = logits[k * setup.batch : (k + 1) * setup.batch]
+        setup.values[(lay, pos, head)] = _scalar(setup.metric, buf)
+    buf[:, rows] = saved
 
 
 def _free(setup: _Setup, runner: Any, layer: int, next_layer: int | None) -> None:
@@ -656,20 +687,43 @@ def _plan(setup: _Setup, runner: Any) -> dict[int, list[tuple[int, int | None, i
     return jobs
 
 
+def _cross_layer(setup: _Setup, runner: Any) -> bool:
+    """Whether patches of different layers can share one pass, each copy entering the blocks
+    at its own layer (:meth:`BridgeSuffixRunner.run_stack`): bridge replays of the residual
+    stream, and of head outputs where they rebuild the residual (``z_ok``)."""
+    if not isinstance(runner, BridgeSuffixRunner) or not (runner.replay_ok and runner.batch_ok):
+        return False
+    return setup.point in ("resid_pre", "resid_post") or (setup.point == "z" and bool(runner.z_ok))
+
+
+def _lane(setup: _Setup, runner: Any, layer: int) -> Any:
+    """Patches in one lane may share a stack: ``"across"`` for every layer that enters a
+    cross-layer pass, else the layer itself (the last layer's head outputs are finished on
+    the read rows only, which a pass over the whole suffix cannot do)."""
+    last = layer == setup.bridge.cfg.n_layers - 1
+    if _cross_layer(setup, runner) and not (setup.point == "z" and last):
+        return "across"
+    return layer
+
+
 def _groups(
     setup: _Setup,
     runner: Any,
-    layer: int,
-    jobs: list[tuple[int, int | None, int]],
+    jobs: list[Job],
     batch_size: int | None,
     device: torch.device,
-) -> list[list[tuple[int, int | None, int]]]:
-    """Stacks of jobs that keep the suffix saving: a stacked rerun starts at its earliest
-    patch's position, so jobs are taken latest start first and a job joins the open stack
-    only where that costs less than a rerun of its own (the positions recomputed for nothing
-    against one rerun's fixed cost, :data:`RERUN_OVERHEAD_FLOPS`), within the rows and the
-    memory a stack may hold (:data:`STACK_MAX_ROWS`, :data:`STACK_MEMORY_SHARE`).
-    ``batch_size`` caps the patches per stack and, given, stacks regardless of the waste.
+) -> list[list[Job]]:
+    """Stacks of jobs that keep the suffix saving.
+
+    A stacked rerun starts at its earliest patch's position, and (across layers) each copy
+    enters at its own layer, so a block runs once for the whole stack. Jobs are taken latest
+    start first, and a job joins the open stack only where that costs no more than a rerun of
+    its own: the rows recomputed for nothing (a later start rerun from the stack's earlier
+    one) against the blocks' fixed cost (:data:`RERUN_OVERHEAD_FLOPS` per block call), within
+    the rows and the memory a stack may hold (:data:`STACK_MAX_ROWS`,
+    :data:`STACK_MEMORY_SHARE`). Patches with the same start always share a stack where they
+    fit. ``batch_size`` caps the patches per stack and, given, stacks regardless of the waste.
+    Each stack is returned in layer order (the order its copies enter).
     """
     stackable = isinstance(runner, NativeSuffixRunner) or runner.batch_ok
     if not stackable or batch_size == 1:
@@ -679,17 +733,24 @@ def _groups(
     engine = "native" if isinstance(runner, NativeSuffixRunner) else "bridge"
     overhead = RERUN_OVERHEAD_FLOPS[(kind, engine)] / row_flops  # in rows of one layer
     max_rows = min(
-        STACK_MAX_ROWS[kind], max(1, int(_free_memory(device) * STACK_MEMORY_SHARE / row_bytes))
+        STACK_MAX_ROWS[(kind, engine)],
+        max(1, int(_free_memory(device) * STACK_MEMORY_SHARE / row_bytes)),
     )
     limit = batch_size or len(jobs)
-    batch, seq = setup.batch, setup.seq
-    groups: list[list[tuple[int, int | None, int]]] = []
-    for job in sorted(jobs, key=lambda j: -j[2]):
+    batch, seq, n_layers = setup.batch, setup.seq, setup.bridge.cfg.n_layers
+
+    def cost(group: list[Job], p0: int) -> float:
+        """Rows × layers recomputed, plus the block calls' fixed cost."""
+        depths = [max(1, n_layers - job[0]) for job in group]
+        return batch * (seq - p0) * sum(depths) + overhead * max(depths)
+
+    groups: list[list[Job]] = []
+    for job in sorted(jobs, key=lambda j: (-j[3], j[0])):
         if groups:
             group = groups[-1]
-            p0 = min(start for *_, start in group)
-            merged = (len(group) + 1) * batch * (seq - job[2])
-            apart = len(group) * batch * (seq - p0) + batch * (seq - job[2]) + overhead
+            p0 = min(j[3] for j in group)
+            merged = cost([*group, job], min(p0, job[3]))
+            apart = cost(group, p0) + cost([job], job[3])
             # every copy also holds the prefix's keys and values and a row of attention
             # scores per key: count its whole sequence against the stack's bound
             fits = (len(group) + 1) * batch * seq <= max_rows and len(group) < limit
@@ -697,7 +758,7 @@ def _groups(
                 group.append(job)
                 continue
         groups.append([job])
-    return groups
+    return [sorted(g, key=lambda j: j[0]) for g in groups]
 
 
 def _row_cost(setup: _Setup) -> tuple[float, float]:
@@ -799,25 +860,70 @@ def _bridge_group(
     group: list[tuple[int, int | None, int]],
     p0: int,
 ) -> tuple[Tensor, Tensor]:
-    """The same as :func:`_native_group` through the bridge's blocks and TL hooks."""
+    """The same as :func:`_native_group` through the bridge's blocks and TL hooks (points
+    other than the residual stream, and bridges whose blocks cannot be replayed)."""
     point, n, batch = setup.point, len(group), setup.batch
     rows, read_rel = _read_rows(setup, p0)
     if not runner.replay_ok:  # full forwards on the inputs: hooks see every position
         hooks = _patch_hooks(setup, layer, group, 0, batch, point)
         logits = runner.run(None, 0, 0, 1, hooks, None)
         return logits[:, rows], rows
-    hooks: list[tuple[str, Any]] = []
-    if point in ("resid_pre", "resid_post"):
-        start = layer if point == "resid_pre" else layer + 1
-        x = setup.act("base", layer)[:, p0:].unsqueeze(0).repeat(n, 1, 1, 1)
-        pos = torch.tensor([g[0] for g in group], device=x.device)
-        x[torch.arange(n), :, pos - p0] = setup.act("src", layer)[:, pos].transpose(0, 1)
-        x = x.flatten(0, 1)
-    else:
-        start = layer
-        x = setup.act("base", layer, "resid_pre")[:, p0:].repeat(n, 1, 1)
-        hooks = _patch_hooks(setup, layer, group, p0, batch, point)
-    return runner.run(x, start, p0, n, hooks, read_rel), rows
+    x = setup.act("base", layer, "resid_pre")[:, p0:].repeat(n, 1, 1)
+    hooks = _patch_hooks(setup, layer, group, p0, batch, point)
+    return runner.run(x, layer, p0, n, hooks, read_rel), rows
+
+
+def _patched_resid(
+    setup: _Setup, layer: int, cells: list[tuple[int, int | None]], p0: int
+) -> Float[Tensor, "nb S d"]:
+    """Copies of the unpatched residual at ``layer`` (positions ``p0..``), copy k with
+    ``cells[k]``'s position patched in."""
+    n = len(cells)
+    x = setup.act("base", layer)[:, p0:].unsqueeze(0).repeat(n, 1, 1, 1)
+    pos = torch.tensor([p for p, _ in cells], device=x.device)
+    x[torch.arange(n), :, pos - p0] = setup.act("src", layer)[:, pos].transpose(0, 1)
+    return x.flatten(0, 1)
+
+
+def _patched_mid(
+    setup: _Setup,
+    runner: BridgeSuffixRunner,
+    layer: int,
+    cells: list[tuple[int, int | None]],
+    p0: int,
+) -> Float[Tensor, "nb S d"]:
+    """Copies of ``layer``'s residual after attention, ``resid_pre + o(z)``, copy k with
+    ``cells[k]``'s head output patched in (at every position for ``pos = -1``)."""
+    z_base, z_src = setup.act("base", layer), setup.act("src", layer)
+    z = z_base[:, p0:].unsqueeze(0).repeat(len(cells), 1, 1, 1, 1)  # [n, batch, S, H, d_head]
+    for k, (pos, head) in enumerate(cells):
+        if pos < 0:
+            z[k, :, :, head] = z_src[:, p0:, head]
+        else:
+            z[k, :, pos - p0, head] = z_src[:, pos, head]
+    pre = setup.act("base", layer, "resid_pre")[:, p0:]
+    return runner.mid_from_z(layer, pre, z).flatten(0, 1)
+
+
+def _bridge_stack(
+    setup: _Setup, runner: BridgeSuffixRunner, group: list[Job], p0: int
+) -> tuple[Tensor, Tensor]:
+    """Residual or head-output patches of one or several layers in one pass
+    (:meth:`BridgeSuffixRunner.run_stack`): each layer's copies enter at that layer (a head
+    patch after its layer's MLP), in the group's order (sorted by layer)."""
+    rows, read_rel = _read_rows(setup, p0)
+    cells: dict[int, list[tuple[int, int | None]]] = {}
+    for layer, pos, head, _ in group:
+        cells.setdefault(layer, []).append((pos, head))
+    entries = []
+    for layer, own in cells.items():
+        if setup.point == "z":
+            mid = _patched_mid(setup, runner, layer, own, p0)
+            entries.append((layer + 1, runner.finish_layer(layer, mid)))
+        else:
+            enter = layer + (setup.point == "resid_post")
+            entries.append((enter, _patched_resid(setup, layer, own, p0)))
+    return runner.run_stack(entries, p0, read_rel), rows
 
 
 def _bridge_z_group(
@@ -829,19 +935,11 @@ def _bridge_z_group(
 ) -> tuple[Tensor, Tensor]:
     """Head patches of one layer stacked in one rerun that starts after that layer's attention:
     each copy's residual is ``resid_pre + o(z)`` with its head's outputs patched in, then the
-    layer's MLP and the later blocks run (positions ``p0..``), as the native engine does."""
-    n = len(group)
+    layer's MLP and the later blocks run (positions ``p0..``), as the native engine does.
+    On the last layer only the read rows are finished."""
     rows, read_rel = _read_rows(setup, p0)
-    z_base, z_src = setup.act("base", layer), setup.act("src", layer)
-    z = z_base[:, p0:].unsqueeze(0).repeat(n, 1, 1, 1, 1)  # [n, batch, S, heads, d_head]
-    for k, (pos, head, _) in enumerate(group):
-        if pos < 0:
-            z[k, :, :, head] = z_src[:, p0:, head]
-        else:
-            z[k, :, pos - p0, head] = z_src[:, pos, head]
-    pre = setup.act("base", layer, "resid_pre")[:, p0:]
-    mid = runner.mid_from_z(layer, pre, z).flatten(0, 1)
-    return runner.run_from_mid(mid, layer, p0, n, read_rel), rows
+    mid = _patched_mid(setup, runner, layer, [(pos, head) for pos, head, _ in group], p0)
+    return runner.run_from_mid(mid, layer, p0, len(group), read_rel), rows
 
 
 def _patch_hooks(

@@ -375,7 +375,7 @@ class _PrefixCache:
     """Stands in for ``past_key_values`` on a suffix run: prepends the cached prefix K/V."""
 
     def __init__(self, kv: dict[int, tuple[Tensor, Tensor]], p0: int, copies: int) -> None:
-        self.kv, self.p0, self.copies = kv, p0, copies
+        self.kv, self.p0, self.copies = kv, p0, copies  # copies grows as a stack is joined
 
     def update(self, key: Tensor, value: Tensor, layer_idx: int, *args: Any, **kwargs: Any):
         pk, pv = self.kv[layer_idx]
@@ -954,19 +954,24 @@ class BridgeSuffixRunner:
 
     def _blocks(
         self,
-        x: Tensor,
+        x: Tensor | None,
         start_layer: int,
         p0: int,
         copies: int,
         cache: Any,
         read_rows: Tensor | None,
         rows_mlp: bool = False,
+        joins: dict[int, list[Tensor]] | None = None,
     ) -> Tensor:
         """Blocks ``start_layer..`` from ``x``, then the unembedding at ``read_rows``.
 
         With ``rows_mlp``, the last block's MLP runs on the read rows only (it is position-wise
         and nothing downstream reads the other rows): about a third of a Llama layer's work.
+        ``joins[i]`` are further copies appended to the stack before block ``i``
+        (``i = n_layers``: before the unembedding).
         """
+        joins = joins or {}
+        batch = self.inputs.shape[0] if self.inputs is not None else 1
         if p0 and cache is None:
             cache = _PrefixCache(self.kv, p0, copies)
         handles = []
@@ -981,13 +986,55 @@ class BridgeSuffixRunner:
             handles.extend(_rows_only_mlp(self.bridge.blocks[self.n_layers - 1], read_rows))
         try:
             for i in range(start_layer, self.n_layers):
+                if i in joins:
+                    x, copies = self._join(x, joins[i], batch, cache)
                 args, kwargs = self._kwargs(i, p0, copies, cache)
                 out = self.bridge.blocks[i](x, *args, **kwargs)
                 x = out[0] if isinstance(out, tuple) else out
         finally:
             for h in handles:
                 h.remove()
+        if self.n_layers in joins:
+            x, _ = self._join(x, joins[self.n_layers], batch, cache)
         return unembed(self.bridge, _read(x, read_rows))
+
+    @staticmethod
+    def _join(x: Tensor | None, more: list[Tensor], batch: int, cache: Any) -> tuple[Tensor, int]:
+        """The stack with copies ``more`` appended, and its number of copies."""
+        x = torch.cat(more if x is None else [x, *more])
+        copies = x.shape[0] // batch
+        if isinstance(cache, _PrefixCache):
+            cache.copies = copies
+        return x, copies
+
+    @torch.no_grad()
+    def run_stack(
+        self,
+        entries: Sequence[tuple[int, Float[Tensor, "nb S d"]]],
+        p0: int,
+        read_rows: Tensor | None = None,
+    ) -> Float[Tensor, "nb R vocab"]:
+        """Logits of copies that enter the blocks at different layers, in one pass.
+
+        Each entry ``(layer, resid)`` holds copies of the batch (``[k · batch, T - p0, d]``)
+        that enter block ``layer`` (``n_layers``: the unembedding) at positions ``p0..``.
+        The pass starts at the first entry's layer and appends each later entry before its
+        own block, so every copy costs what its own rerun would, while each block runs once
+        for the whole stack (on a CPU most of a small rerun's time is Python per block).
+        Rows come back in the order of ``entries`` sorted by layer.
+        """
+        if not self.replay_ok:
+            raise ValueError("this bridge's blocks cannot be replayed; run full forwards.")
+        if p0 and not self.suffix_ok:
+            raise ValueError("this bridge does not support suffix runs; use p0=0.")
+        batch = self.inputs.shape[0] if self.inputs is not None else 1
+        joins: dict[int, list[Tensor]] = {}
+        for layer, resid in sorted(entries, key=lambda e: e[0]):
+            joins.setdefault(layer, []).append(resid)
+        if sum(r.shape[0] for rs in joins.values() for r in rs) > batch and not self.batch_ok:
+            raise ValueError("this bridge does not support stacked patches; use one entry.")
+        start = min(joins)
+        return self._blocks(None, start, p0, 1, None, read_rows, self.rows_ok, joins)
 
     @torch.no_grad()
     def run(
