@@ -23,20 +23,25 @@ fresh subprocess so that its peak memory is its own:
 It prints CPU and wall seconds, tvlens's speed-up over each peer (CPU time), each method's
 cost per patch in forwards of the batch (its CPU time / patches / one plain forward's CPU
 time) beside the floor (the mean over the grid of ``(L - l)/L · (T - p)/T``: the share of a
-forward a patch at layer ``l``, position ``p`` cannot avoid), the peak resident memory above
+forward a patch at layer ``l``, position ``p`` cannot avoid; for heads, the mean of
+``(L - l - 1 + m)/L``, the patched layer's MLP, of share ``m`` of a layer's matmuls, and every
+later layer, which an exact head patch at all positions must rerun), the peak resident memory above
 the same process's clean forward (``ru_maxrss``), and the largest |difference| from TL.
 tvlens is timed twice in its process: the first sweep on a freshly loaded model (it checks
 the engine's shortcuts) and a second one (the cached verdict): the ratios use the second.
 
 ``--attribution`` compares ``method="attribution"`` with exact patching on SmolLM2 over IOI
 prompts (the full layer × position ``resid_pre`` grid and every head): Spearman rank
-correlation and top-k overlap of the effects, and the speed-up.
+correlation and top-k overlap of the effects, and the speed-up; it also times TL's own sweeps
+of the same cells (``get_act_patch_resid_pre``, ``get_act_patch_attn_head_out_all_pos``)
+against the exact ones, on prompts that differ at one token as IOI's do.
 
 Usage::
 
     python benchmarks/patching_llm.py                               # both models, T = 64, 256
     python benchmarks/patching_llm.py --models smollm2 --lengths 64
     python benchmarks/patching_llm.py --peers tl --no-heads         # TL only
+    python benchmarks/patching_llm.py --sweeps heads                # the head sweeps only
     python benchmarks/patching_llm.py --models --attribution --one-patch  # those only
     python benchmarks/patching_llm.py --device cuda
 
@@ -105,6 +110,24 @@ def metric(logits: torch.Tensor) -> torch.Tensor:
 
 def floor(layers: list[int], positions: list[int], n_layers: int, seq: int) -> float:
     shares = [(n_layers - lay) / n_layers * (seq - p) / seq for lay in layers for p in positions]
+    return sum(shares) / len(shares)
+
+
+def mlp_share(cfg: Any) -> float:
+    """The MLP's share of a layer's matmul work per row (the rest: Q, K, V, O)."""
+    d, d_head = cfg.d_model, cfg.d_head
+    kv_heads = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+    attn = 2 * d * cfg.n_heads * d_head + 2 * d * kv_heads * d_head
+    mlp = 3 * d * cfg.d_mlp
+    return mlp / (attn + mlp)
+
+
+def head_floor(layers: list[int], n_layers: int, share: float) -> float:
+    """The share of the layers' work an exact all-position head patch cannot avoid: the
+    patched layer's MLP and every later layer (the last layer: the read row only, ~0)."""
+    shares = [
+        (n_layers - lay - 1 + share) / n_layers if lay < n_layers - 1 else 0.0 for lay in layers
+    ]
     return sum(shares) / len(shares)
 
 
@@ -234,6 +257,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     base_rss = rss_mib()
     fn = METHODS[job["method"]]
     out: dict[str, Any] = {"fwd_cpu_s": fwd_cpu, "fwd_wall_s": fwd_wall}
+    out["mlp_share"] = mlp_share(bridge.cfg)
     if job["method"] == "tvlens":
         _, out["first_wall_s"], out["first_cpu_s"] = timed(
             lambda: fn(bridge, clean, corrupted, job), device
@@ -268,7 +292,11 @@ def compare(model: str, seq: int, sweep: str, args: argparse.Namespace) -> dict[
     methods = ["tvlens", *(p for p in args.peers if sweep == "resid_pre" or p == "tl")]
     results = {m: spawn(base | {"method": m}) for m in methods}
     n_patches = len(next(r for r in results.values() if r)["values"])
-    fl = floor(layers, positions, n_layers, seq) if sweep == "resid_pre" else None
+    if sweep == "resid_pre":
+        fl = floor(layers, positions, n_layers, seq)
+    else:
+        share = next(r for r in results.values() if r)["mlp_share"]
+        fl = head_floor(layers, n_layers, share)
     tl_values = torch.tensor(results["tl"]["values"]) if results.get("tl") else None
     ours = results["tvlens"]
     row: dict[str, Any] = {"model": model, "seq": seq, "sweep": sweep, "patches": n_patches}
@@ -314,12 +342,8 @@ IOI = "When{A} and{B} went to the store,{S} gave a drink to"
 
 
 def attribution(args: argparse.Namespace) -> dict[str, Any]:
-    """Attribution vs exact patching on SmolLM2, IOI prompts, every layer and head."""
-    import numpy as np
-    from scipy.stats import spearmanr
-
-    from tvlens.analyses.patching import patch_sweep
-
+    """Attribution vs exact patching on SmolLM2: IOI prompts (every layer × position, every
+    head), and every head on random prompts of 64 tokens (no shared prefix to skip)."""
     torch.set_num_threads(args.threads)
     bridge = load_model("smollm2", args.device)
     tok = bridge.tokenizer
@@ -341,54 +365,100 @@ def attribution(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {"prompts": len(IOI_NAMES), "seq": clean.shape[1]}
     print(f"attribution: SmolLM2, IOI, {len(IOI_NAMES)} prompts of {clean.shape[1]} tokens")
     for point, by in (("resid_pre", "pos"), ("z", "head")):
-        kw = {"point": point, "by": by, "metric_positions": -1}
-        patch_sweep(bridge, clean, corrupted, logit_diff, layers=[0], **kw)  # warm the checks
-        exact, e_wall, e_cpu = timed(
-            lambda kw=kw: patch_sweep(bridge, clean, corrupted, logit_diff, **kw), args.device
-        )
-        kw.pop("metric_positions")
-        approx, a_wall, a_cpu = timed(
-            lambda kw=kw: patch_sweep(
-                bridge, clean, corrupted, logit_diff, method="attribution", **kw
-            ),
-            args.device,
-        )
-        e = (exact["value"] - exact["corrupted_value"]).to_numpy()
-        a = (approx["value"] - approx["corrupted_value"]).to_numpy()
-        rho = float(spearmanr(e, a).statistic)
-        # cells a patch can change (clean and corrupted differ there): the rest are exact
-        # zeros in both methods and would inflate the rank correlation
-        live = (e != 0) | (a != 0)
-        rho_live = float(spearmanr(e[live], a[live]).statistic)
-        tops = {}
-        for k in (10, 20, 50):
-            top_e = set(abs(e).argsort()[-k:])
-            top_a = set(abs(a).argsort()[-k:])
-            tops[f"top{k}_overlap"] = len(top_e & top_a) / k
-        pearson = float(np.corrcoef(e, a)[0, 1])
-        res = {
-            "cells": len(e),
-            "live_cells": int(live.sum()),
-            "spearman": rho,
-            "spearman_live": rho_live,
-            "pearson": pearson,
-            **tops,
-            "exact_cpu_s": e_cpu,
-            "attribution_cpu_s": a_cpu,
-            "speedup_cpu": e_cpu / a_cpu,
-            "speedup_wall": e_wall / a_wall,
-            "recovered_gap": float(exact["clean_value"].iloc[0] - exact["corrupted_value"].iloc[0]),
-        }
-        out[point] = res
-        print(
-            f"    {point:9s} {len(e)} cells: Spearman {rho:.3f} ({rho_live:.3f} over the "
-            f"{int(live.sum())} cells a patch changes), Pearson {pearson:.3f}, "
-            f"top-10/20/50 overlap {tops['top10_overlap']:.2f}/{tops['top20_overlap']:.2f}/"
-            f"{tops['top50_overlap']:.2f}; exact {e_cpu:.1f}s cpu, attribution {a_cpu:.2f}s "
-            f"(x{e_cpu / a_cpu:.1f})",
-            flush=True,
-        )
+        out[point] = attribution_vs_exact(bridge, clean, corrupted, logit_diff, point, by, args)
+    # a sweep the exact engine cannot shorten: prompts that differ from the first token on
+    seq = 64
+    clean, corrupted = prompts(bridge, seq, args.device)
+    print(f"attribution: SmolLM2, random tokens, batch {BATCH} × {seq}, every head")
+    out["random_heads"] = {"seq": seq} | attribution_vs_exact(
+        bridge, clean, corrupted, metric, "z", "head", args, with_tl=False
+    )
     return out
+
+
+def attribution_vs_exact(
+    bridge: Any,
+    clean: torch.Tensor,
+    corrupted: torch.Tensor,
+    metric_fn: Any,
+    point: str,
+    by: str,
+    args: argparse.Namespace,
+    with_tl: bool = True,
+) -> dict[str, Any]:
+    """Exact and attribution sweeps of ``point`` (and TL's, ``with_tl``): agreement and times."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    from tvlens.analyses.patching import patch_sweep
+
+    kw = {"point": point, "by": by, "metric_positions": -1}
+    patch_sweep(bridge, clean, corrupted, metric_fn, layers=[0], **kw)  # warm the checks
+    exact, e_wall, e_cpu = timed(
+        lambda: patch_sweep(bridge, clean, corrupted, metric_fn, **kw), args.device
+    )
+    t_cpu, tl_diff = float("nan"), float("nan")
+    if with_tl:
+        with torch.no_grad():  # TL on the same prompts, the way its demos run it
+            tl, _, t_cpu = timed(
+                lambda: tl_sweep(bridge, clean, corrupted, metric_fn, point), args.device
+            )
+        tl_diff = float((torch.tensor(exact["value"].to_numpy()) - tl.flatten().cpu()).abs().max())
+    kw.pop("metric_positions")
+    approx, a_wall, a_cpu = timed(
+        lambda: patch_sweep(bridge, clean, corrupted, metric_fn, method="attribution", **kw),
+        args.device,
+    )
+    e = (exact["value"] - exact["corrupted_value"]).to_numpy()
+    a = (approx["value"] - approx["corrupted_value"]).to_numpy()
+    rho = float(spearmanr(e, a).statistic)
+    # cells a patch can change (clean and corrupted differ there): the rest are exact
+    # zeros in both methods and would inflate the rank correlation
+    live = (e != 0) | (a != 0)
+    rho_live = float(spearmanr(e[live], a[live]).statistic)
+    tops = {}
+    for k in (10, 20, 50):
+        top_e = set(abs(e).argsort()[-k:])
+        top_a = set(abs(a).argsort()[-k:])
+        tops[f"top{k}_overlap"] = len(top_e & top_a) / k
+    pearson = float(np.corrcoef(e, a)[0, 1])
+    res = {
+        "cells": len(e),
+        "live_cells": int(live.sum()),
+        "spearman": rho,
+        "spearman_live": rho_live,
+        "pearson": pearson,
+        **tops,
+        "exact_cpu_s": e_cpu,
+        "tl_cpu_s": t_cpu,
+        "exact_vs_tl_cpu": t_cpu / e_cpu,
+        "exact_max_abs_diff_vs_tl": tl_diff,
+        "attribution_cpu_s": a_cpu,
+        "speedup_cpu": e_cpu / a_cpu,
+        "speedup_wall": e_wall / a_wall,
+        "recovered_gap": float(exact["clean_value"].iloc[0] - exact["corrupted_value"].iloc[0]),
+    }
+    tl_text = f"; TL {t_cpu:.1f}s cpu (exact x{t_cpu / e_cpu:.2f} TL, max|diff| {tl_diff:.1e})"
+    print(
+        f"    {point:9s} {len(e)} cells: Spearman {rho:.3f} ({rho_live:.3f} over the "
+        f"{int(live.sum())} cells a patch changes), Pearson {pearson:.3f}, "
+        f"top-10/20/50 overlap {tops['top10_overlap']:.2f}/{tops['top20_overlap']:.2f}/"
+        f"{tops['top50_overlap']:.2f}; exact {e_cpu:.1f}s cpu, attribution {a_cpu:.2f}s "
+        f"(x{e_cpu / a_cpu:.1f}){tl_text if with_tl else ''}",
+        flush=True,
+    )
+    return res
+
+
+def tl_sweep(bridge: Any, clean: torch.Tensor, corrupted: torch.Tensor, metric: Any, point: str):
+    """TL's own sweep of ``point`` (every layer × position, or every head at all positions)."""
+    import transformer_lens.patching as tlp
+
+    name = "hook_resid_pre" if point == "resid_pre" else "attn.hook_z"
+    _, cache = bridge.run_with_cache(clean, names_filter=lambda n: n.endswith(name))
+    if point == "resid_pre":
+        return tlp.get_act_patch_resid_pre(bridge, corrupted, cache, metric)
+    return tlp.get_act_patch_attn_head_out_all_pos(bridge, corrupted, cache, metric)
 
 
 def one_patch(args: argparse.Namespace) -> dict[str, Any]:
@@ -447,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--peers", nargs="*", default=list(PEERS), choices=PEERS)
+    parser.add_argument(
+        "--sweeps", nargs="+", default=["resid_pre", "heads"], choices=["resid_pre", "heads"]
+    )
     parser.add_argument("--no-heads", action="store_true", help="skip the head sweeps")
     parser.add_argument("--attribution", action="store_true", help="attribution vs exact")
     parser.add_argument("--one-patch", action="store_true", help="a one-patch sweep's cost")
@@ -479,7 +552,8 @@ def main(argv: list[str] | None = None) -> int:
         compare(model, seq, sweep, args)
         for model in args.models
         for seq in args.lengths
-        for sweep in (("resid_pre",) if args.no_heads else ("resid_pre", "heads"))
+        for sweep in args.sweeps
+        if not (args.no_heads and sweep == "heads")
     ]
     if rows:
         sections["comparisons"] = {"rows": rows}
