@@ -7,7 +7,9 @@ Models (``--models``):
 - ``smollm2``: the real SmolLM2-135M (30 layers, d_model 576, 9 heads, vocabulary 49,152),
   installed by ``tvlens llm get smollm2``.
 
-For each model and sequence length (random token ids, batch 4) it runs, each method in a
+For each model and sequence length (random token ids, batch 4; with ``--shared-prefix f`` the
+clean and corrupted prompts agree on their first ``f·T`` positions, as corrupted-prompt
+designs do, and the floors count only what changes) it runs, each method in a
 fresh subprocess so that its peak memory is its own:
 
 - a ``resid_pre`` layer × position sweep over a grid (Llama: all 4 layers; SmolLM2: layers
@@ -42,6 +44,7 @@ Usage::
     python benchmarks/patching_llm.py --models smollm2 --lengths 64
     python benchmarks/patching_llm.py --peers tl --no-heads         # TL only
     python benchmarks/patching_llm.py --sweeps heads                # the head sweeps only
+    python benchmarks/patching_llm.py --sweeps heads --shared-prefix 0.5  # prompts agree on half
     python benchmarks/patching_llm.py --models --attribution --one-patch  # those only
     python benchmarks/patching_llm.py --device cuda
 
@@ -96,11 +99,16 @@ def head_layers(model: str, n_layers: int) -> list[int]:
     return list(range(n_layers)) if model == "llama" else [0, 10, 20]
 
 
-def prompts(bridge: Any, seq: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+def prompts(
+    bridge: Any, seq: int, device: str, shared: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random clean and corrupted token ids; the first ``shared`` of the positions are the same
+    in both (a shared prefix, as corrupted-prompt designs have)."""
     g = torch.Generator().manual_seed(seq)
     vocab = bridge.cfg.d_vocab
     clean = torch.randint(0, vocab, (BATCH, seq), generator=g)
     corrupted = torch.randint(0, vocab, (BATCH, seq), generator=g)
+    corrupted[:, : int(shared * seq)] = clean[:, : int(shared * seq)]
     return clean.to(device), corrupted.to(device)
 
 
@@ -108,8 +116,15 @@ def metric(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, -1].log_softmax(-1)[:, 0].mean()
 
 
-def floor(layers: list[int], positions: list[int], n_layers: int, seq: int) -> float:
-    shares = [(n_layers - lay) / n_layers * (seq - p) / seq for lay in layers for p in positions]
+def floor(
+    layers: list[int], positions: list[int], n_layers: int, seq: int, shared: int = 0
+) -> float:
+    """Mean over the grid of ``(L - l)/L · (T - p)/T`` (0 inside a shared prefix: no change)."""
+    shares = [
+        (n_layers - lay) / n_layers * (seq - p) / seq if p >= shared else 0.0
+        for lay in layers
+        for p in positions
+    ]
     return sum(shares) / len(shares)
 
 
@@ -122,13 +137,14 @@ def mlp_share(cfg: Any) -> float:
     return mlp / (attn + mlp)
 
 
-def head_floor(layers: list[int], n_layers: int, share: float) -> float:
+def head_floor(layers: list[int], n_layers: int, share: float, suffix: float = 1.0) -> float:
     """The share of the layers' work an exact all-position head patch cannot avoid: the
-    patched layer's MLP and every later layer (the last layer: the read row only, ~0)."""
+    patched layer's MLP and every later layer (the last layer: the read row only, ~0), over
+    the ``suffix`` share of positions from the first one where the prompts differ."""
     shares = [
         (n_layers - lay - 1 + share) / n_layers if lay < n_layers - 1 else 0.0 for lay in layers
     ]
-    return sum(shares) / len(shares)
+    return suffix * sum(shares) / len(shares)
 
 
 def rss_mib() -> float:
@@ -250,7 +266,7 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(job["threads"])
     device = job["device"]
     bridge = load_model(job["model"], device)
-    clean, corrupted = prompts(bridge, job["seq"], device)
+    clean, corrupted = prompts(bridge, job["seq"], device, job.get("shared_prefix", 0.0))
     with torch.no_grad():
         bridge(clean)
         _, fwd_wall, fwd_cpu = timed(lambda: bridge(clean), device)
@@ -288,22 +304,26 @@ def compare(model: str, seq: int, sweep: str, args: argparse.Namespace) -> dict[
     if sweep == "heads":
         layers = head_layers(model, n_layers)
     base = {"model": model, "seq": seq, "sweep": sweep, "device": args.device}
+    base["shared_prefix"] = args.shared_prefix
     base |= {"threads": args.threads, "layers": layers, "positions": positions}
     methods = ["tvlens", *(p for p in args.peers if sweep == "resid_pre" or p == "tl")]
     results = {m: spawn(base | {"method": m}) for m in methods}
     n_patches = len(next(r for r in results.values() if r)["values"])
     if sweep == "resid_pre":
-        fl = floor(layers, positions, n_layers, seq)
+        fl = floor(layers, positions, n_layers, seq, int(args.shared_prefix * seq))
     else:
         share = next(r for r in results.values() if r)["mlp_share"]
-        fl = head_floor(layers, n_layers, share)
+        suffix = (seq - int(args.shared_prefix * seq)) / seq
+        fl = head_floor(layers, n_layers, share, suffix)
     tl_values = torch.tensor(results["tl"]["values"]) if results.get("tl") else None
     ours = results["tvlens"]
     row: dict[str, Any] = {"model": model, "seq": seq, "sweep": sweep, "patches": n_patches}
+    row["shared_prefix"] = args.shared_prefix
     row["date"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     row["load_average"] = list(os.getloadavg())
     row["floor_fwd_per_patch"] = fl
-    print(f"{model} T={seq} {sweep}: {n_patches} patches, floor {fl or float('nan'):.3f} fwd/patch")
+    shared = f", first {args.shared_prefix:.0%} of positions shared" if args.shared_prefix else ""
+    print(f"{model} T={seq} {sweep}{shared}: {n_patches} patches, floor {fl:.3f} fwd/patch")
     for m, r in results.items():
         if r is None:
             continue
@@ -509,6 +529,11 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
+def setting(row: dict[str, Any]) -> tuple:
+    """What a comparison row measured: a later run of the same setting replaces it."""
+    return row["model"], row["seq"], row["sweep"], row.get("shared_prefix", 0.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -521,6 +546,12 @@ def main(argv: list[str] | None = None) -> int:
         "--sweeps", nargs="+", default=["resid_pre", "heads"], choices=["resid_pre", "heads"]
     )
     parser.add_argument("--no-heads", action="store_true", help="skip the head sweeps")
+    parser.add_argument(
+        "--shared-prefix",
+        type=float,
+        default=0.0,
+        help="share of positions (from the start) where clean and corrupted prompts agree",
+    )
     parser.add_argument("--attribution", action="store_true", help="attribution vs exact")
     parser.add_argument("--one-patch", action="store_true", help="a one-patch sweep's cost")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -572,12 +603,8 @@ def main(argv: list[str] | None = None) -> int:
         }
     for name, section in sections.items():
         if name == "comparisons":  # rows of other settings stay, each with its own stamp
-            fresh = {(r["model"], r["seq"], r["sweep"]) for r in section["rows"]}
-            kept = [
-                r
-                for r in entry.get(name, {}).get("rows", [])
-                if (r["model"], r["seq"], r["sweep"]) not in fresh
-            ]
+            fresh = {setting(r) for r in section["rows"]}
+            kept = [r for r in entry.get(name, {}).get("rows", []) if setting(r) not in fresh]
             section = {"rows": kept + section["rows"]}
         entry[name] = stamp | section
     results[args.device] = entry
