@@ -102,7 +102,10 @@ RERUN_OVERHEAD_FLOPS = {
 #: stack may take.
 STACK_MEMORY_SHARE = 0.25
 METHODS = ("exact", "attribution")
-#: One planned patch: ``(layer, pos, head, start)``, ``start`` the first position it reruns.
+#: One patch of a layer: ``(pos, head, start)``, ``start`` the first position it reruns
+#: (``pos = -1``: a head at every position).
+Cell = tuple[int, int | None, int]
+#: One planned patch: ``(layer, pos, head, start)``.
 Job = tuple[int, int, int | None, int]
 
 __all__ = [
@@ -405,8 +408,8 @@ def _sweep(
             del runner.kv[i]
     lanes: dict[Any, list[Job]] = {}
     for layer in order:
-        for pos, head, start in jobs[layer]:
-            lanes.setdefault(_lane(setup, runner, layer), []).append((layer, pos, head, start))
+        lane = lanes.setdefault(_lane(setup, runner, layer), [])
+        lane.extend((layer, pos, head, start) for pos, head, start in jobs[layer])
     per_layer = [lane for lane in lanes if lane != "across"]
     for i, layer in enumerate(per_layer):
         for group in _groups(setup, runner, lanes[layer], batch_size, device):
@@ -662,7 +665,7 @@ def _suffix_ok(setup: _Setup, runner: Any) -> bool:
     return isinstance(runner, NativeSuffixRunner) or runner.suffix_ok
 
 
-def _plan(setup: _Setup, runner: Any) -> dict[int, list[tuple[int, int | None, int]]]:
+def _plan(setup: _Setup, runner: Any) -> dict[int, list[Cell]]:
     """Patches to run per layer as ``(pos, head, start)``; fills in the ones that change nothing
     the metric reads (their value is the unpatched one, exactly as a rerun would give).
 
@@ -672,7 +675,7 @@ def _plan(setup: _Setup, runner: Any) -> dict[int, list[tuple[int, int | None, i
     read = set() if setup.read is None else set(setup.read.tolist())
     suffix = _suffix_ok(setup, runner)
     last_layer = setup.bridge.cfg.n_layers - 1
-    jobs: dict[int, list[tuple[int, int | None, int]]] = {}
+    jobs: dict[int, list[Cell]] = {}
     for layer in setup.layers:
         jobs[layer] = []
         # After the last layer's attention, a patch at one row changes that row's logits only.
@@ -793,7 +796,7 @@ def _native_group(
     setup: _Setup,
     runner: NativeSuffixRunner,
     layer: int,
-    group: list[tuple[int, int | None, int]],
+    group: list[Cell],
     p0: int,
 ) -> tuple[Tensor, Tensor]:
     """Logits ``[n·batch, R, vocab]`` of a stack of patches at ``layer``, and their R rows."""
@@ -857,7 +860,7 @@ def _bridge_group(
     setup: _Setup,
     runner: BridgeSuffixRunner,
     layer: int,
-    group: list[tuple[int, int | None, int]],
+    group: list[Cell],
     p0: int,
 ) -> tuple[Tensor, Tensor]:
     """The same as :func:`_native_group` through the bridge's blocks and TL hooks (points
@@ -930,7 +933,7 @@ def _bridge_z_group(
     setup: _Setup,
     runner: BridgeSuffixRunner,
     layer: int,
-    group: list[tuple[int, int | None, int]],
+    group: list[Cell],
     p0: int,
 ) -> tuple[Tensor, Tensor]:
     """Head patches of one layer stacked in one rerun that starts after that layer's attention:
@@ -945,7 +948,7 @@ def _bridge_z_group(
 def _patch_hooks(
     setup: _Setup,
     layer: int,
-    group: list[tuple[int, int | None, int]],
+    group: list[Cell],
     offset: int,
     batch: int,
     point: str,

@@ -492,6 +492,11 @@ class BridgeSuffixRunner:
         self.verdict_source = ""
         self._key: tuple | None = None
 
+    @property
+    def _batch(self) -> int:
+        """Rows of the recorded unpatched input: one copy of the batch in a stack."""
+        return self.inputs.shape[0] if self.inputs is not None else 1
+
     # ------------------------------------------------------------------ setup
     @torch.no_grad()
     def _record(self, inputs: Tensor, positions: Tensor | None = None) -> Tensor:
@@ -625,16 +630,13 @@ class BridgeSuffixRunner:
         records: dict[int, tuple[tuple, dict]] = {}
         recorder = _RecordingCache() if keep_kv and self.causal else None
 
-        def arg_recorder(i: int):
-            return _block_args_recorder(records, i)
-
         def injector(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
             # A fresh forward's own cache (``cache=`` or ``past_key_values=``) starts empty, so
             # the recorder, which returns each key and value unchanged, takes its place.
             return args, {**kwargs, "past_key_values": recorder}
 
         handles = [
-            block.register_forward_pre_hook(arg_recorder(i), with_kwargs=True)
+            block.register_forward_pre_hook(_block_args_recorder(records, i), with_kwargs=True)
             for i, block in enumerate(self.bridge.blocks)
         ]
         if recorder is not None:
@@ -934,7 +936,7 @@ class BridgeSuffixRunner:
     # ------------------------------------------------------------------ runs
     def _kwargs(self, i: int, p0: int, copies: int, cache: Any) -> tuple[tuple, dict]:
         args, kwargs = self.block_args[i]
-        batch = self.inputs.shape[0] if self.inputs is not None else 1
+        batch = self._batch
 
         def adapt(name: str, value: Any) -> Any:
             if isinstance(value, (tuple, list)):
@@ -971,7 +973,7 @@ class BridgeSuffixRunner:
         (``i = n_layers``: before the unembedding).
         """
         joins = joins or {}
-        batch = self.inputs.shape[0] if self.inputs is not None else 1
+        batch = self._batch
         if p0 and cache is None:
             cache = _PrefixCache(self.kv, p0, copies)
         handles = []
@@ -1027,7 +1029,7 @@ class BridgeSuffixRunner:
             raise ValueError("this bridge's blocks cannot be replayed; run full forwards.")
         if p0 and not self.suffix_ok:
             raise ValueError("this bridge does not support suffix runs; use p0=0.")
-        batch = self.inputs.shape[0] if self.inputs is not None else 1
+        batch = self._batch
         joins: dict[int, list[Tensor]] = {}
         for layer, resid in sorted(entries, key=lambda e: e[0]):
             joins.setdefault(layer, []).append(resid)
